@@ -1,0 +1,45 @@
+"""scikit-learn model selection on an ipyparallel cluster.
+
+Model selection trains many models on the same data. sklearn_ipp runs that
+work on the engines of an ipyparallel cluster and moves the data once per host,
+where every engine memory-maps one read-only copy.
+"""
+
+__version__ = "0.1.0.dev0"
+
+from ._cluster import (
+    ClusterConnection,
+    get_client,
+    resolve_cluster,
+    stop_local_cluster,
+)
+from ._engines import (
+    check_engines,
+    engine_facts,
+    engines_memory,
+    hosts_free_memory,
+    one_engine_per_host,
+)
+from ._exceptions import (
+    ClusterNotFoundError,
+    EngineTimeoutError,
+    EngineVersionError,
+)
+
+__all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
+    # Connecting to a cluster
+    "ClusterConnection",
+    "get_client",
+    "resolve_cluster",
+    "stop_local_cluster",
+    # Facts about the engines
+    "check_engines",
+    "engine_facts",
+    "engines_memory",
+    "hosts_free_memory",
+    "one_engine_per_host",
+    # Errors
+    "ClusterNotFoundError",
+    "EngineTimeoutError",
+    "EngineVersionError",
+]

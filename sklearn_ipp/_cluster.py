@@ -1,0 +1,444 @@
+"""Find the ipyparallel cluster a computation runs on.
+
+Everything in sklearn_ipp that needs engines goes through :func:`resolve_cluster`,
+so one rule decides where work runs:
+
+- an ``ipyparallel.Client``, ``DirectView``/``LoadBalancedView`` (its engines
+  only) or ``ipyparallel.Cluster`` given by the caller is used as it is;
+- a string names a profile (or a profile directory, a cluster file or a client
+  connection file) whose running cluster is used;
+- None uses a running cluster of the default profile, else starts a local
+  cluster owned by this process, reused by later calls and stopped at exit.
+
+A cluster this package did not start is never stopped by it.
+"""
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+import ipyparallel as ipp
+import psutil
+from ipyparallel.client.view import View
+from IPython.paths import get_ipython_dir
+from joblib import cpu_count
+
+from ._exceptions import ClusterNotFoundError, EngineTimeoutError
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ClusterConnection",
+    "get_client",
+    "resolve_cluster",
+    "stop_local_cluster",
+]
+
+logger = logging.getLogger("sklearn_ipp")
+
+# Seconds to wait for engines to register. A local cluster takes about 7 s to
+# start on a small machine; batch-queued engines can take much longer, which is
+# why every entry point lets the caller raise it.
+DEFAULT_TIMEOUT = 60.0
+
+# A controller that crashed leaves its connection file behind, and a client only
+# notices when its registration request times out: keep that wait short so a
+# stale file does not stall every call.
+_CONNECT_TIMEOUT = 5.0
+
+# Polling interval while waiting for engines to register.
+_POLL_INTERVAL = 0.1
+
+_LOCAL_SOURCE = "local cluster started by sklearn_ipp"
+
+_local_lock = threading.RLock()
+_local_cluster = None  # the ipyparallel.Cluster this process started, if any
+_local_client = None
+_local_profile_dir = None
+_atexit_registered = False
+
+
+@dataclass
+class ClusterConnection:
+    """A client connected to a controller, restricted to some of its engines.
+
+    Parameters
+    ----------
+    client : ipyparallel.Client
+        The connected client.
+    targets : list of int or None, default=None
+        Engine ids the work is restricted to; None means every engine,
+        including engines that register later.
+    owns_client : bool, default=False
+        Whether :meth:`close` closes the client (True when it was made only
+        for this connection).
+    source : str, default="given by the caller"
+        Where the cluster came from, for messages and ``python -m sklearn_ipp
+        info``.
+    """
+
+    client: ipp.Client
+    targets: list | None = None
+    owns_client: bool = False
+    source: str = "given by the caller"
+
+    @property
+    def engine_ids(self):
+        """Ids of the registered engines this connection may use (list of int)."""
+        ids = self.client.ids
+        if self.targets is None:
+            return ids
+        return [engine_id for engine_id in ids if engine_id in self.targets]
+
+    def direct_view(self, targets=None):
+        """Return a blocking DirectView on ``targets`` (default: all engines)."""
+        view = self.client.direct_view(
+            self.engine_ids if targets is None else list(targets)
+        )
+        view.block = True
+        return view
+
+    def load_balanced_view(self):
+        """Return a LoadBalancedView over this connection's engines."""
+        return self.client.load_balanced_view(targets=self.targets)
+
+    def close(self):
+        """Close the client if it was opened for this connection only."""
+        if self.owns_client:
+            self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def resolve_cluster(client=None, *, timeout=DEFAULT_TIMEOUT, min_engines=1):
+    """Connect to the cluster described by ``client``.
+
+    Parameters
+    ----------
+    client : None, str, os.PathLike, ipyparallel.Client, View or Cluster, \
+            default=None
+        Where to run:
+
+        - ``ipyparallel.Client``: all of its engines;
+        - ``DirectView`` or ``LoadBalancedView``: the engines of that view;
+        - ``ipyparallel.Cluster``: that cluster, started first if it is not
+          running (it then follows its own ``shutdown_atexit`` setting);
+        - str or path: a profile name, a profile directory, a cluster file
+          (``cluster-*.json``) or a client connection file
+          (``ipcontroller-client.json``) of a running cluster;
+        - None: a running cluster of the default profile if there is one, else
+          a local cluster with one engine per CPU, started by and owned by this
+          process, reused by later calls and stopped at interpreter exit.
+    timeout : float, default=60
+        Seconds to wait for engines to register.
+    min_engines : int, default=1
+        Number of engines that must be registered before returning. A cluster
+        that is started here waits for all the engines it starts.
+
+    Returns
+    -------
+    connection : ClusterConnection
+        Close it (or use it as a context manager) when done; this never stops
+        a cluster.
+
+    Raises
+    ------
+    ClusterNotFoundError
+        If no running cluster matches ``client``.
+    EngineTimeoutError
+        If fewer engines than expected registered within ``timeout``.
+    TypeError
+        If ``client`` is of an unsupported type.
+    """
+    if isinstance(client, ClusterConnection):
+        # A borrowed connection: closing ours must not close the caller's client.
+        connection = ClusterConnection(
+            client.client, client.targets, False, client.source
+        )
+    elif isinstance(client, View):
+        connection = ClusterConnection(
+            client.client, _view_targets(client), source=f"given {client!r}"
+        )
+    elif isinstance(client, ipp.Client):
+        connection = ClusterConnection(client, source=f"given {client!r}")
+    elif isinstance(client, ipp.Cluster):
+        connection, min_engines = _connect_cluster_object(client, min_engines)
+    elif isinstance(client, (str, os.PathLike)):
+        connection = _connect_named(client)
+    elif client is None:
+        connection, min_engines = _connect_default(min_engines, timeout)
+    else:
+        raise TypeError(
+            "client must be None, a profile name, an ipyparallel.Client, a "
+            f"DirectView or LoadBalancedView, or an ipyparallel.Cluster; got "
+            f"{client!r} of type {type(client).__name__}."
+        )
+    try:
+        _wait_for_engines(connection, min_engines, timeout)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def get_client(client=None, *, timeout=DEFAULT_TIMEOUT):
+    """Return an ``ipyparallel.Client`` for the cluster sklearn_ipp would use.
+
+    Parameters
+    ----------
+    client : None, str, os.PathLike, ipyparallel.Client, View or Cluster, \
+            default=None
+        Same meaning as everywhere in sklearn_ipp: see :func:`resolve_cluster`.
+        With None, a running cluster of the default profile is used, else a
+        local cluster is started and owned by this process.
+    timeout : float, default=60
+        Seconds to wait for at least one engine to register.
+
+    Returns
+    -------
+    client : ipyparallel.Client
+        The connected client. Do not close the client of the local cluster
+        owned by sklearn_ipp; use :func:`stop_local_cluster` to stop it.
+
+    Examples
+    --------
+    >>> from sklearn_ipp import get_client
+    >>> client = get_client()  # doctest: +SKIP
+    >>> len(client.ids)  # doctest: +SKIP
+    2
+    """
+    return resolve_cluster(client, timeout=timeout).client
+
+
+def stop_local_cluster():
+    """Stop the local cluster started by sklearn_ipp in this process, if any.
+
+    Clusters that sklearn_ipp did not start are left alone. This also runs at
+    interpreter exit; call it to free the engines' memory earlier.
+
+    Returns
+    -------
+    stopped : bool
+        Whether a cluster was stopped.
+    """
+    global _local_cluster, _local_client, _local_profile_dir
+    with _local_lock:
+        cluster, client, profile_dir = (
+            _local_cluster,
+            _local_client,
+            _local_profile_dir,
+        )
+        _local_cluster = _local_client = _local_profile_dir = None
+    if cluster is None:
+        return False
+    try:
+        client.close()
+    finally:
+        try:
+            cluster.stop_cluster_sync()
+        finally:
+            shutil.rmtree(profile_dir, ignore_errors=True)
+    return True
+
+
+def _view_targets(view):
+    """Normalise a view's targets to a list of ids, or None for all engines."""
+    targets = view.targets
+    if targets is None or (isinstance(targets, str) and targets == "all"):
+        return None
+    if isinstance(targets, int):
+        return [targets]
+    return list(targets)
+
+
+def _connect_cluster_object(cluster, min_engines):
+    """Connect to an ``ipyparallel.Cluster``, starting it if it is not running."""
+    if cluster.controller is None:
+        logger.info("Starting %r", cluster)
+        cluster.start_cluster_sync()
+    expected = sum(engine_set.n for engine_set in cluster.engines.values())
+    client = cluster.connect_client_sync()
+    connection = ClusterConnection(client, owns_client=True, source=repr(cluster))
+    return connection, max(min_engines, expected)
+
+
+def _connect_named(spec):
+    """Connect to the running cluster named by a profile, directory or file."""
+    path = os.fspath(spec)
+    if os.path.isfile(path):
+        return _connect_file(path)
+    if os.path.isdir(path):
+        profile_dir = os.path.abspath(path)
+        start_command = f"ipcluster start --profile-dir={profile_dir} -n 4"
+    else:
+        profile_dir = os.path.join(get_ipython_dir(), f"profile_{path}")
+        start_command = f"ipcluster start --profile={path} -n 4"
+    connection = _connect_running(profile_dir)
+    if connection is None:
+        raise ClusterNotFoundError(
+            f"No running ipyparallel cluster was found for profile {path!r} "
+            f"(looked in {os.path.join(profile_dir, 'security')}). Start one with "
+            f"`{start_command}`, or pass client=None to use a local cluster "
+            "started for you."
+        )
+    return connection
+
+
+def _connect_file(path):
+    """Connect with a cluster file or a client connection file."""
+    with open(path) as f:
+        content = json.load(f)
+    try:
+        if "cluster" in content:  # a cluster file, as written by ipp.Cluster
+            cluster = ipp.Cluster.from_file(path, log=logger)
+            client = cluster.connect_client_sync(timeout=_CONNECT_TIMEOUT)
+        else:
+            client = ipp.Client(path, timeout=_CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, AttributeError) as exc:
+        raise ClusterNotFoundError(
+            f"Could not reach the controller described in {path!r} within "
+            f"{_CONNECT_TIMEOUT:g} s: {exc}. Is the cluster still running? Restart "
+            "it with `ipcluster start`, or pass client=None to use a local cluster "
+            "started for you."
+        ) from exc
+    return ClusterConnection(client, owns_client=True, source=path)
+
+
+def _connect_running(profile_dir):
+    """Connect to a running cluster of a profile directory, or return None.
+
+    Clusters started by ``ipcluster start`` (empty cluster id) come first, then
+    the most recently written cluster file; a controller started by hand with
+    ``ipcontroller`` leaves only a connection file, tried last.
+    """
+    security_dir = os.path.join(profile_dir, "security")
+    for cluster in _running_clusters(security_dir):
+        try:
+            client = cluster.connect_client_sync(timeout=_CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            logger.warning("Skipping unreachable cluster %r: %s", cluster, exc)
+            continue
+        return ClusterConnection(client, owns_client=True, source=repr(cluster))
+    connection_file = os.path.join(security_dir, "ipcontroller-client.json")
+    if os.path.isfile(connection_file):
+        try:
+            client = ipp.Client(connection_file, timeout=_CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            logger.warning("Skipping stale %s: %s", connection_file, exc)
+        else:
+            return ClusterConnection(client, owns_client=True, source=connection_file)
+    return None
+
+
+def _running_clusters(security_dir):
+    """Yield the clusters of a security directory whose controller is alive."""
+    try:
+        names = os.listdir(security_dir)
+    except OSError:
+        return
+    paths = [
+        os.path.join(security_dir, name)
+        for name in names
+        if name.startswith("cluster-") and name.endswith(".json")
+    ]
+    paths.sort(key=lambda p: (os.path.basename(p) != "cluster-.json", -_mtime(p)))
+    for path in paths:
+        try:
+            cluster = ipp.Cluster.from_file(path, log=logger)
+        except Exception as exc:  # a corrupt or foreign file must not stop the search
+            logger.debug("Cannot load cluster file %s: %s", path, exc)
+            continue
+        if cluster.controller is not None and _launcher_alive(cluster.controller):
+            yield cluster
+
+
+def _mtime(path):
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return 0.0
+
+
+def _launcher_alive(launcher):
+    """Whether a launcher's process runs; True when it cannot be told locally."""
+    process = getattr(launcher, "process", None)
+    if not isinstance(process, psutil.Process):
+        return True
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _connect_default(min_engines, timeout):
+    """Use this process's local cluster, a running default one, or start one."""
+    with _local_lock:
+        if _local_client is not None:
+            return ClusterConnection(_local_client, source=_LOCAL_SOURCE), min_engines
+        default_profile_dir = os.path.join(get_ipython_dir(), "profile_default")
+        connection = _connect_running(default_profile_dir)
+        if connection is not None:
+            return connection, min_engines
+        n_engines = cpu_count()
+        _start_local_cluster(n_engines, timeout)
+        connection = ClusterConnection(_local_client, source=_LOCAL_SOURCE)
+        return connection, max(min_engines, n_engines)
+
+
+def _start_local_cluster(n_engines, timeout):
+    """Start the process-owned local cluster in a private profile directory.
+
+    A private profile keeps other processes from discovering, and then losing,
+    a cluster that disappears when this process exits.
+    """
+    global _local_cluster, _local_client, _local_profile_dir, _atexit_registered
+    profile_dir = tempfile.mkdtemp(prefix="sklearn_ipp-cluster-")
+    cluster = ipp.Cluster(
+        n=n_engines, profile_dir=profile_dir, engine_timeout=timeout, log=logger
+    )
+    logger.info("Starting a local ipyparallel cluster with %d engines", n_engines)
+    try:
+        cluster.start_cluster_sync()
+        client = cluster.connect_client_sync()
+    except BaseException:
+        cluster.stop_cluster_sync()
+        shutil.rmtree(profile_dir, ignore_errors=True)
+        raise
+    _local_cluster, _local_client, _local_profile_dir = cluster, client, profile_dir
+    if not _atexit_registered:
+        # Registered after ipyparallel's own exit hook so that it runs first
+        # (atexit is last-in, first-out) and also removes the profile directory.
+        atexit.register(stop_local_cluster)
+        _atexit_registered = True
+    try:
+        _wait_for_engines(ClusterConnection(client), n_engines, timeout)
+    except BaseException:
+        stop_local_cluster()
+        raise
+
+
+def _wait_for_engines(connection, n_engines, timeout):
+    """Block until ``n_engines`` engines of the connection are registered."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n_seen = len(connection.engine_ids)
+        if n_seen >= n_engines:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL_INTERVAL)
+    raise EngineTimeoutError(
+        f"Expected {n_engines} engine(s) to register with the controller within "
+        f"{timeout:g} s, but {n_seen} did. Check that the engines are starting "
+        "(see the engine logs in the profile's log directory), start more with "
+        "`ipcluster engines -n N`, or pass a larger timeout."
+    )
