@@ -1,0 +1,117 @@
+"""Test fixtures: one real ipyparallel cluster for the whole session.
+
+The cluster (a controller and ``SKLEARN_IPP_TEST_ENGINES`` engines, default 2,
+all separate processes) runs in the default profile of a temporary IPYTHONDIR,
+so the user's own profiles are never touched and ``client=None`` finds it the
+way it finds a cluster started with ``ipcluster start``.
+
+With ``SKLEARN_IPP_STRICT_TESTS=1`` (set by ``.ci/run``) or ``CI`` set, the run
+fails if any test was skipped or if no test used the cluster.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+
+import ipyparallel as ipp
+import pytest
+
+N_ENGINES = int(os.environ.get("SKLEARN_IPP_TEST_ENGINES", "2"))
+
+_outcomes = {"skipped": [], "cluster_passed": 0}
+_saved_ipythondir = None
+_ipython_dir = None
+
+
+def pytest_configure(config):
+    # Before anything resolves a profile: engines and subprocesses inherit it.
+    global _saved_ipythondir, _ipython_dir
+    _saved_ipythondir = os.environ.get("IPYTHONDIR")
+    _ipython_dir = tempfile.mkdtemp(prefix="sklearn_ipp-tests-ipython-")
+    os.environ["IPYTHONDIR"] = _ipython_dir
+
+
+def pytest_unconfigure(config):
+    if _saved_ipythondir is None:
+        os.environ.pop("IPYTHONDIR", None)
+    else:
+        os.environ["IPYTHONDIR"] = _saved_ipythondir
+    shutil.rmtree(_ipython_dir, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _outcomes["skipped"].append(report.nodeid)
+    elif report.when == "call" and report.passed and "cluster" in report.keywords:
+        _outcomes["cluster_passed"] += 1
+
+
+def _strict():
+    return os.environ.get("SKLEARN_IPP_STRICT_TESTS") == "1" or bool(
+        os.environ.get("CI")
+    )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _strict() or exitstatus != 0:
+        return
+    problems = []
+    if _outcomes["skipped"]:
+        problems.append("skipped tests: " + ", ".join(_outcomes["skipped"]))
+    if _outcomes["cluster_passed"] == 0:
+        problems.append("no test ran on the real cluster")
+    if problems:
+        print("\nStrict test run failed: " + "; ".join(problems))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def on_engine(function):
+    """Mark a test helper to be sent to engines by value.
+
+    ipyparallel re-imports a function's module on the engine unless its name
+    starts with ``__``; the tests package is not importable there.
+    """
+    function.__module__ = "__main__"
+    return function
+
+
+@pytest.fixture(scope="session")
+def ipython_dir():
+    """The temporary IPYTHONDIR of this test session."""
+    return _ipython_dir
+
+
+@pytest.fixture(scope="session")
+def cluster(ipython_dir):
+    """A running ipyparallel.Cluster with N_ENGINES local engines."""
+    cluster = ipp.Cluster(
+        n=N_ENGINES,
+        profile_dir=os.path.join(ipython_dir, "profile_default"),
+        log=logging.getLogger("sklearn_ipp.tests"),
+    )
+    client = cluster.start_and_connect_sync()
+    client.close()
+    yield cluster
+    cluster.stop_cluster_sync()
+
+
+@pytest.fixture(scope="session")
+def client(cluster):
+    """A client of the session cluster, shared by all tests: do not close it."""
+    client = cluster.connect_client_sync()
+    client.wait_for_engines(N_ENGINES, timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def lbview(client):
+    """A load-balanced view over every engine of the session cluster."""
+    return client.load_balanced_view()
