@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("sklearn_ipp")
+# A library leaves output to the application's logging setup; without this,
+# warnings ipyparallel logs while reading stale cluster files would reach stderr.
+logger.addHandler(logging.NullHandler())
 
 # Seconds to wait for engines to register. A local cluster takes about 7 s to
 # start on a small machine; batch-queued engines can take much longer, which is
@@ -230,6 +233,10 @@ def stop_local_cluster():
     stopped : bool
         Whether a cluster was stopped.
     """
+    return _stop_local_cluster(remove_logs=True)
+
+
+def _stop_local_cluster(remove_logs):
     global _local_cluster, _local_client, _local_profile_dir
     with _local_lock:
         cluster, client, profile_dir = (
@@ -246,7 +253,8 @@ def stop_local_cluster():
         try:
             cluster.stop_cluster_sync()
         finally:
-            shutil.rmtree(profile_dir, ignore_errors=True)
+            if remove_logs:
+                shutil.rmtree(profile_dir, ignore_errors=True)
     return True
 
 
@@ -276,7 +284,13 @@ def _connect_named(spec):
     path = os.fspath(spec)
     if os.path.isfile(path):
         return _connect_file(path)
-    if os.path.isdir(path):
+    if os.sep in path or path.endswith(".json"):
+        if not os.path.isdir(path):
+            raise ClusterNotFoundError(
+                f"No cluster file, connection file or profile directory exists at "
+                f"{path!r}. The file may have been removed when its cluster "
+                "stopped: start the cluster again, or pass a profile name."
+            )
         profile_dir = os.path.abspath(path)
         start_command = f"ipcluster start --profile-dir={profile_dir} -n 4"
     else:
@@ -300,15 +314,16 @@ def _connect_file(path):
     try:
         if "cluster" in content:  # a cluster file, as written by ipp.Cluster
             cluster = ipp.Cluster.from_file(path, log=logger)
+            if cluster.controller is None or not _launcher_alive(cluster.controller):
+                raise ConnectionError("its controller is not running")
             client = cluster.connect_client_sync(timeout=_CONNECT_TIMEOUT)
         else:
             client = ipp.Client(path, timeout=_CONNECT_TIMEOUT)
-    except (OSError, TimeoutError, AttributeError) as exc:
+    except (OSError, TimeoutError) as exc:
         raise ClusterNotFoundError(
-            f"Could not reach the controller described in {path!r} within "
-            f"{_CONNECT_TIMEOUT:g} s: {exc}. Is the cluster still running? Restart "
-            "it with `ipcluster start`, or pass client=None to use a local cluster "
-            "started for you."
+            f"Could not connect to the cluster described in {path!r}: {exc}. Is it "
+            "still running? Restart it with `ipcluster start`, or pass client=None "
+            "to use a local cluster started for you."
         ) from exc
     return ClusterConnection(client, owns_client=True, source=path)
 
@@ -402,9 +417,7 @@ def _start_local_cluster(n_engines, timeout):
     """
     global _local_cluster, _local_client, _local_profile_dir, _atexit_registered
     profile_dir = tempfile.mkdtemp(prefix="sklearn_ipp-cluster-")
-    cluster = ipp.Cluster(
-        n=n_engines, profile_dir=profile_dir, engine_timeout=timeout, log=logger
-    )
+    cluster = ipp.Cluster(n=n_engines, profile_dir=profile_dir, log=logger)
     logger.info("Starting a local ipyparallel cluster with %d engines", n_engines)
     try:
         cluster.start_cluster_sync()
@@ -419,14 +432,16 @@ def _start_local_cluster(n_engines, timeout):
         # (atexit is last-in, first-out) and also removes the profile directory.
         atexit.register(stop_local_cluster)
         _atexit_registered = True
+    log_dir = os.path.join(profile_dir, "log")
     try:
-        _wait_for_engines(ClusterConnection(client), n_engines, timeout)
+        _wait_for_engines(ClusterConnection(client), n_engines, timeout, log_dir)
     except BaseException:
-        stop_local_cluster()
+        # Stop the processes but keep the logs the error message points to.
+        _stop_local_cluster(remove_logs=False)
         raise
 
 
-def _wait_for_engines(connection, n_engines, timeout):
+def _wait_for_engines(connection, n_engines, timeout, log_dir=None):
     """Block until ``n_engines`` engines of the connection are registered."""
     deadline = time.monotonic() + timeout
     while True:
@@ -436,9 +451,10 @@ def _wait_for_engines(connection, n_engines, timeout):
         if time.monotonic() >= deadline:
             break
         time.sleep(_POLL_INTERVAL)
+    logs = log_dir or "the log directory of the cluster's profile"
     raise EngineTimeoutError(
         f"Expected {n_engines} engine(s) to register with the controller within "
         f"{timeout:g} s, but {n_seen} did. Check that the engines are starting "
-        "(see the engine logs in the profile's log directory), start more with "
-        "`ipcluster engines -n N`, or pass a larger timeout."
+        f"(see the engine logs in {logs}), start more with `ipcluster engines "
+        "-n N`, or pass a larger timeout."
     )

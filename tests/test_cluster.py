@@ -130,10 +130,21 @@ def test_stale_cluster_file_is_skipped_quickly(cluster, tmp_path):
     state["engines"]["sets"] = {}
     security = tmp_path / "profile_stale" / "security"
     security.mkdir(parents=True)
-    (security / "cluster-.json").write_text(json.dumps(state))
+    stale_file = security / "cluster-.json"
+    stale_file.write_text(json.dumps(state))
     start = time.monotonic()
     with pytest.raises(ClusterNotFoundError, match="profile_stale"):
         resolve_cluster(str(tmp_path / "profile_stale"))
+    # ipyparallel removes a cluster file once it finds its controller gone.
+    assert not stale_file.exists()
+    stale_file.write_text(json.dumps(state))
+    expected = f"Could not connect to the cluster described in '{stale_file}'"
+    with pytest.raises(ClusterNotFoundError, match=re.escape(expected)):
+        resolve_cluster(str(stale_file))
+    expected = "No cluster file, connection file or profile directory exists at "
+    expected += repr(str(stale_file))
+    with pytest.raises(ClusterNotFoundError, match=re.escape(expected)):
+        resolve_cluster(stale_file)
     assert time.monotonic() - start < 3
 
 
@@ -221,3 +232,44 @@ def test_none_starts_an_owned_local_cluster_stopped_at_exit(tmp_path, cluster):
 
 def test_stop_local_cluster_without_one_is_a_no_op():
     assert sklearn_ipp.stop_local_cluster() is False
+
+
+_OWNED_CLUSTER_TIMEOUT_SCRIPT = textwrap.dedent(
+    """
+    import json, os, time
+    import psutil
+    import sklearn_ipp
+
+    try:
+        sklearn_ipp.resolve_cluster(timeout=0.5)
+    except sklearn_ipp.EngineTimeoutError as exc:
+        message = str(exc)
+    time.sleep(1)
+    print(json.dumps({
+        "message": message,
+        "children": [p.pid for p in psutil.Process().children(recursive=True)],
+        "local": sklearn_ipp._cluster._local_cluster is not None,
+    }))
+    """
+)
+
+
+def test_owned_cluster_whose_engines_are_late_is_stopped_with_logs_kept(tmp_path):
+    env = dict(os.environ, IPYTHONDIR=str(tmp_path))
+    output = subprocess.run(
+        [sys.executable, "-c", _OWNED_CLUSTER_TIMEOUT_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    ).stdout
+    report = json.loads(output.strip().splitlines()[-1])
+    n_cpus = sklearn_ipp._cluster.cpu_count()
+    assert report["message"].startswith(
+        f"Expected {n_cpus} engine(s) to register with the controller within 0.5 s"
+    )
+    log_dir = re.search(r"engine logs in (\S+)\)", report["message"]).group(1)
+    assert os.path.isdir(log_dir)
+    assert report["children"] == []
+    assert not report["local"]
