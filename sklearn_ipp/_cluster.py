@@ -417,13 +417,15 @@ def _start_local_cluster(n_engines, timeout):
     """
     global _local_cluster, _local_client, _local_profile_dir, _atexit_registered
     profile_dir = tempfile.mkdtemp(prefix="sklearn_ipp-cluster-")
-    cluster = ipp.Cluster(n=n_engines, profile_dir=profile_dir, log=logger)
+    cluster = None
     logger.info("Starting a local ipyparallel cluster with %d engines", n_engines)
     try:
+        cluster = ipp.Cluster(n=n_engines, profile_dir=profile_dir, log=logger)
         cluster.start_cluster_sync()
         client = cluster.connect_client_sync()
     except BaseException:
-        cluster.stop_cluster_sync()
+        if cluster is not None:
+            cluster.stop_cluster_sync()
         shutil.rmtree(profile_dir, ignore_errors=True)
         raise
     _local_cluster, _local_client, _local_profile_dir = cluster, client, profile_dir

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -271,5 +272,6 @@ def test_owned_cluster_whose_engines_are_late_is_stopped_with_logs_kept(tmp_path
     )
     log_dir = re.search(r"engine logs in (\S+)\)", report["message"]).group(1)
     assert os.path.isdir(log_dir)
+    shutil.rmtree(os.path.dirname(log_dir))
     assert report["children"] == []
     assert not report["local"]
