@@ -182,6 +182,22 @@ def test_connection_close_only_closes_owned_clients(client):
     assert not client._closed
 
 
+def _run_without_cluster(script, ipython_dir):
+    """Run ``script`` in a Python whose IPYTHONDIR has no running cluster.
+
+    Return the JSON object the script prints on its last line.
+    """
+    output = subprocess.run(
+        [sys.executable, "-c", script],
+        env=dict(os.environ, IPYTHONDIR=str(ipython_dir)),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
 _OWNED_CLUSTER_SCRIPT = textwrap.dedent(
     """
     import json, os
@@ -206,16 +222,7 @@ _OWNED_CLUSTER_SCRIPT = textwrap.dedent(
 def test_none_starts_an_owned_local_cluster_stopped_at_exit(tmp_path, cluster):
     # A fresh IPYTHONDIR has no running cluster: sklearn_ipp starts its own,
     # reuses it, and stops it when the interpreter exits.
-    env = dict(os.environ, IPYTHONDIR=str(tmp_path))
-    output = subprocess.run(
-        [sys.executable, "-c", _OWNED_CLUSTER_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=True,
-    ).stdout
-    report = json.loads(output.strip().splitlines()[-1])
+    report = _run_without_cluster(_OWNED_CLUSTER_SCRIPT, tmp_path)
     assert report["same_client"]
     assert report["source"] == "local cluster started by sklearn_ipp"
     assert len(report["engine_pids"]) == sklearn_ipp._cluster.cpu_count()
@@ -256,16 +263,7 @@ _OWNED_CLUSTER_TIMEOUT_SCRIPT = textwrap.dedent(
 
 
 def test_owned_cluster_whose_engines_are_late_is_stopped_with_logs_kept(tmp_path):
-    env = dict(os.environ, IPYTHONDIR=str(tmp_path))
-    output = subprocess.run(
-        [sys.executable, "-c", _OWNED_CLUSTER_TIMEOUT_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=True,
-    ).stdout
-    report = json.loads(output.strip().splitlines()[-1])
+    report = _run_without_cluster(_OWNED_CLUSTER_TIMEOUT_SCRIPT, tmp_path)
     n_cpus = sklearn_ipp._cluster.cpu_count()
     assert report["message"].startswith(
         f"Expected {n_cpus} engine(s) to register with the controller within 0.5 s"
