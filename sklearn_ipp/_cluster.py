@@ -99,7 +99,7 @@ class ClusterConnection:
         return [engine_id for engine_id in ids if engine_id in self.targets]
 
     def direct_view(self, targets=None):
-        """Return a blocking DirectView on ``targets`` (default: all engines)."""
+        """Return a blocking DirectView on ``targets`` (default: all of ours)."""
         view = self.client.direct_view(
             self.engine_ids if targets is None else list(targets)
         )
