@@ -25,8 +25,12 @@ from ._exceptions import (
     EngineTimeoutError,
     EngineVersionError,
 )
+from ._search import IPyParallelGridSearchCV, IPyParallelRandomizedSearchCV
 
 __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
+    # Model selection on the cluster
+    "IPyParallelGridSearchCV",
+    "IPyParallelRandomizedSearchCV",
     # Connecting to a cluster
     "ClusterConnection",
     "get_client",

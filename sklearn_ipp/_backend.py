@@ -1,0 +1,547 @@
+"""The joblib backend that runs tasks on an ipyparallel cluster.
+
+joblib hands over batches of ``(function, args, kwargs)``; this backend splits
+them into tasks, packs several tasks into each message to the engines (a
+message costs about 5 ms, a tiny fit far less) and hands results back through
+joblib's callback.
+
+Tasks that are sklearn's ``_fit_and_score`` take the *fold path*: the data of
+their cross-validation split is written once into the store as
+``[train rows | test rows]`` and the task carries a reference to it plus
+``train=np.arange(n_train), test=np.arange(n_train, n)``, which the stored
+arrays answer with zero-copy memory-mapped views. Tasks are run fold by
+fold, and a fold's files are removed as soon as its last task is done, so that
+at most ``max_live_folds`` folds take memory at a time.
+"""
+
+import contextlib
+import inspect
+import itertools
+import queue
+import threading
+from collections import OrderedDict, deque
+from contextlib import contextmanager
+
+import cloudpickle
+import numpy as np
+from joblib.parallel import ParallelBackendBase
+from sklearn.model_selection import _validation
+from sklearn.utils.validation import _num_samples
+
+from ._remote import UNPICKLING_FAILED, run_batch
+from ._store import content_hash
+
+__all__ = ["ClusterBackend"]
+
+# Seconds of work to pack into one message once task durations are known:
+# long enough to hide the per-message cost, short enough to balance the load.
+TARGET_MESSAGE_SECONDS = 0.2
+# Upper bound on tasks per message.
+MAX_TASKS_PER_MESSAGE = 500
+# Messages in flight per engine: one running, one queued, so that no engine
+# waits for the client between two messages.
+MESSAGES_PER_ENGINE = 2
+
+_FIT_AND_SCORE = _validation._fit_and_score
+_FIT_AND_SCORE_SIGNATURE = inspect.signature(_FIT_AND_SCORE)
+
+
+class _Job:
+    """joblib's handle on one submitted batch: done when all its tasks are."""
+
+    def __init__(self, n_tasks, callback):
+        self.results = [None] * n_tasks
+        self.n_remaining = n_tasks
+        self.callback = callback
+        self.exception = None
+        self.done = threading.Event()
+
+    def get(self, timeout=None):
+        if not self.done.wait(timeout):
+            raise TimeoutError("The task did not finish in time.")
+        if self.exception is not None:
+            raise self.exception
+        return self.results
+
+
+class _Task:
+    __slots__ = ("args", "fold", "function", "index", "job", "kwargs")
+
+    def __init__(self, job, index, function, args, kwargs, fold):
+        self.job = job
+        self.index = index
+        self.function = function
+        self.args = args
+        self.kwargs = kwargs
+        self.fold = fold
+
+
+class _Fold:
+    """One cross-validation split of one dataset, and its stored files."""
+
+    def __init__(self, key, X, y, aligned_params, train, test, pairwise):
+        self.key = key
+        self.X, self.y, self.aligned_params = X, y, aligned_params
+        self.train, self.test, self.pairwise = train, test, pairwise
+        self.refs = None  # name -> StoredData, while the fold is stored
+        self.n_outstanding = 0  # tasks queued or running
+
+    def materialise(self, store):
+        rows = np.concatenate([self.train, self.test])
+        columns = self.train if self.pairwise else None
+        refs = {"X": store.write(self.X, rows, columns)}
+        if self.y is not None:
+            refs["y"] = store.write(self.y, rows)
+        for name, value in self.aligned_params.items():
+            refs["param:" + name] = store.write(value, rows)
+        self.refs = refs
+
+    def release(self, store):
+        for ref in self.refs.values():
+            store.remove(ref)
+        self.refs = None
+
+    def rewrite(self, task):
+        """Point a ``_fit_and_score`` task at the stored fold."""
+        bound = _FIT_AND_SCORE_SIGNATURE.bind(*task.args, **task.kwargs)
+        arguments = bound.arguments
+        n_train, n_total = len(self.train), len(self.train) + len(self.test)
+        arguments["X"] = self.refs["X"]
+        if self.y is not None:
+            arguments["y"] = self.refs["y"]
+        # Contiguous ranges: stored arrays answer them with views.
+        arguments["train"] = np.arange(n_train)
+        arguments["test"] = np.arange(n_train, n_total)
+        for group in ("fit_params", "score_params"):
+            params = arguments.get(group)
+            if params:
+                arguments[group] = {
+                    name: self.refs.get("param:" + name, value)
+                    for name, value in params.items()
+                }
+        return bound.args, bound.kwargs
+
+
+class ClusterBackend(ParallelBackendBase):
+    """Run joblib tasks on the engines of an ipyparallel cluster.
+
+    Parameters
+    ----------
+    connection : ClusterConnection
+        Where to run.
+    store : Store
+        Where the fold path writes data.
+    max_live_folds : int, default=1
+        How many folds may be stored at once.
+    on_progress : callable or None, default=None
+        Called as ``on_progress(n_done, n_submitted)`` from the scheduling
+        thread when tasks finish.
+    """
+
+    supports_retrieve_callback = True
+    supports_timeout = True
+    supports_sharedmem = False
+    default_n_jobs = -1
+
+    def __init__(
+        self,
+        connection,
+        store,
+        *,
+        max_live_folds=1,
+        on_progress=None,
+        **backend_kwargs,
+    ):
+        super().__init__(**backend_kwargs)
+        self.connection = connection
+        self.store = store
+        self.max_live_folds = max_live_folds
+        self.on_progress = on_progress
+        self.n_messages = 0
+        self.n_submitted = 0
+        self.n_done = 0
+        self._condition = threading.Condition()
+        self._completions = queue.SimpleQueue()
+        self._waiting = OrderedDict()  # fold key (None: no fold) -> deque of tasks
+        self._folds = {}
+        self._in_flight = {}  # message id -> (AsyncResult, tasks)
+        self._hashes = {}  # id(array) -> (array, content hash)
+        self._fold_sequence = itertools.count()
+        self._seconds_per_task = None
+        self._sending = False
+        self._stopping = False
+        self._error = None
+        self._thread = None
+        self._view = connection.load_balanced_view()
+
+    # joblib's backend API -------------------------------------------------
+
+    def effective_n_jobs(self, n_jobs):
+        """Return the number of engines: the cluster decides the parallelism."""
+        return max(1, len(self.connection.engine_ids))
+
+    def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
+        """Start the scheduling thread; return the number of engines."""
+        self.parallel = parallel
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(
+                target=self._schedule, name="sklearn_ipp-scheduler", daemon=True
+            )
+            self._thread.start()
+        return self.effective_n_jobs(n_jobs)
+
+    def compute_batch_size(self):
+        """Return 1: this backend packs tasks into messages itself."""
+        return 1
+
+    def submit(self, func, callback=None):
+        """Queue a joblib batch; ``callback`` runs when all its tasks are done."""
+        items = list(func.items) if hasattr(func, "items") else [(func, (), {})]
+        job = _Job(len(items), callback)
+        tasks = [
+            self._make_task(job, index, function, args, kwargs)
+            for index, (function, args, kwargs) in enumerate(items)
+        ]
+        with self._condition:
+            for task in tasks:
+                key = task.fold.key if task.fold is not None else None
+                self._waiting.setdefault(key, deque()).append(task)
+                if task.fold is not None:
+                    task.fold.n_outstanding += 1
+            self.n_submitted += len(tasks)
+            self._condition.notify_all()
+        return job
+
+    # joblib < 1.5 calls apply_async instead of submit.
+    apply_async = submit
+
+    def retrieve_result_callback(self, out):
+        """Return the results of a finished batch, or raise its error."""
+        return out.get()
+
+    @contextmanager
+    def retrieval_context(self):
+        """Send tasks only once joblib has handed over its first batches.
+
+        joblib enters this after dispatching what ``pre_dispatch`` allows, so
+        the scheduler sees the whole queue and can order it fold by fold.
+        """
+        with self._condition:
+            self._sending = True
+            self._condition.notify_all()
+        yield
+
+    def abort_everything(self, ensure_ready=True):
+        """Drop queued tasks and abort the messages in flight."""
+        with self._condition:
+            dropped = [task for tasks in self._waiting.values() for task in tasks]
+            self._waiting.clear()
+            in_flight = list(self._in_flight.values())
+            self._in_flight.clear()
+            for task in dropped + [t for _, tasks in in_flight for t in tasks]:
+                if task.fold is not None:
+                    task.fold.n_outstanding -= 1
+        for async_result, _ in in_flight:
+            # Already finished or its engine gone: nothing left to abort.
+            with contextlib.suppress(Exception):
+                async_result.abort()
+        # The scheduling thread removes the folds left without tasks.
+        if not ensure_ready:
+            self.terminate()
+
+    def terminate(self):
+        """Stop the scheduling thread and remove every stored fold."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._thread = None
+        for fold in self._folds.values():
+            if fold.refs is not None:
+                fold.release(self.store)
+        self._folds.clear()
+        self._hashes.clear()
+
+    # Tasks -----------------------------------------------------------------
+
+    def _make_task(self, job, index, function, args, kwargs):
+        target = getattr(function, "function", function)  # sklearn's _FuncWrapper
+        fold = None
+        if target is _FIT_AND_SCORE:
+            fold = self._fold_of(args, kwargs)
+        return _Task(job, index, function, args, kwargs, fold)
+
+    def _fold_of(self, args, kwargs):
+        arguments = _FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
+        X, y = arguments["X"], arguments["y"]
+        train = np.asarray(arguments["train"])
+        test = np.asarray(arguments["test"])
+        n_samples = _num_samples(X)
+        aligned = {}
+        for group in ("fit_params", "score_params"):
+            for name, value in (arguments.get(group) or {}).items():
+                if _is_sample_aligned(value, n_samples):
+                    aligned[name] = value
+        pairwise = _is_pairwise(arguments["estimator"], arguments["parameters"], X)
+        key = (
+            self._hash(X),
+            None if y is None else self._hash(y),
+            tuple((name, self._hash(value)) for name, value in sorted(aligned.items())),
+            self._hash(train),
+            self._hash(test),
+            pairwise,
+        )
+        fold = self._folds.get(key)
+        if fold is None:
+            fold = _Fold(key, X, y, aligned, train, test, pairwise)
+            fold.sequence = next(self._fold_sequence)
+            self._folds[key] = fold
+        return fold
+
+    def _hash(self, obj):
+        # The same objects come back in every task of a search: hash them once.
+        cached = self._hashes.get(id(obj))
+        if cached is None or cached[0] is not obj:
+            cached = self._hashes[id(obj)] = (obj, content_hash(obj))
+        return cached[1]
+
+    # Scheduling thread -----------------------------------------------------
+
+    def _schedule(self):
+        try:
+            while True:
+                with self._condition:
+                    while (
+                        not self._stopping
+                        and not self._can_send()
+                        and (self._completions.empty())
+                    ):
+                        self._condition.wait(0.5)
+                    if self._stopping:
+                        return
+                self._handle_completions()
+                self._release_idle_folds()
+                self._send_ready()
+        except BaseException as exc:  # surfaced to joblib through the jobs
+            self._fail_everything(exc)
+
+    def _can_send(self):
+        return (
+            self._sending
+            and any(self._waiting.values())
+            and len(self._in_flight) < self._max_in_flight()
+        )
+
+    def _max_in_flight(self):
+        return MESSAGES_PER_ENGINE * max(1, len(self.connection.engine_ids))
+
+    def _send_ready(self):
+        while True:
+            with self._condition:
+                if not self._can_send():
+                    return
+                choice = self._choose()
+            if choice is None:
+                return
+            if isinstance(choice, _Fold):
+                # Written outside the lock: ipyparallel's thread takes it too.
+                choice.materialise(self.store)
+                continue
+            self._send(choice)
+
+    def _send(self, tasks):
+        payload = cloudpickle.dumps([self._message_item(task) for task in tasks])
+        async_result = self._view.apply_async(run_batch, payload)
+        self.n_messages += 1
+        with self._condition:
+            self._in_flight[async_result.msg_ids[0]] = (async_result, tasks)
+        async_result.add_done_callback(self._on_message_done)
+
+    def _choose(self):
+        """Return the next message's tasks, a fold to store first, or None.
+
+        Tasks of stored folds come first, then tasks without data, then the
+        oldest fold waiting, once fewer than ``max_live_folds`` are stored.
+        """
+        keys = [key for key, tasks in self._waiting.items() if tasks]
+        stored = [k for k in keys if k is not None and self._folds[k].refs is not None]
+        if stored:
+            key = min(stored, key=lambda k: self._folds[k].sequence)
+        elif None in keys:
+            key = None
+        else:
+            n_stored = sum(fold.refs is not None for fold in self._folds.values())
+            if n_stored >= self.max_live_folds or not keys:
+                return None
+            return min((self._folds[k] for k in keys), key=lambda f: f.sequence)
+        waiting = self._waiting[key]
+        size = min(self._message_size(len(waiting)), len(waiting))
+        tasks = [waiting.popleft() for _ in range(size)]
+        if not waiting:
+            del self._waiting[key]
+        return tasks
+
+    def _message_size(self, n_waiting):
+        """Tasks per message: enough work to hide the message cost, balanced."""
+        n_engines = max(1, len(self.connection.engine_ids))
+        balanced = -(-n_waiting // (MESSAGES_PER_ENGINE * n_engines))
+        if self._seconds_per_task is None:
+            return 1
+        by_time = int(TARGET_MESSAGE_SECONDS / max(self._seconds_per_task, 1e-6))
+        return max(1, min(balanced, by_time, MAX_TASKS_PER_MESSAGE))
+
+    def _message_item(self, task):
+        if task.fold is None:
+            return task.function, task.args, task.kwargs
+        args, kwargs = task.fold.rewrite(task)
+        return task.function, args, kwargs
+
+    def _on_message_done(self, async_result):
+        # Runs in ipyparallel's thread: hand over to the scheduling thread.
+        self._completions.put(async_result)
+        with self._condition:
+            self._condition.notify_all()
+
+    def _handle_completions(self):
+        while True:
+            try:
+                async_result = self._completions.get_nowait()
+            except queue.Empty:
+                return
+            with self._condition:
+                entry = self._in_flight.pop(async_result.msg_ids[0], None)
+            if entry is None:  # aborted
+                continue
+            _, tasks = entry
+            outcomes = self._outcomes(async_result, tasks)
+            for task, outcome in zip(tasks, outcomes, strict=True):
+                self._finish(task, outcome)
+
+    def _outcomes(self, async_result, tasks):
+        """Turn a reply into one ``(ok, result_or_exception)`` per task."""
+        try:
+            reply = cloudpickle.loads(async_result.get())
+        except BaseException as exc:  # the engine died or the message failed
+            return [(False, exc)] * len(tasks)
+        if reply[0] == UNPICKLING_FAILED:
+            _, exc, text, hostname = reply
+            error = _engine_import_error(exc, text, async_result, hostname)
+            return [(False, error)] * len(tasks)
+        outcomes, seconds, _ = reply
+        self._update_duration(seconds / len(tasks))
+        return [
+            (True, outcome[1])
+            if outcome[0]
+            else (False, _with_remote_traceback(outcome[1], outcome[2]))
+            for outcome in outcomes
+        ]
+
+    def _update_duration(self, seconds):
+        if self._seconds_per_task is None:
+            self._seconds_per_task = seconds
+        else:
+            self._seconds_per_task = 0.7 * self._seconds_per_task + 0.3 * seconds
+
+    def _finish(self, task, outcome):
+        job = task.job
+        ok, value = outcome
+        with self._condition:
+            if task.fold is not None:
+                task.fold.n_outstanding -= 1
+            self.n_done += 1
+            if ok:
+                job.results[task.index] = value
+            elif job.exception is None:
+                job.exception = value
+            job.n_remaining -= 1
+            finished = job.n_remaining == 0
+        if self.on_progress is not None:
+            self.on_progress(self.n_done, self.n_submitted)
+        if finished:
+            job.done.set()
+            if job.callback is not None:
+                job.callback(job)
+
+    def _release_idle_folds(self):
+        with self._condition:
+            idle = [
+                fold
+                for fold in self._folds.values()
+                if fold.refs is not None and fold.n_outstanding == 0
+            ]
+        for fold in idle:
+            fold.release(self.store)
+
+    def _fail_everything(self, exc):
+        with self._condition:
+            tasks = [task for waiting in self._waiting.values() for task in waiting]
+            tasks += [
+                task for _, in_flight in self._in_flight.values() for task in in_flight
+            ]
+            self._waiting.clear()
+            self._in_flight.clear()
+        for task in tasks:
+            self._finish(task, (False, exc))
+
+
+def _is_sample_aligned(value, n_samples):
+    # The rule sklearn's _check_method_params uses to split fit parameters.
+    if not hasattr(value, "__len__") and not hasattr(value, "shape"):
+        return False
+    if np.isscalar(value) or isinstance(value, (str, bytes, dict)):
+        return False
+    try:
+        return _num_samples(value) == n_samples
+    except TypeError:
+        return False
+
+
+def _is_pairwise(estimator, parameters, X):
+    """Whether sklearn will index X as a precomputed kernel for this task."""
+    shape = getattr(X, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
+        return False  # only a square X can be pairwise: skip the clone below
+    candidate = estimator
+    if parameters:
+        from sklearn.base import clone
+
+        candidate = clone(estimator).set_params(**clone(parameters, safe=False))
+    try:
+        from sklearn.utils import get_tags  # scikit-learn >= 1.6
+    except ImportError:
+        from sklearn.utils._tags import _safe_tags
+
+        return bool(_safe_tags(candidate, key="pairwise"))
+    return bool(get_tags(candidate).input_tags.pairwise)
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised on an engine."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+def _with_remote_traceback(exc, text):
+    exc.__cause__ = RemoteTraceback(f"\n\nTraceback on the engine:\n{text}")
+    return exc
+
+
+def _engine_import_error(exc, text, async_result, hostname):
+    engine = getattr(async_result, "engine_id", None)
+    where = f"engine {engine} on host {hostname!r}"
+    if isinstance(exc, ImportError):
+        module = getattr(exc, "name", None) or str(exc)
+        error = ModuleNotFoundError(
+            f"The task could not be loaded on {where}: module {module!r} is not "
+            f"installed there ({exc}). Install it on that host (`pip install "
+            "...`) in the environment the engines run in, then restart them.",
+            name=getattr(exc, "name", None),
+        )
+    else:
+        error = RuntimeError(
+            f"The task could not be loaded on {where}: {type(exc).__name__}: {exc}"
+        )
+    return _with_remote_traceback(error, text)

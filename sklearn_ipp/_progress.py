@@ -1,0 +1,48 @@
+"""A progress bar of finished fits (tqdm, which ipyparallel already needs)."""
+
+import threading
+
+from tqdm.auto import tqdm
+
+__all__ = ["FitProgress"]
+
+# Without verbose, a bar appears only for a search still running after this
+# many seconds, so short searches stay quiet.
+QUIET_DELAY_SECONDS = 10.0
+
+
+class FitProgress:
+    """Count finished fits on a tqdm bar, safely from any thread.
+
+    Parameters
+    ----------
+    verbose : int
+        The search's ``verbose``: above 0 the bar shows at once, else only
+        once the search has run for ``QUIET_DELAY_SECONDS``.
+    description : str, default="fits"
+        Text before the bar.
+    """
+
+    def __init__(self, verbose, description="fits"):
+        self._lock = threading.Lock()
+        self._bar = tqdm(
+            total=0,
+            desc=description,
+            unit="fit",
+            delay=0 if verbose > 0 else QUIET_DELAY_SECONDS,
+            # Shown on a terminal or in Jupyter; in logs only when asked for.
+            disable=False if verbose > 0 else None,
+            leave=verbose > 0,
+        )
+
+    def update(self, n_done, n_submitted):
+        """Show ``n_done`` of ``n_submitted`` fits finished."""
+        with self._lock:
+            if self._bar.total != n_submitted:
+                self._bar.total = n_submitted
+            self._bar.update(n_done - self._bar.n)
+
+    def close(self):
+        """Remove or finish the bar."""
+        with self._lock:
+            self._bar.close()

@@ -1,0 +1,335 @@
+"""Drop-in replacements for sklearn's GridSearchCV and RandomizedSearchCV.
+
+They are sklearn's own classes, whose ``fit`` runs under sklearn_ipp's joblib
+backend: sklearn still builds ``cv_results_``, picks the best candidate and
+refits it, and only the evaluation of the candidates moves to the cluster.
+"""
+
+import pickle
+
+import cloudpickle
+import numpy as np
+from joblib import parallel_config
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
+
+from ._backend import ClusterBackend
+from ._cluster import resolve_cluster
+from ._engines import check_engines
+from ._progress import FitProgress
+from ._store import Store
+
+__all__ = ["IPyParallelGridSearchCV", "IPyParallelRandomizedSearchCV"]
+
+_CLUSTER_PARAMETERS_DOC = """
+    client : None, str, ipyparallel.Client, View or Cluster, default=None
+        The cluster to run on, as in :func:`sklearn_ipp.resolve_cluster`:
+        None uses a running cluster of the default profile, else a local
+        cluster started for this process; a string names a profile.
+
+    store_dir : str or None, default=None
+        Where the cross-validation folds are written for the engines to
+        memory-map: a private subdirectory (mode 0700) is made there and
+        removed after ``fit``. None uses ``/dev/shm`` when it has room, else
+        the temporary directory. Every engine host must be able to read it.
+"""
+
+
+class _ClusterSearchMixin:
+    """``fit`` on the cluster, plus what makes the search a good estimator."""
+
+    def fit(self, X, y=None, **params):
+        """Run fit with all sets of parameters, on the cluster.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, n_samples)
+            Training vectors; a square precomputed kernel or distance matrix
+            for pairwise estimators.
+        y : array-like of shape (n_samples, n_output) or (n_samples,), \
+                default=None
+            Target relative to X; None for unsupervised learning.
+        **params : dict of str -> object
+            Parameters passed to the ``fit`` method of the estimator, the
+            scorer and the CV splitter, as in scikit-learn. Array-likes with
+            one value per sample are split with the folds.
+
+        Returns
+        -------
+        self : object
+            Instance of fitted estimator.
+        """
+        self._check_picklable()
+        with resolve_cluster(self.client) as connection:
+            check_engines(connection)
+            store = Store(self.store_dir, expected_nbytes=getattr(X, "nbytes", 0))
+            progress = FitProgress(self.verbose)
+            backend = ClusterBackend(connection, store, on_progress=progress.update)
+            try:
+                with parallel_config(backend=backend):
+                    return super().fit(X, y, **params)
+            finally:
+                backend.terminate()
+                progress.close()
+                store.close()
+
+    def _check_picklable(self):
+        """Fail before any task is sent if something cannot reach the engines."""
+        _check_picklable(self.estimator, "The estimator")
+        for name, value in self._search_space_items():
+            _check_picklable(value, name)
+        if callable(self.scoring) or isinstance(self.scoring, dict):
+            _check_picklable(self.scoring, "The scoring")
+
+    def __sklearn_clone__(self):
+        # sklearn deep-copies parameters that are not estimators; a client or
+        # a view holds live connections, so it is shared instead.
+        params = self.get_params(deep=False)
+        client = params.pop("client")
+        cloned = {name: clone(value, safe=False) for name, value in params.items()}
+        return type(self)(**cloned, client=client)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if not (state.get("client") is None or isinstance(state["client"], str)):
+            # A connection cannot be pickled: the fitted model can, without it.
+            state["client"] = None
+        return state
+
+
+def _check_picklable(obj, name):
+    try:
+        cloudpickle.dumps(obj)
+    except Exception as exc:
+        raise pickle.PicklingError(
+            f"{name} {obj!r} cannot be pickled, so it cannot be sent to the "
+            f"engines: {type(exc).__name__}: {exc}. Use objects that pickle, or "
+            "define them in an importable module installed on every engine."
+        ) from exc
+
+
+def _grid_items(grid, label):
+    grids = [grid] if isinstance(grid, dict) else list(grid)
+    for index, one_grid in enumerate(grids):
+        prefix = label if len(grids) == 1 else f"{label}[{index}]"
+        for key, values in one_grid.items():
+            candidates = (
+                values if isinstance(values, (list, tuple, np.ndarray)) else [values]
+            )
+            for position, value in enumerate(candidates):
+                yield f"The value {prefix}[{key!r}][{position}]", value
+
+
+class IPyParallelGridSearchCV(_ClusterSearchMixin, GridSearchCV):
+    """Exhaustive search over a parameter grid, on an ipyparallel cluster.
+
+    A drop-in replacement for :class:`sklearn.model_selection.GridSearchCV`:
+    same parameters, same ``cv_results_`` and attributes. X, y and the
+    sample-aligned fit parameters are written once per cross-validation split
+    into a private store that the engines memory-map read-only; tasks carry a
+    reference to the data, never the data.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        As in :class:`~sklearn.model_selection.GridSearchCV`.
+    param_grid : dict or list of dictionaries
+        As in :class:`~sklearn.model_selection.GridSearchCV`.
+    scoring : str, callable, list, tuple or dict, default=None
+        As in :class:`~sklearn.model_selection.GridSearchCV`.
+    n_jobs : int, default=None
+        Accepted for compatibility and ignored: the cluster's engines decide
+        the parallelism. Estimators' own ``n_jobs`` still apply on engines.
+    refit : bool, str, or callable, default=True
+        As in :class:`~sklearn.model_selection.GridSearchCV`; the refit runs
+        in this process.
+    cv : int, cross-validation generator or an iterable, default=None
+        As in :class:`~sklearn.model_selection.GridSearchCV`.
+    verbose : int, default=0
+        As in :class:`~sklearn.model_selection.GridSearchCV`; above 0 a
+        progress bar of finished fits is shown too (without, it appears for
+        searches running longer than 10 s, on a terminal or in Jupyter).
+    pre_dispatch : int or str, default="all"
+        How many tasks joblib hands to the scheduler before the first result.
+        Tasks are a few KB each whatever the data size, so all of them are
+        handed over by default, which lets the scheduler run them one
+        cross-validation split at a time and store one split at a time.
+    error_score : 'raise' or numeric, default=np.nan
+        As in :class:`~sklearn.model_selection.GridSearchCV`.
+    return_train_score : bool, default=False
+        As in :class:`~sklearn.model_selection.GridSearchCV`.
+    {cluster_parameters}
+
+    Attributes
+    ----------
+    cv_results_, best_estimator_, best_score_, best_params_, best_index_, \
+scorer_, n_splits_, refit_time_, multimetric_, classes_, n_features_in_, \
+feature_names_in_
+        As in :class:`~sklearn.model_selection.GridSearchCV`.
+
+    See Also
+    --------
+    IPyParallelRandomizedSearchCV : Randomized search on the cluster.
+    sklearn.model_selection.GridSearchCV : The class this replaces.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.svm import SVC
+    >>> from sklearn_ipp import IPyParallelGridSearchCV
+    >>> X, y = load_iris(return_X_y=True)
+    >>> search = IPyParallelGridSearchCV(SVC(), {{"C": [1, 10]}})
+    >>> search.fit(X, y).best_params_  # doctest: +SKIP
+    {{'C': 1}}
+    """
+
+    _parameter_constraints = {
+        **GridSearchCV._parameter_constraints,
+        "client": [None, object],
+        "store_dir": [None, str],
+    }
+
+    def __init__(
+        self,
+        estimator,
+        param_grid,
+        *,
+        scoring=None,
+        n_jobs=None,
+        refit=True,
+        cv=None,
+        verbose=0,
+        pre_dispatch="all",
+        error_score=np.nan,
+        return_train_score=False,
+        client=None,
+        store_dir=None,
+    ):
+        super().__init__(
+            estimator=estimator,
+            param_grid=param_grid,
+            scoring=scoring,
+            n_jobs=n_jobs,
+            refit=refit,
+            cv=cv,
+            verbose=verbose,
+            pre_dispatch=pre_dispatch,
+            error_score=error_score,
+            return_train_score=return_train_score,
+        )
+        self.client = client
+        self.store_dir = store_dir
+
+    def _search_space_items(self):
+        return _grid_items(self.param_grid, "param_grid")
+
+
+class IPyParallelRandomizedSearchCV(_ClusterSearchMixin, RandomizedSearchCV):
+    """Randomized search over parameters, on an ipyparallel cluster.
+
+    A drop-in replacement for
+    :class:`sklearn.model_selection.RandomizedSearchCV`: same parameters,
+    same ``cv_results_`` and attributes, with the data stored once per
+    cross-validation split and memory-mapped read-only by the engines.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        As in :class:`~sklearn.model_selection.RandomizedSearchCV`.
+    param_distributions : dict or list of dicts
+        As in :class:`~sklearn.model_selection.RandomizedSearchCV`.
+    n_iter : int, default=10
+        As in :class:`~sklearn.model_selection.RandomizedSearchCV`.
+    scoring : str, callable, list, tuple or dict, default=None
+        As in :class:`~sklearn.model_selection.RandomizedSearchCV`.
+    n_jobs : int, default=None
+        Accepted for compatibility and ignored: the cluster's engines decide
+        the parallelism.
+    refit : bool, str, or callable, default=True
+        As in :class:`~sklearn.model_selection.RandomizedSearchCV`.
+    cv : int, cross-validation generator or an iterable, default=None
+        As in :class:`~sklearn.model_selection.RandomizedSearchCV`.
+    verbose : int, default=0
+        As in :class:`~sklearn.model_selection.RandomizedSearchCV`; above 0 a
+        progress bar of finished fits is shown too.
+    pre_dispatch : int or str, default="all"
+        See :class:`IPyParallelGridSearchCV`.
+    random_state : int, RandomState instance or None, default=None
+        As in :class:`~sklearn.model_selection.RandomizedSearchCV`.
+    error_score : 'raise' or numeric, default=np.nan
+        As in :class:`~sklearn.model_selection.RandomizedSearchCV`.
+    return_train_score : bool, default=False
+        As in :class:`~sklearn.model_selection.RandomizedSearchCV`.
+    {cluster_parameters}
+
+    Attributes
+    ----------
+    cv_results_, best_estimator_, best_score_, best_params_, best_index_, \
+scorer_, n_splits_, refit_time_, multimetric_, classes_, n_features_in_, \
+feature_names_in_
+        As in :class:`~sklearn.model_selection.RandomizedSearchCV`.
+
+    See Also
+    --------
+    IPyParallelGridSearchCV : Exhaustive search on the cluster.
+    sklearn.model_selection.RandomizedSearchCV : The class this replaces.
+
+    Examples
+    --------
+    >>> from scipy.stats import loguniform
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.svm import SVC
+    >>> from sklearn_ipp import IPyParallelRandomizedSearchCV
+    >>> X, y = load_iris(return_X_y=True)
+    >>> search = IPyParallelRandomizedSearchCV(
+    ...     SVC(), {{"C": loguniform(1e-2, 1e2)}}, n_iter=8, random_state=0)
+    >>> search.fit(X, y).best_params_  # doctest: +SKIP
+    """
+
+    _parameter_constraints = {
+        **RandomizedSearchCV._parameter_constraints,
+        "client": [None, object],
+        "store_dir": [None, str],
+    }
+
+    def __init__(
+        self,
+        estimator,
+        param_distributions,
+        *,
+        n_iter=10,
+        scoring=None,
+        n_jobs=None,
+        refit=True,
+        cv=None,
+        verbose=0,
+        pre_dispatch="all",
+        random_state=None,
+        error_score=np.nan,
+        return_train_score=False,
+        client=None,
+        store_dir=None,
+    ):
+        super().__init__(
+            estimator=estimator,
+            param_distributions=param_distributions,
+            n_iter=n_iter,
+            scoring=scoring,
+            n_jobs=n_jobs,
+            refit=refit,
+            cv=cv,
+            verbose=verbose,
+            pre_dispatch=pre_dispatch,
+            random_state=random_state,
+            error_score=error_score,
+            return_train_score=return_train_score,
+        )
+        self.client = client
+        self.store_dir = store_dir
+
+    def _search_space_items(self):
+        return _grid_items(self.param_distributions, "param_distributions")
+
+
+for _cls in (IPyParallelGridSearchCV, IPyParallelRandomizedSearchCV):
+    _cls.__doc__ = _cls.__doc__.format(cluster_parameters=_CLUSTER_PARAMETERS_DOC)

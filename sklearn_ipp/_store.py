@@ -1,0 +1,282 @@
+"""A private, per-fit store of data that engines memory-map read-only.
+
+The client writes each piece of data once into a directory that only its user
+can read; engines on a host that sees the directory open the files with
+``mmap_mode="r"``, so all engines of a host share one copy in the page cache
+and no task message carries data.
+
+A cross-validation split is stored as a *fold*: the rows of the training set
+followed by the rows of the test set. Tasks then index the training set with
+``np.arange(n_train)`` and the test set with ``np.arange(n_train, n)``, and the
+stored arrays come back as :class:`RowRangeArray`, which answers indexing by
+such a contiguous range with a view instead of numpy's copy: no copy of the
+data per fit. (Slices would say the same more directly, but scikit-learn >=
+1.8 turns ``train`` and ``test`` into arrays before indexing.)
+"""
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+
+import joblib
+import numpy as np
+from sklearn.utils import _safe_indexing
+
+__all__ = ["RowRangeArray", "Store", "StoredData", "content_hash", "load_stored"]
+
+# Only the owner may list, read or write: engines unpickle what they find
+# there, so nobody else must be able to plant a file.
+FOLDER_PERMISSIONS = 0o700
+
+# Rows are copied into a fold file by chunks of this size, so writing a fold
+# costs the client this much memory instead of a copy of the fold.
+COPY_CHUNK_BYTES = 64 * 2**20
+
+# RAM-backed location used when it has room for this many times the data;
+# the rest of it stays free for the fits themselves.
+_SHM_DIR = "/dev/shm"
+_SHM_HEADROOM = 4
+
+_STORE_PARAMETER_HINT = (
+    "Pass store_dir= a directory with enough free space that every engine host "
+    "can read (for example a local disk such as /var/tmp)."
+)
+
+
+def content_hash(obj):
+    """Return a hex digest of ``obj``'s content, fast for numpy arrays."""
+    digest = hashlib.sha256()
+    if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
+        digest.update(f"{obj.dtype.str}{obj.shape}".encode())
+        digest.update(memoryview(np.ascontiguousarray(obj)).cast("B"))
+    else:
+        digest.update(joblib.hash(obj).encode())
+    return digest.hexdigest()
+
+
+class StoredData:
+    """A reference to data in a store; unpickles as the data itself.
+
+    A task message carries this reference (a path), never the data; on the
+    engine, unpickling it opens the file read-only and memory-mapped.
+
+    Parameters
+    ----------
+    path : str
+        The file in the store.
+    kind : {"npy", "joblib"}
+        ``"npy"``: a numpy array file; ``"joblib"``: anything saved with
+        ``joblib.dump`` (arrays inside are memory-mapped too).
+    nbytes : int
+        Size of the data, for the bytes-per-host accounting.
+    """
+
+    def __init__(self, path, kind, nbytes):
+        self.path = path
+        self.kind = kind
+        self.nbytes = nbytes
+
+    def __reduce__(self):
+        return load_stored, (self.path, self.kind)
+
+    def __repr__(self):
+        return f"StoredData({self.path!r}, {self.kind!r}, nbytes={self.nbytes})"
+
+
+def load_stored(path, kind):
+    """Open stored data read-only and memory-mapped (runs on the engines)."""
+    if kind == "npy":
+        return np.load(path, mmap_mode="r", allow_pickle=False).view(RowRangeArray)
+    return joblib.load(path, mmap_mode="r")
+
+
+class RowRangeArray(np.ndarray):
+    """An array whose rows, indexed by a contiguous range, come back as a view.
+
+    numpy copies on any indexing by an integer array; a fold's training and
+    test sets are contiguous ranges of its rows, so answering those with the
+    equivalent slice gives the same values without the copy.
+    """
+
+    def __getitem__(self, key):
+        rows, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
+        as_slice = _contiguous_range(rows)
+        if as_slice is not None:
+            key = (as_slice, *rest)
+        return super().__getitem__(key)
+
+
+def _contiguous_range(rows):
+    """Return ``slice(a, b)`` if ``rows`` is ``np.arange(a, b)``, else None."""
+    if not (
+        isinstance(rows, np.ndarray)
+        and rows.ndim == 1
+        and rows.dtype.kind in "iu"
+        and rows.size
+    ):
+        return None
+    start = int(rows[0])
+    stop = start + rows.size
+    if start < 0 or int(rows[-1]) != stop - 1:
+        return None
+    if rows.size > 2 and not np.array_equal(rows, np.arange(start, stop)):
+        return None
+    return slice(start, stop)
+
+
+class StoreError(OSError):
+    """The store directory cannot be created or written."""
+
+
+class Store:
+    """A private directory holding the data of one fit.
+
+    Parameters
+    ----------
+    location : str or None
+        Parent directory. None picks ``/dev/shm`` when it has room for
+        ``expected_nbytes`` several times over, else the system's temporary
+        directory.
+    expected_nbytes : int, default=0
+        Size of the largest data expected, to choose the location.
+    """
+
+    def __init__(self, location=None, expected_nbytes=0):
+        parent = location if location is not None else _default_parent(expected_nbytes)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            # mkdtemp makes an unpredictable name with mode 0700.
+            self.path = tempfile.mkdtemp(prefix="sklearn_ipp-", dir=parent)
+            os.chmod(self.path, FOLDER_PERMISSIONS)
+        except OSError as exc:
+            raise StoreError(
+                exc.errno,
+                f"Cannot create the data store in {parent!r}: {exc.strerror or exc}. "
+                + _STORE_PARAMETER_HINT,
+            ) from exc
+        self.n_writes = 0
+        self.bytes_written = 0
+
+    def write(self, obj, rows=None, columns=None):
+        """Store ``obj`` (its ``rows`` and ``columns`` only, if given).
+
+        Returns
+        -------
+        ref : StoredData
+        """
+        name = uuid.uuid4().hex
+        if _is_plain_array(obj):
+            nbytes = _selected_nbytes(obj, rows, columns)
+            self._check_room(nbytes)
+            path = os.path.join(self.path, name + ".npy")
+            self._guarded(_write_npy, path, obj, rows, columns)
+            kind = "npy"
+        else:
+            if rows is not None:
+                obj = _safe_indexing(obj, rows)
+            nbytes = getattr(obj, "nbytes", 0) or _sparse_nbytes(obj)
+            self._check_room(nbytes)
+            path = os.path.join(self.path, name + ".joblib")
+            self._guarded(_write_joblib, path, obj)
+            kind = "joblib"
+        self.n_writes += 1
+        self.bytes_written += nbytes
+        return StoredData(path, kind, nbytes)
+
+    def remove(self, ref):
+        """Delete stored data; engines that still map it keep their view."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(ref.path)
+
+    def close(self):
+        """Delete the store directory and everything in it."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def _check_room(self, nbytes):
+        free = shutil.disk_usage(self.path).free
+        if nbytes > free:
+            raise StoreError(
+                errno.ENOSPC,
+                f"The data store {self.path!r} has {free / 1e6:.1f} MB free but "
+                f"{nbytes / 1e6:.1f} MB are needed. " + _STORE_PARAMETER_HINT,
+            )
+
+    def _guarded(self, write, path, *args):
+        # Write to a temporary name and rename, so that a reader never sees a
+        # partial file; plain writes (not a memory map) turn a full disk into
+        # an OSError instead of a crash.
+        tmp_path = path + ".part"
+        try:
+            write(tmp_path, *args)
+            os.rename(tmp_path, path)
+        except OSError as exc:
+            _remove_quietly(tmp_path)
+            raise StoreError(
+                exc.errno,
+                f"Writing to the data store {self.path!r} failed: "
+                f"{exc.strerror or exc}. " + _STORE_PARAMETER_HINT,
+            ) from exc
+
+
+def _default_parent(expected_nbytes):
+    try:
+        if shutil.disk_usage(_SHM_DIR).free > _SHM_HEADROOM * expected_nbytes and (
+            os.access(_SHM_DIR, os.W_OK)
+        ):
+            return _SHM_DIR
+    except OSError:
+        pass
+    return tempfile.gettempdir()
+
+
+def _is_plain_array(obj):
+    return isinstance(obj, np.ndarray) and not obj.dtype.hasobject and obj.ndim >= 1
+
+
+def _selected_nbytes(array, rows, columns):
+    n_rows = array.shape[0] if rows is None else len(rows)
+    row_items = int(np.prod(array.shape[1:], dtype=np.int64)) if array.ndim > 1 else 1
+    if columns is not None:
+        row_items = len(columns)
+    return n_rows * row_items * array.itemsize
+
+
+def _sparse_nbytes(obj):
+    parts = ("data", "indices", "indptr")
+    if all(hasattr(obj, part) for part in parts):
+        return sum(getattr(obj, part).nbytes for part in parts)
+    return 0
+
+
+def _write_npy(path, array, rows, columns):
+    """Write ``array[rows][:, columns]`` as an .npy file, chunk by chunk."""
+    n_rows = array.shape[0] if rows is None else len(rows)
+    tail_shape = array.shape[1:] if columns is None else (len(columns),)
+    header = {
+        "descr": np.lib.format.dtype_to_descr(array.dtype),
+        "fortran_order": False,
+        "shape": (n_rows, *tail_shape),
+    }
+    row_nbytes = max(1, _selected_nbytes(array, [0], columns))
+    step = max(1, COPY_CHUNK_BYTES // row_nbytes)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_2_0(f, header)
+        for start in range(0, n_rows, step):
+            stop = min(start + step, n_rows)
+            block = array[start:stop] if rows is None else array[rows[start:stop]]
+            if columns is not None:
+                block = block[:, columns]
+            f.write(memoryview(np.ascontiguousarray(block)).cast("B"))
+
+
+def _write_joblib(path, obj):
+    joblib.dump(obj, path)
+
+
+def _remove_quietly(path):
+    with contextlib.suppress(OSError):
+        os.remove(path)
