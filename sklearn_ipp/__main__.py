@@ -1,8 +1,10 @@
-"""Command line: ``python -m sklearn_ipp info``.
+"""Command line: ``python -m sklearn_ipp demo|info``.
 
-``info`` connects to the cluster sklearn_ipp would use (a running cluster of
-the default profile, else a local one started for the command and stopped at
-its end) and prints a JSON summary of its engines, hosts, memory and versions.
+Both connect to the cluster sklearn_ipp would use (a running cluster of the
+default profile, else a local one started for the command and stopped at its
+end). ``demo`` runs the tutorial's digits grid search on it and prints the
+best candidates; ``info`` prints a JSON summary of its engines, hosts, memory
+and versions.
 """
 
 import argparse
@@ -75,12 +77,64 @@ def cluster_info(client=None, *, timeout=DEFAULT_TIMEOUT):
     }
 
 
+def run_demo(client=None, *, n_top=5):
+    """Run the tutorial's digits search on the cluster and return its report.
+
+    An SVC over ``C`` in ``logspace(-1, 2, 4)`` and ``gamma`` in
+    ``logspace(-4, 0, 5)``, evaluated on five shuffled 75/25 splits of the
+    digits data with train scores, as in the tutorial.
+
+    Parameters
+    ----------
+    client : None, str, ipyparallel.Client, View or Cluster, default=None
+        The cluster, as described in :func:`sklearn_ipp.get_client`.
+    n_top : int, default=5
+        How many candidates the report shows.
+
+    Returns
+    -------
+    search : IPyParallelGridSearchCV
+        The fitted search.
+    report : str
+        The best candidates with mean validation and train scores and their
+        standard errors.
+    """
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import ShuffleSplit
+    from sklearn.svm import SVC
+
+    from ._report import format_top_candidates
+    from ._search import IPyParallelGridSearchCV
+
+    digits = load_digits()
+    search = IPyParallelGridSearchCV(
+        SVC(),
+        {"C": np.logspace(-1, 2, 4), "gamma": np.logspace(-4, 0, 5)},
+        cv=ShuffleSplit(n_splits=5, test_size=0.25, random_state=42),
+        return_train_score=True,
+        verbose=1,
+        client=client,
+    )
+    search.fit(digits.data, digits.target)
+    return search, format_top_candidates(search.cv_results_, n_top=n_top)
+
+
 def _build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m sklearn_ipp",
         description="scikit-learn model selection on an ipyparallel cluster.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="run the tutorial's digits grid search on the cluster",
+        description=(
+            "Grid-search an SVC on the digits data on the cluster, with a "
+            "progress bar, and print the best candidates with their mean "
+            "validation and train scores and standard errors."
+        ),
+    )
     info = commands.add_parser(
         "info",
         help="print a JSON summary of the cluster: engines, hosts, memory, versions",
@@ -89,7 +143,13 @@ def _build_parser():
             "engine's versions differ from this client's."
         ),
     )
-    info.add_argument(
+    for command in (demo, info):
+        _add_cluster_arguments(command)
+    return parser
+
+
+def _add_cluster_arguments(command):
+    command.add_argument(
         "--profile",
         default=None,
         help=(
@@ -98,23 +158,29 @@ def _build_parser():
             "else a local cluster started for this command)"
         ),
     )
-    info.add_argument(
+    command.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
         help="seconds to wait for engines (default: %(default)s)",
     )
-    return parser
 
 
 def main(argv=None):
     """Run the command line; return the exit status."""
     args = _build_parser().parse_args(argv)
     try:
-        info = cluster_info(args.profile, timeout=args.timeout)
+        connection = resolve_cluster(args.profile, timeout=args.timeout)
     except (ClusterNotFoundError, EngineTimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    with connection:
+        if args.command == "demo":
+            print(f"Cluster: {connection.source}, {len(connection.engine_ids)} engines")
+            _, report = run_demo(connection)
+            print(report)
+            return 0
+        info = cluster_info(connection, timeout=args.timeout)
     json.dump(info, sys.stdout, indent=2)
     sys.stdout.write("\n")
     if info["version_mismatches"]:

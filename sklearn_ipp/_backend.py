@@ -41,6 +41,11 @@ MAX_TASKS_PER_MESSAGE = 500
 # Messages in flight per engine: one running, one queued, so that no engine
 # waits for the client between two messages.
 MESSAGES_PER_ENGINE = 2
+# Folds are stored together while they take at most this many bytes; larger
+# data is stored one fold at a time (or ``max_live_folds``), which keeps the
+# memory of a big search near one copy of the data while small searches
+# never wait for a fold to be written.
+SMALL_FOLDS_BYTES = 256 * 2**20
 
 _FIT_AND_SCORE = _validation._fit_and_score
 _FIT_AND_SCORE_SIGNATURE = inspect.signature(_FIT_AND_SCORE)
@@ -65,15 +70,16 @@ class _Job:
 
 
 class _Task:
-    __slots__ = ("args", "fold", "function", "index", "job", "kwargs")
+    __slots__ = ("args", "fold", "function", "index", "job", "kind", "kwargs")
 
-    def __init__(self, job, index, function, args, kwargs, fold):
+    def __init__(self, job, index, function, args, kwargs, fold, kind):
         self.job = job
         self.index = index
         self.function = function
         self.args = args
         self.kwargs = kwargs
         self.fold = fold
+        self.kind = kind  # tasks of a kind take about as long as each other
 
 
 class _Fold:
@@ -85,6 +91,9 @@ class _Fold:
         self.train, self.test, self.pairwise = train, test, pairwise
         self.refs = None  # name -> StoredData, while the fold is stored
         self.n_outstanding = 0  # tasks queued or running
+        self.nbytes = _nbytes(
+            X, len(train) + len(test), len(train) if pairwise else None
+        )
 
     def materialise(self, store):
         rows = np.concatenate([self.train, self.test])
@@ -132,7 +141,8 @@ class ClusterBackend(ParallelBackendBase):
     store : Store
         Where the fold path writes data.
     max_live_folds : int, default=1
-        How many folds may be stored at once.
+        How many folds may be stored at once when they take more than
+        ``SMALL_FOLDS_BYTES`` together.
     on_progress : callable or None, default=None
         Called as ``on_progress(n_done, n_submitted)`` from the scheduling
         thread when tasks finish.
@@ -168,6 +178,7 @@ class ClusterBackend(ParallelBackendBase):
         self._hashes = {}  # id(array) -> (array, content hash)
         self._fold_sequence = itertools.count()
         self._seconds_per_task = None
+        self._seconds_by_kind = {}
         self._sending = False
         self._stopping = False
         self._error = None
@@ -268,10 +279,12 @@ class ClusterBackend(ParallelBackendBase):
 
     def _make_task(self, job, index, function, args, kwargs):
         target = getattr(function, "function", function)  # sklearn's _FuncWrapper
-        fold = None
+        fold = kind = None
         if target is _FIT_AND_SCORE:
             fold = self._fold_of(args, kwargs)
-        return _Task(job, index, function, args, kwargs, fold)
+            # A candidate takes about as long on every split.
+            kind = id(kwargs.get("parameters"))
+        return _Task(job, index, function, args, kwargs, fold, kind)
 
     def _fold_of(self, args, kwargs):
         arguments = _FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
@@ -372,16 +385,40 @@ class ClusterBackend(ParallelBackendBase):
         elif None in keys:
             key = None
         else:
-            n_stored = sum(fold.refs is not None for fold in self._folds.values())
-            if n_stored >= self.max_live_folds or not keys:
+            if not keys:
                 return None
-            return min((self._folds[k] for k in keys), key=lambda f: f.sequence)
+            fold = min((self._folds[k] for k in keys), key=lambda f: f.sequence)
+            return fold if self._may_store(fold) else None
         waiting = self._waiting[key]
         size = min(self._message_size(len(waiting)), len(waiting))
+        if size == 1 and self._seconds_by_kind:
+            self._longest_first(waiting)
         tasks = [waiting.popleft() for _ in range(size)]
         if not waiting:
             del self._waiting[key]
         return tasks
+
+    def _may_store(self, fold):
+        stored = [f for f in self._folds.values() if f.refs is not None]
+        if not stored:
+            return True
+        if sum(f.nbytes for f in stored) + fold.nbytes <= SMALL_FOLDS_BYTES:
+            return True
+        return len(stored) < self.max_live_folds
+
+    def _longest_first(self, waiting):
+        """Move the task expected to take longest to the front.
+
+        Started first, long tasks do not leave the other engines idle at the
+        end of a fold; durations come from the same candidate on earlier folds.
+        """
+        expected = [self._seconds_by_kind.get(task.kind, -1.0) for task in waiting]
+        longest = int(np.argmax(expected))
+        if longest:
+            waiting.rotate(-longest)
+            task = waiting.popleft()
+            waiting.rotate(longest)
+            waiting.appendleft(task)
 
     def _message_size(self, n_waiting):
         """Tasks per message: enough work to hide the message cost, balanced."""
@@ -430,7 +467,7 @@ class ClusterBackend(ParallelBackendBase):
             error = _engine_import_error(exc, text, async_result, hostname)
             return [(False, error)] * len(tasks)
         outcomes, seconds, _ = reply
-        self._update_duration(seconds / len(tasks))
+        self._record_durations(tasks, seconds)
         return [
             (True, outcome[1])
             if outcome[0]
@@ -438,11 +475,15 @@ class ClusterBackend(ParallelBackendBase):
             for outcome in outcomes
         ]
 
-    def _update_duration(self, seconds):
+    def _record_durations(self, tasks, seconds):
+        for task, duration in zip(tasks, seconds, strict=True):
+            if task.kind is not None:
+                self._seconds_by_kind[task.kind] = duration
+        mean = sum(seconds) / len(seconds)
         if self._seconds_per_task is None:
-            self._seconds_per_task = seconds
+            self._seconds_per_task = mean
         else:
-            self._seconds_per_task = 0.7 * self._seconds_per_task + 0.3 * seconds
+            self._seconds_per_task = 0.7 * self._seconds_per_task + 0.3 * mean
 
     def _finish(self, task, outcome):
         job = task.job
@@ -484,6 +525,18 @@ class ClusterBackend(ParallelBackendBase):
             self._in_flight.clear()
         for task in tasks:
             self._finish(task, (False, exc))
+
+
+def _nbytes(X, n_rows, n_columns=None):
+    """Bytes a fold of ``n_rows`` rows of X takes (an estimate for non-arrays)."""
+    shape = getattr(X, "shape", None)
+    itemsize = getattr(getattr(X, "dtype", None), "itemsize", 8)
+    if shape is None or len(shape) == 0 or not shape[0]:
+        return 0
+    row_items = n_columns if n_columns is not None else int(np.prod(shape[1:]))
+    if hasattr(X, "nnz"):  # sparse: stored entries only
+        return int(X.nnz / shape[0] * n_rows * (itemsize + 4))
+    return int(n_rows * row_items * itemsize)
 
 
 def _is_sample_aligned(value, n_samples):

@@ -25,19 +25,23 @@ class FitProgress:
 
     def __init__(self, verbose, description="fits"):
         self._lock = threading.Lock()
-        self._bar = tqdm(
-            total=0,
-            desc=description,
-            unit="fit",
-            delay=0 if verbose > 0 else QUIET_DELAY_SECONDS,
-            # Shown on a terminal or in Jupyter; in logs only when asked for.
-            disable=False if verbose > 0 else None,
-            leave=verbose > 0,
-        )
+        self._verbose = verbose
+        self._description = description
+        self._bar = None  # made at the first result, after sklearn's own output
 
     def update(self, n_done, n_submitted):
         """Show ``n_done`` of ``n_submitted`` fits finished."""
         with self._lock:
+            if self._bar is None:
+                self._bar = tqdm(
+                    total=n_submitted,
+                    desc=self._description,
+                    unit="fit",
+                    delay=0 if self._verbose > 0 else QUIET_DELAY_SECONDS,
+                    # On a terminal or in Jupyter; in logs only when asked for.
+                    disable=False if self._verbose > 0 else None,
+                    leave=self._verbose > 0,
+                )
             if self._bar.total != n_submitted:
                 self._bar.total = n_submitted
             self._bar.update(n_done - self._bar.n)
@@ -45,4 +49,5 @@ class FitProgress:
     def close(self):
         """Remove or finish the bar."""
         with self._lock:
-            self._bar.close()
+            if self._bar is not None:
+                self._bar.close()

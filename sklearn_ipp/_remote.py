@@ -32,7 +32,7 @@ def run_batch(payload):
     -------
     reply : bytes
         Pickled ``(outcomes, seconds, hostname)``: one ``(True, result)`` or
-        ``(False, exception, traceback_text)`` per task, the time the tasks
+        ``(False, exception, traceback_text)`` per task, the time each task
         took, and this engine's hostname; or ``(UNPICKLING_FAILED, exception,
         traceback_text, hostname)`` when the tasks could not be unpickled.
     """
@@ -42,17 +42,18 @@ def run_batch(payload):
         return _dumps(
             (UNPICKLING_FAILED, exc, traceback.format_exc(), socket.gethostname())
         )
-    start = time.perf_counter()
-    outcomes = []
+    outcomes, seconds = [], []
     for function, args, kwargs in tasks:
+        start = time.perf_counter()
         try:
             outcomes.append((True, function(*args, **kwargs)))
         except BaseException as exc:  # each task's error goes back on its own
             outcomes.append((False, exc, traceback.format_exc()))
+        seconds.append(time.perf_counter() - start)
     # Drop the references to the memory-mapped data before replying, so that a
     # fold file removed by the client frees its memory as soon as possible.
     del tasks
-    return _dumps((outcomes, time.perf_counter() - start, socket.gethostname()))
+    return _dumps((outcomes, seconds, socket.gethostname()))
 
 
 def _dumps(reply):
