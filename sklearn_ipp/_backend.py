@@ -91,13 +91,13 @@ class _Fold:
         self.train, self.test, self.pairwise = train, test, pairwise
         self.refs = None  # name -> StoredData, while the fold is stored
         self.n_outstanding = 0  # tasks queued or running
-        self.nbytes = _nbytes(
-            X, len(train) + len(test), len(train) if pairwise else None
-        )
+        n_rows = len(train) + len(test)
+        self.nbytes = _nbytes(X, n_rows, n_rows if pairwise else None)
 
     def materialise(self, store):
         rows = np.concatenate([self.train, self.test])
-        columns = self.train if self.pairwise else None
+        # A precomputed kernel stays square, as sklearn checks it is.
+        columns = rows if self.pairwise else None
         refs = {"X": store.write(self.X, rows, columns)}
         if self.y is not None:
             refs["y"] = store.write(self.y, rows)

@@ -90,7 +90,7 @@ class _ClusterSearchMixin:
         return type(self)(**cloned, client=client)
 
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: the search keeps its client
         if not (state.get("client") is None or isinstance(state["client"], str)):
             # A connection cannot be pickled: the fitted model can, without it.
             state["client"] = None

@@ -14,8 +14,15 @@ import os
 import shutil
 import tempfile
 
+import cloudpickle
 import ipyparallel as ipp
 import pytest
+
+import tests
+
+# Engines cannot import this package: send the estimators and scorers the tests
+# define by value, as cloudpickle does for those defined in __main__.
+cloudpickle.register_pickle_by_value(tests)
 
 N_ENGINES = int(os.environ.get("SKLEARN_IPP_TEST_ENGINES", "2"))
 
