@@ -167,7 +167,12 @@ class ClusterBackend(ParallelBackendBase):
         self.store = store
         self.max_live_folds = max_live_folds
         self.on_progress = on_progress
+        # What crossed the network and what was stored, for tests and
+        # benchmarks: none of it grows with the data but the store's writes.
         self.n_messages = 0
+        self.n_tasks_sent = 0
+        self.payload_bytes = 0
+        self.max_stored_bytes = 0
         self.n_submitted = 0
         self.n_done = 0
         self._condition = threading.Condition()
@@ -361,6 +366,8 @@ class ClusterBackend(ParallelBackendBase):
             if isinstance(choice, _Fold):
                 # Written outside the lock: ipyparallel's thread takes it too.
                 choice.materialise(self.store)
+                stored = sum(f.nbytes for f in self._folds.values() if f.refs)
+                self.max_stored_bytes = max(self.max_stored_bytes, stored)
                 continue
             self._send(choice)
 
@@ -368,6 +375,8 @@ class ClusterBackend(ParallelBackendBase):
         payload = cloudpickle.dumps([self._message_item(task) for task in tasks])
         async_result = self._view.apply_async(run_batch, payload)
         self.n_messages += 1
+        self.n_tasks_sent += len(tasks)
+        self.payload_bytes += len(payload)
         with self._condition:
             self._in_flight[async_result.msg_ids[0]] = (async_result, tasks)
         async_result.add_done_callback(self._on_message_done)

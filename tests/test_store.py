@@ -1,0 +1,245 @@
+"""The fold store: one write per fold, read-only zero-copy views, small tasks."""
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from joblib import parallel_config
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.datasets import make_classification
+from sklearn.exceptions import FitFailedWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, KFold
+
+from sklearn_ipp import IPyParallelGridSearchCV, resolve_cluster
+from sklearn_ipp._backend import SMALL_FOLDS_BYTES, ClusterBackend
+from sklearn_ipp._store import RowRangeArray, Store, StoreError
+
+from ._sklearn_compare import assert_same_search, fit_both
+
+
+class ProbeClassifier(ClassifierMixin, BaseEstimator):
+    """Scores what it saw in fit: 1 for read-only X, +2 for memory-mapped X."""
+
+    def __init__(self, tag=0):
+        self.tag = tag
+
+    def fit(self, X, y):
+        base = X
+        while base is not None and not isinstance(base, np.memmap):
+            base = base.base
+        self.read_only_ = not X.flags.writeable
+        self.memory_mapped_ = base is not None
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.classes_[0])
+
+    def score(self, X, y):
+        return float(self.read_only_) + 2.0 * float(self.memory_mapped_)
+
+
+class WritingClassifier(ProbeClassifier):
+    """Writes zeros into its training data when ``tag`` is 1."""
+
+    def fit(self, X, y):
+        if self.tag == 1:
+            X[:] = 0
+        self.column_sums_ = np.asarray(X).sum(axis=0)
+        return super().fit(X, y)
+
+    def score(self, X, y):
+        return float(self.column_sums_.sum())
+
+
+def _run_with_backend(client, search, X, y, store_dir=None):
+    """Fit a plain sklearn search under the cluster backend; return the backend."""
+    with resolve_cluster(client) as connection:
+        store = Store(store_dir, expected_nbytes=X.nbytes)
+        backend = ClusterBackend(connection, store)
+        try:
+            with parallel_config(backend=backend):
+                search.fit(X, y)
+        finally:
+            backend.terminate()
+            store.close()
+    return backend, store
+
+
+def test_engines_fit_on_read_only_memory_mapped_views(client):
+    X, y = make_classification(n_samples=300, random_state=0)
+    search = IPyParallelGridSearchCV(
+        ProbeClassifier(), {"tag": [0, 1, 2]}, client=client
+    )
+    search.fit(X, y)
+    # 3 = read-only (1) + memory-mapped (2), for every candidate and split.
+    np.testing.assert_array_equal(search.cv_results_["mean_test_score"], [3.0] * 3)
+
+
+def test_each_fold_is_written_once_for_all_candidates(client):
+    X, y = make_classification(n_samples=400, random_state=0)
+    n_candidates, n_splits = 5, 4
+    search = GridSearchCV(
+        ProbeClassifier(),
+        {"tag": list(range(n_candidates))},
+        cv=n_splits,
+        pre_dispatch="all",
+    )
+    backend, store = _run_with_backend(client, search, X, y)
+    # One X and one y file per fold, however many candidates use the fold.
+    assert store.n_writes == 2 * n_splits
+    assert store.bytes_written == n_splits * (X.nbytes + y.nbytes)
+    assert backend.n_tasks_sent == n_candidates * n_splits
+    assert not os.path.exists(store.path)
+
+
+def test_task_messages_do_not_grow_with_the_data(client):
+    sizes = {}
+    for n_features in (10, 1000):
+        X, y = make_classification(n_samples=500, n_features=n_features, random_state=0)
+        search = GridSearchCV(ProbeClassifier(), {"tag": [0, 1, 2, 3]}, cv=3)
+        backend, _ = _run_with_backend(client, search, X, y)
+        sizes[X.nbytes] = backend.payload_bytes / backend.n_tasks_sent
+    small, large = sorted(sizes)
+    assert large / small == 100
+    assert sizes[large] <= sizes[small] * 1.05 + 64
+
+
+def test_large_folds_are_stored_one_at_a_time(client):
+    # Just over the small-data budget: folds must not be stored together.
+    n_samples = 3000
+    n_features = SMALL_FOLDS_BYTES // (8 * n_samples) // 2 + 1
+    X = np.random.RandomState(0).rand(n_samples, n_features)
+    y = np.arange(n_samples) % 2
+    search = GridSearchCV(ProbeClassifier(), {"tag": [0, 1]}, cv=3, pre_dispatch="all")
+    backend, store = _run_with_backend(client, search, X, y)
+    assert store.n_writes == 2 * 3
+    assert backend.max_stored_bytes == X.nbytes  # one fold: all rows, once
+
+
+def test_store_files_are_removed_after_fit_and_after_an_error(client, tmp_path):
+    X, y = make_classification(n_samples=100, random_state=0)
+    search = IPyParallelGridSearchCV(
+        ProbeClassifier(), {"tag": [0, 1]}, client=client, store_dir=str(tmp_path)
+    )
+    search.fit(X, y)
+    assert os.listdir(tmp_path) == []
+    failing = IPyParallelGridSearchCV(
+        WritingClassifier(),
+        {"tag": [0, 1]},
+        client=client,
+        store_dir=str(tmp_path),
+        error_score="raise",
+    )
+    with pytest.raises(ValueError, match="read-only"):
+        failing.fit(X, y)
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_estimator_writing_into_x_does_not_corrupt_other_fits(client):
+    X, y = make_classification(n_samples=120, random_state=0)
+    cv = KFold(3)
+    ours = IPyParallelGridSearchCV(
+        WritingClassifier(), {"tag": [1, 0, 1, 0]}, client=client, cv=cv
+    )
+    reference = GridSearchCV(WritingClassifier(), {"tag": [0]}, cv=cv).fit(X, y)
+    with pytest.warns(FitFailedWarning, match="assignment destination is read-only"):
+        ours.fit(X, y)
+    scores = ours.cv_results_["mean_test_score"]
+    # The writers fail on the read-only data; the others see it intact.
+    assert np.isnan(scores[0]) and np.isnan(scores[2])
+    np.testing.assert_allclose(
+        scores[[1, 3]], reference.cv_results_["mean_test_score"][0]
+    )
+
+
+def test_row_range_array_gives_views_for_ranges_and_copies_otherwise():
+    array = np.arange(20.0).reshape(10, 2).view(RowRangeArray)
+    view = array[np.arange(2, 6)]
+    assert np.shares_memory(view, array)
+    np.testing.assert_array_equal(view, np.arange(20.0).reshape(10, 2)[2:6])
+    view = array[np.arange(3, 5), ...]
+    assert np.shares_memory(view, array)
+    for key in (np.array([3, 1]), np.array([1, 2, 4]), np.array([-2, -1])):
+        picked = array[key]
+        assert not np.shares_memory(picked, array)
+        np.testing.assert_array_equal(picked, np.asarray(array)[key])
+
+
+def test_unwritable_store_dir_names_the_path_and_the_parameter(client):
+    X, y = make_classification(n_samples=60, random_state=0)
+    search = IPyParallelGridSearchCV(
+        ProbeClassifier(),
+        {"tag": [0]},
+        client=client,
+        store_dir="/proc/sklearn_ipp_store",
+    )
+    with pytest.raises(
+        StoreError, match="Cannot create the data store in '/proc/sklearn_ipp_store'"
+    ) as info:
+        search.fit(X, y)
+    assert "store_dir=" in str(info.value)
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 1 MB tmpfs: a real full disk."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], check=True
+    )
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_full_store_dir_names_the_path_and_the_parameter(client, tiny_filesystem):
+    X = np.random.RandomState(0).rand(2000, 100)  # 1.6 MB
+    y = np.arange(2000) % 2
+    search = IPyParallelGridSearchCV(
+        ProbeClassifier(),
+        {"tag": [0]},
+        client=client,
+        store_dir=str(tiny_filesystem),
+        cv=2,
+    )
+    with pytest.raises(StoreError, match=r"MB free but 1\.6 MB are needed") as info:
+        search.fit(X, y)
+    assert str(tiny_filesystem) in str(info.value)
+    assert "store_dir=" in str(info.value)
+    assert os.listdir(tiny_filesystem) == []
+
+
+class StoreLocationProbe(ProbeClassifier):
+    """Scores 1 when its training data is a memory map of a file under ``tag``."""
+
+    def fit(self, X, y):
+        base = X
+        while base is not None and not isinstance(base, np.memmap):
+            base = base.base
+        self.in_store_ = base is not None and str(base.filename).startswith(self.tag)
+        return super().fit(X, y)
+
+    def score(self, X, y):
+        return float(self.in_store_)
+
+
+def test_given_store_dir_holds_the_data_and_results_match(client, tmp_path):
+    X, y = make_classification(n_samples=150, random_state=4)
+    probe = IPyParallelGridSearchCV(
+        StoreLocationProbe(),
+        {"tag": [str(tmp_path)]},
+        client=client,
+        store_dir=str(tmp_path),
+    ).fit(X, y)
+    np.testing.assert_array_equal(probe.cv_results_["mean_test_score"], [1.0])
+    grid = {"C": [0.1, 1.0]}
+    ours = IPyParallelGridSearchCV(
+        LogisticRegression(), grid, client=client, store_dir=str(tmp_path)
+    )
+    reference = GridSearchCV(LogisticRegression(), grid)
+    fit_both(ours, reference, X, y)
+    assert_same_search(ours, reference, X)
+    assert os.listdir(tmp_path) == []
