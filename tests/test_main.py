@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -80,3 +81,47 @@ def test_main_returns_status_1_on_version_mismatch(client, capsys):
         }
     ]
     assert "version_mismatches" in captured.err
+
+
+def test_demo_prints_the_tutorials_table(cluster):
+    completed = _run("demo")
+    assert completed.returncode == 0, completed.stderr
+    out = completed.stdout
+    assert "Fitting 5 folds for each of 20 candidates, totalling 100 fits" in out
+    assert re.search(r"fits: 100%\|.*\| 100/100", completed.stderr)
+    ranks = re.findall(
+        r"^Rank (\d): validation: (\S+) \(\+/-(\S+)\) "
+        r"train: (\S+) \(\+/-(\S+)\):\n(\{.*\})$",
+        out,
+        re.MULTILINE,
+    )
+    assert [int(rank) for rank, *_ in ranks] == [1, 2, 3, 4, 5]
+    # The tutorial's printed table (its ranks 2 and 3 are a tie, in either order).
+    assert ranks[0][1:] == (
+        "0.99022",
+        "0.00151",
+        "0.99896",
+        "0.00038",
+        "{'C': 1.0, 'gamma': 0.001}",
+    )
+    assert {ranks[1][5], ranks[2][5]} == {
+        "{'C': 10.0, 'gamma': 0.001}",
+        "{'C': 100.0, 'gamma': 0.001}",
+    }
+    assert (
+        ranks[1][1:5] == ranks[2][1:5] == ("0.98889", "0.00157", "1.00000", "0.00000")
+    )
+    assert ranks[3][1:] == (
+        "0.98756",
+        "0.00194",
+        "0.99733",
+        "0.00018",
+        "{'C': 10.0, 'gamma': 0.0001}",
+    )
+    assert ranks[4][1:] == (
+        "0.98711",
+        "0.00178",
+        "1.00000",
+        "0.00000",
+        "{'C': 100.0, 'gamma': 0.0001}",
+    )
