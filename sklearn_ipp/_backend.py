@@ -146,6 +146,9 @@ class ClusterBackend(ParallelBackendBase):
     on_progress : callable or None, default=None
         Called as ``on_progress(n_done, n_submitted)`` from the scheduling
         thread when tasks finish.
+    before_first_message : callable or None, default=None
+        Called once before the first message is sent; an exception it raises
+        fails every task instead.
     """
 
     supports_retrieve_callback = True
@@ -160,6 +163,7 @@ class ClusterBackend(ParallelBackendBase):
         *,
         max_live_folds=1,
         on_progress=None,
+        before_first_message=None,
         **backend_kwargs,
     ):
         super().__init__(**backend_kwargs)
@@ -167,6 +171,7 @@ class ClusterBackend(ParallelBackendBase):
         self.store = store
         self.max_live_folds = max_live_folds
         self.on_progress = on_progress
+        self._before_first_message = before_first_message
         # What crossed the network and what was stored, for tests and
         # benchmarks: none of it grows with the data but the store's writes.
         self.n_messages = 0
@@ -372,6 +377,17 @@ class ClusterBackend(ParallelBackendBase):
             self._send(choice)
 
     def _send(self, tasks):
+        if self._before_first_message is not None:
+            check, self._before_first_message = self._before_first_message, None
+            try:
+                check()
+            except BaseException:
+                # Put the tasks back so that they fail with the error.
+                with self._condition:
+                    for task in reversed(tasks):
+                        key = task.fold.key if task.fold is not None else None
+                        self._waiting.setdefault(key, deque()).appendleft(task)
+                raise
         payload = cloudpickle.dumps([self._message_item(task) for task in tasks])
         async_result = self._view.apply_async(run_batch, payload)
         self.n_messages += 1

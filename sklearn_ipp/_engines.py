@@ -17,6 +17,7 @@ __all__ = [
     "engines_memory",
     "hosts_free_memory",
     "one_engine_per_host",
+    "start_probe",
 ]
 
 # Distribution name -> module name of the packages that must match on every
@@ -98,9 +99,18 @@ def engine_facts(client=None, *, timeout=DEFAULT_TIMEOUT):
         when missing).
     """
     with resolve_cluster(client, timeout=timeout) as connection:
-        view = connection.direct_view()
-        result = view.apply_async(_probe, CHECKED_PACKAGES)
-        return result.get_dict(timeout=timeout)
+        return start_probe(connection).get_dict(timeout=timeout)
+
+
+def start_probe(connection):
+    """Send the probe to every engine of a connection; return the AsyncResult.
+
+    Sent ahead, it runs while the client prepares work: on fresh engines it
+    imports scikit-learn, which the first task would wait for anyway.
+    """
+    view = connection.direct_view()
+    view.block = False
+    return view.apply_async(_probe, CHECKED_PACKAGES)
 
 
 def engines_memory(client=None, *, timeout=DEFAULT_TIMEOUT):
@@ -223,7 +233,11 @@ def check_engines(client=None, *, timeout=DEFAULT_TIMEOUT):
     >>> from sklearn_ipp import check_engines
     >>> facts = check_engines()  # doctest: +SKIP
     """
-    facts = engine_facts(client, timeout=timeout)
+    return check_versions(engine_facts(client, timeout=timeout))
+
+
+def check_versions(facts):
+    """Raise EngineVersionError unless every engine in ``facts`` matches."""
     expected = _client_versions()
     mismatches = []
     for engine_id in sorted(facts):

@@ -15,7 +15,7 @@ from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 
 from ._backend import ClusterBackend
 from ._cluster import resolve_cluster
-from ._engines import check_engines
+from ._engines import check_versions, start_probe
 from ._progress import FitProgress
 from ._store import Store
 
@@ -61,10 +61,17 @@ class _ClusterSearchMixin:
         """
         self._check_picklable()
         with resolve_cluster(self.client) as connection:
-            check_engines(connection)
+            probe = start_probe(connection)
             store = Store(self.store_dir, expected_nbytes=getattr(X, "nbytes", 0))
             progress = FitProgress(self.verbose)
-            backend = ClusterBackend(connection, store, on_progress=progress.update)
+            backend = ClusterBackend(
+                connection,
+                store,
+                on_progress=progress.update,
+                # Checked before the first task leaves, not before the data
+                # is prepared: both take a while on a fresh cluster.
+                before_first_message=lambda: check_versions(probe.get_dict()),
+            )
             try:
                 with parallel_config(backend=backend):
                     return super().fit(X, y, **params)

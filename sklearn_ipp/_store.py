@@ -263,14 +263,35 @@ def _write_npy(path, array, rows, columns):
     }
     row_nbytes = max(1, _selected_nbytes(array, [0], columns))
     step = max(1, COPY_CHUNK_BYTES // row_nbytes)
+    # One buffer for every chunk: allocating each anew costs page faults.
+    buffer = None
+    if rows is not None and columns is None:
+        _check_rows(rows, array.shape[0])
+        buffer = np.empty((min(step, n_rows), *tail_shape), dtype=array.dtype)
     with open(path, "wb") as f:
         np.lib.format.write_array_header_2_0(f, header)
         for start in range(0, n_rows, step):
             stop = min(start + step, n_rows)
-            block = array[start:stop] if rows is None else array[rows[start:stop]]
-            if columns is not None:
-                block = block[:, columns]
+            if buffer is not None:
+                # mode="wrap" skips numpy's bounds-checking copy; the rows were
+                # checked above, and wrapping is what -1 means anyway.
+                block = np.take(
+                    array,
+                    rows[start:stop],
+                    axis=0,
+                    out=buffer[: stop - start],
+                    mode="wrap",
+                )
+            elif rows is None:
+                block = array[start:stop]
+            else:
+                block = array[rows[start:stop]][:, columns]
             f.write(memoryview(np.ascontiguousarray(block)).cast("B"))
+
+
+def _check_rows(rows, n_rows):
+    if len(rows) and (rows.min() < -n_rows or rows.max() >= n_rows):
+        raise IndexError(f"Row indices out of range for {n_rows} rows.")
 
 
 def _write_joblib(path, obj):

@@ -1,0 +1,239 @@
+"""Memory and wall time of a 400 MB grid search, side by side with the anchors.
+
+The workload of DESIGN.md: X of 40000 x 1250 float64 (400 MB),
+``SGDClassifier(max_iter=5, tol=None)``, 4 values of ``alpha`` x ``KFold(3)``,
+run by
+
+- sklearn's GridSearchCV on loky with ``n_jobs`` = workers,
+- sklearn's GridSearchCV under ipyparallel's own joblib backend,
+- sklearn_ipp's IPyParallelGridSearchCV,
+
+each on 2 and 4 workers or engines, each in a fresh process. Peak extra
+memory is the peak, during ``fit``, of the summed proportional set size (PSS)
+of every process of the run (client, loky workers, controller, engines) plus
+the RAM-backed files it wrote in /dev/shm, minus the same sum just before
+``fit``; shared-memory pages mapped by processes are counted once, as files.
+
+    python benchmarks/bench_search_memory.py --workers 2 4
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+
+SYSTEMS = ("loky", "ipyparallel-builtin", "sklearn_ipp")
+
+# DESIGN.md, measured on the same kind of machine: (wall s, peak extra x X).
+ANCHORS = {
+    ("loky", 2): (10.4, 3.6),
+    ("loky", 4): (14.0, 6.1),
+    ("ipyparallel-builtin", 2): (46.2, 14.5),
+    ("ipyparallel-builtin", 4): (53.9, 21.1),
+    ("dask scatter=[X, y]", 2): (9.9, 4.1),
+    ("dask scatter=[X, y]", 4): (14.6, 8.1),
+}
+TARGET = "sklearn_ipp target: <= 1.5 x X, flat in engines; wall <= loky"
+
+_SHM = "/dev/shm"
+_SAMPLE_SECONDS = 0.05
+
+
+def _unshared_pss(pid):
+    """PSS of a process minus its mapped shared memory, in bytes."""
+    fields = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[2] == "kB":
+                    fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    except OSError:  # the process ended while being read
+        return 0
+    return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
+
+
+def _shm_bytes():
+    total = 0
+    for root, _, files in os.walk(_SHM):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+def _footprint():
+    me = psutil.Process()
+    pids = [me.pid] + [child.pid for child in me.children(recursive=True)]
+    return sum(_unshared_pss(pid) for pid in pids) + _shm_bytes()
+
+
+class _PeakSampler(threading.Thread):
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak = 0
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.is_set():
+            self.peak = max(self.peak, _footprint())
+            time.sleep(_SAMPLE_SECONDS)
+
+    def stop(self):
+        self._halt.set()
+        self.join()
+        self.peak = max(self.peak, _footprint())
+
+
+def _workload(n_samples, n_features):
+    rng = np.random.RandomState(0)
+    X = rng.standard_normal((n_samples, n_features))
+    y = (X[:, :10].sum(axis=1) > 0).astype(int)
+    return X, y
+
+
+def _run_child(system, n_workers, n_samples, n_features):
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    X, y = _workload(n_samples, n_features)
+    estimator = SGDClassifier(max_iter=5, tol=None, random_state=0)
+    grid = {"alpha": [1e-4, 1e-3, 1e-2, 1e-1]}
+    cv = KFold(3)
+    cluster = client = None
+    if system != "loky":
+        import ipyparallel as ipp
+
+        os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
+        cluster = ipp.Cluster(n=n_workers, log_level=40)
+        client = cluster.start_and_connect_sync()
+    if system == "loky":
+        search = GridSearchCV(estimator, grid, cv=cv, n_jobs=n_workers)
+        run = search.fit
+    elif system == "ipyparallel-builtin":
+        from joblib import parallel_backend
+
+        client.load_balanced_view().register_joblib_backend()
+        search = GridSearchCV(estimator, grid, cv=cv, n_jobs=n_workers)
+
+        def run(X, y):
+            with parallel_backend("ipyparallel"):
+                search.fit(X, y)
+
+    else:
+        from sklearn_ipp import IPyParallelGridSearchCV
+
+        search = IPyParallelGridSearchCV(estimator, grid, cv=cv, client=client)
+        run = search.fit
+    time.sleep(1.0)  # let start-up settle before the baseline
+    baseline = _footprint()
+    sampler = _PeakSampler()
+    sampler.start()
+    start = time.perf_counter()
+    run(X, y)
+    wall = time.perf_counter() - start
+    sampler.stop()
+    result = {
+        "system": system,
+        "workers": n_workers,
+        "wall": wall,
+        "peak_extra_x": (sampler.peak - baseline) / X.nbytes,
+        "x_mb": X.nbytes / 1e6,
+        "best_score": float(search.best_score_),
+    }
+    if client is not None:
+        client.close()
+        cluster.stop_cluster_sync()
+    print(json.dumps(result))
+
+
+def _machine():
+    return (
+        f"{platform.node()}: {psutil.cpu_count()} CPUs, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python "
+        f"{platform.python_version()}"
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--n-samples", type=int, default=40000)
+    parser.add_argument("--n-features", type=int, default=1250)
+    parser.add_argument(
+        "--child", nargs=2, metavar=("SYSTEM", "WORKERS"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    if args.child:
+        _run_child(args.child[0], int(args.child[1]), args.n_samples, args.n_features)
+        return
+
+    import ipyparallel
+    import joblib
+    import sklearn
+
+    import sklearn_ipp
+
+    print(_machine())
+    print(
+        f"scikit-learn {sklearn.__version__}, joblib {joblib.__version__}, "
+        f"ipyparallel {ipyparallel.__version__}, sklearn_ipp {sklearn_ipp.__version__}"
+    )
+    rows = []
+    for n_workers in args.workers:
+        for system in args.systems:
+            completed = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    system,
+                    str(n_workers),
+                    "--n-samples",
+                    str(args.n_samples),
+                    "--n-features",
+                    str(args.n_features),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            if completed.returncode != 0:
+                print(completed.stderr, file=sys.stderr)
+                raise SystemExit(f"{system} on {n_workers} workers failed")
+            rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+            print(f"  done: {system}, {n_workers} workers", file=sys.stderr)
+
+    x_mb = rows[0]["x_mb"]
+    print(f"\nX: {x_mb:.0f} MB; peak extra memory in multiples of X\n")
+    header = f"{'system':<28} {'workers':>7} {'wall s':>8} {'peak extra':>11} "
+    header += f"{'best score':>10}   {'anchor wall':>11} {'anchor mem':>10}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        anchor = ANCHORS.get((row["system"], row["workers"]))
+        anchor_text = f"{anchor[0]:>11.1f} {anchor[1]:>9.1f}x" if anchor else " " * 22
+        print(
+            f"{row['system']:<28} {row['workers']:>7} {row['wall']:>8.1f} "
+            f"{row['peak_extra_x']:>10.2f}x {row['best_score']:>10.4f}   {anchor_text}"
+        )
+    for (system, workers), (wall, memory) in ANCHORS.items():
+        if system.startswith("dask"):
+            print(
+                f"{system + ' (anchor only)':<28} {workers:>7} {'':>8} {'':>11} "
+                f"{'':>10}   {wall:>11.1f} {memory:>9.1f}x"
+            )
+    print(f"\n{TARGET}")
+
+
+if __name__ == "__main__":
+    main()
