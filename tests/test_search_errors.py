@@ -204,3 +204,23 @@ def test_quiet_search_prints_nothing(client, capsys):
     )
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_version_skew_stops_the_search_before_any_task(client):
+    from sklearn_ipp import EngineVersionError
+
+    from .test_engines import _set_engine_version
+
+    engine_id = client.ids[0]
+    previous = client[engine_id].apply_sync(_set_engine_version, "numpy", "0.0.1")
+    try:
+        n_sent = len(client.history)
+        search = IPyParallelGridSearchCV(SVC(), {"C": [1, 10]}, client=client)
+        with pytest.raises(
+            EngineVersionError, match=re.escape(f"engine {engine_id} on host")
+        ):
+            search.fit(IRIS_X, IRIS_Y)
+        # Only the version probe, one message per engine, went out.
+        assert len(client.history) - n_sent == len(client.ids)
+    finally:
+        client[engine_id].apply_sync(_set_engine_version, "numpy", previous)
