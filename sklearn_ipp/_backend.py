@@ -28,8 +28,9 @@ from joblib.parallel import ParallelBackendBase
 from sklearn.model_selection import _validation
 from sklearn.utils.validation import _num_samples
 
+from ._pickling import dumps
 from ._remote import UNPICKLING_FAILED, run_batch
-from ._store import content_hash
+from ._store import RowRange, content_hash
 
 __all__ = ["ClusterBackend"]
 
@@ -118,9 +119,17 @@ class _Fold:
         arguments["X"] = self.refs["X"]
         if self.y is not None:
             arguments["y"] = self.refs["y"]
-        # Contiguous ranges: stored arrays answer them with views.
-        arguments["train"] = np.arange(n_train)
-        arguments["test"] = np.arange(n_train, n_total)
+        # Contiguous ranges, which stored arrays answer with views; sent as
+        # two numbers, not as n_samples indices.
+        arguments["train"] = RowRange(0, n_train)
+        arguments["test"] = RowRange(n_train, n_total)
+        if not getattr(arguments.get("callback_ctx"), "_callbacks", True):
+            # scikit-learn >= 1.9 gives every task a callback context and the
+            # whole search (fitted attributes included) for its callbacks;
+            # with no callback registered both do nothing, so they stay here
+            # instead of being pickled into every message.
+            arguments["callback_ctx"] = None
+            arguments["caller"] = None
         for group in ("fit_params", "score_params"):
             params = arguments.get(group)
             if params:
@@ -198,8 +207,12 @@ class ClusterBackend(ParallelBackendBase):
     # joblib's backend API -------------------------------------------------
 
     def effective_n_jobs(self, n_jobs):
-        """Return the number of engines: the cluster decides the parallelism."""
-        return max(1, len(self.connection.engine_ids))
+        """Return the number of engines: the cluster decides the parallelism.
+
+        At least 2: joblib runs the tasks in the calling process when told 1,
+        and even a single engine should do the work, not the client.
+        """
+        return max(2, len(self.connection.engine_ids))
 
     def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
         """Start the scheduling thread; return the number of engines."""
@@ -388,7 +401,7 @@ class ClusterBackend(ParallelBackendBase):
                         key = task.fold.key if task.fold is not None else None
                         self._waiting.setdefault(key, deque()).appendleft(task)
                 raise
-        payload = cloudpickle.dumps([self._message_item(task) for task in tasks])
+        payload = dumps([self._message_item(task) for task in tasks])
         async_result = self._view.apply_async(run_batch, payload)
         self.n_messages += 1
         self.n_tasks_sent += len(tasks)

@@ -12,6 +12,8 @@ import traceback
 
 import cloudpickle
 
+from ._pickling import dumps
+
 __all__ = ["UNPICKLING_FAILED", "run_batch"]
 
 # Marks a reply whose tasks could not even be unpickled on the engine, which
@@ -58,7 +60,7 @@ def run_batch(payload):
 
 def _dumps(reply):
     try:
-        return cloudpickle.dumps(reply)
+        return dumps(reply)
     except Exception:
         # An exception or result that cannot be pickled still has to report.
         return cloudpickle.dumps(_picklable_reply(reply))

@@ -26,7 +26,14 @@ import joblib
 import numpy as np
 from sklearn.utils import _safe_indexing
 
-__all__ = ["RowRangeArray", "Store", "StoredData", "content_hash", "load_stored"]
+__all__ = [
+    "RowRange",
+    "RowRangeArray",
+    "Store",
+    "StoredData",
+    "content_hash",
+    "load_stored",
+]
 
 # Only the owner may list, read or write: engines unpickle what they find
 # there, so nobody else must be able to plant a file.
@@ -92,6 +99,17 @@ def load_stored(path, kind):
     if kind == "npy":
         return np.load(path, mmap_mode="r", allow_pickle=False).view(RowRangeArray)
     return joblib.load(path, mmap_mode="r")
+
+
+class RowRange:
+    """``np.arange(start, stop)``, pickled as its two ends."""
+
+    def __init__(self, start, stop):
+        self.start = start
+        self.stop = stop
+
+    def __reduce__(self):
+        return np.arange, (self.start, self.stop)
 
 
 class RowRangeArray(np.ndarray):

@@ -1,5 +1,6 @@
 """Assertions that a search on the cluster equals sklearn's own."""
 
+import re
 import warnings
 
 import numpy as np
@@ -16,12 +17,19 @@ def fit_both(ours, reference, X, y=None, **params):
             search.fit(X, y, **params)
         caught.append(
             sorted(
-                (record.category.__name__, str(record.message))
+                (record.category.__name__, _without_line_numbers(str(record.message)))
                 for record in records
                 if not issubclass(record.category, DeprecationWarning)
             )
         )
     return caught
+
+
+def _without_line_numbers(text):
+    # Fit-failure warnings quote tracebacks through scikit-learn's code; with
+    # no callback registered the engines take _fit_and_score's branch without
+    # callbacks, a few lines away from the one taken in-process.
+    return re.sub(r", line \d+, in ", ", line N, in ", text)
 
 
 def assert_same_search(ours, reference, X=None):

@@ -243,3 +243,14 @@ def test_given_store_dir_holds_the_data_and_results_match(client, tmp_path):
     fit_both(ours, reference, X, y)
     assert_same_search(ours, reference, X)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_single_engine_does_the_work_not_the_client(client):
+    X, y = make_classification(n_samples=100, random_state=0)
+    one_engine = client.load_balanced_view(targets=[client.ids[-1]])
+    search = IPyParallelGridSearchCV(
+        ProbeClassifier(), {"tag": [0, 1]}, client=one_engine
+    )
+    search.fit(X, y)
+    # Memory-mapped, read-only data is only ever seen on an engine.
+    np.testing.assert_array_equal(search.cv_results_["mean_test_score"], [3.0, 3.0])
