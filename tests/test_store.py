@@ -95,10 +95,16 @@ def test_each_fold_is_written_once_for_all_candidates(client):
     assert not os.path.exists(store.path)
 
 
-def test_task_messages_do_not_grow_with_the_data(client):
+@pytest.mark.parametrize("grow", ["features", "samples"])
+def test_task_messages_do_not_grow_with_the_data(client, grow):
     sizes = {}
-    for n_features in (10, 1000):
-        X, y = make_classification(n_samples=500, n_features=n_features, random_state=0)
+    for factor in (1, 100):
+        n_samples, n_features = (
+            (300, 10 * factor) if grow == "features" else (300 * factor, 10)
+        )
+        X, y = make_classification(
+            n_samples=n_samples, n_features=n_features, random_state=0
+        )
         search = GridSearchCV(ProbeClassifier(), {"tag": [0, 1, 2, 3]}, cv=3)
         backend, _ = _run_with_backend(client, search, X, y)
         sizes[X.nbytes] = backend.payload_bytes / backend.n_tasks_sent
