@@ -71,16 +71,26 @@ class _Job:
 
 
 class _Task:
-    __slots__ = ("args", "fold", "function", "index", "job", "kind", "kwargs")
+    __slots__ = (
+        "args",
+        "arguments",
+        "fold",
+        "function",
+        "index",
+        "job",
+        "kind",
+        "kwargs",
+    )
 
-    def __init__(self, job, index, function, args, kwargs, fold, kind):
+    def __init__(self, job, index, function, args, kwargs):
         self.job = job
         self.index = index
         self.function = function
         self.args = args
         self.kwargs = kwargs
-        self.fold = fold
-        self.kind = kind  # tasks of a kind take about as long as each other
+        self.arguments = None  # _fit_and_score's arguments by name
+        self.fold = None
+        self.kind = None  # tasks of a kind take about as long as each other
 
 
 class _Fold:
@@ -113,8 +123,7 @@ class _Fold:
 
     def rewrite(self, task):
         """Point a ``_fit_and_score`` task at the stored fold."""
-        bound = _FIT_AND_SCORE_SIGNATURE.bind(*task.args, **task.kwargs)
-        arguments = bound.arguments
+        arguments = dict(task.arguments)
         n_train, n_total = len(self.train), len(self.train) + len(self.test)
         arguments["X"] = self.refs["X"]
         if self.y is not None:
@@ -137,7 +146,7 @@ class _Fold:
                     name: self.refs.get("param:" + name, value)
                     for name, value in params.items()
                 }
-        return bound.args, bound.kwargs
+        return _split_arguments(arguments)
 
 
 class ClusterBackend(ParallelBackendBase):
@@ -301,16 +310,16 @@ class ClusterBackend(ParallelBackendBase):
     # Tasks -----------------------------------------------------------------
 
     def _make_task(self, job, index, function, args, kwargs):
+        task = _Task(job, index, function, args, kwargs)
         target = getattr(function, "function", function)  # sklearn's _FuncWrapper
-        fold = kind = None
         if target is _FIT_AND_SCORE:
-            fold = self._fold_of(args, kwargs)
+            task.arguments = _FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
+            task.fold = self._fold_of(task.arguments)
             # A candidate takes about as long on every split.
-            kind = id(kwargs.get("parameters"))
-        return _Task(job, index, function, args, kwargs, fold, kind)
+            task.kind = id(task.arguments["parameters"])
+        return task
 
-    def _fold_of(self, args, kwargs):
-        arguments = _FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
+    def _fold_of(self, arguments):
         X, y = arguments["X"], arguments["y"]
         train = np.asarray(arguments["train"])
         test = np.asarray(arguments["test"])
@@ -563,6 +572,21 @@ class ClusterBackend(ParallelBackendBase):
             self._in_flight.clear()
         for task in tasks:
             self._finish(task, (False, exc))
+
+
+def _split_arguments(arguments):
+    """``_fit_and_score``'s arguments by name, back to ``(args, kwargs)``."""
+    args, kwargs = [], {}
+    for name, parameter in _FIT_AND_SCORE_SIGNATURE.parameters.items():
+        if name not in arguments:
+            continue
+        if parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
+            args.append(arguments[name])
+        elif parameter.kind is parameter.VAR_KEYWORD:
+            kwargs.update(arguments[name])
+        else:
+            kwargs[name] = arguments[name]
+    return tuple(args), kwargs
 
 
 def _nbytes(X, n_rows, n_columns=None):

@@ -3,7 +3,7 @@
 The client writes each piece of data once into a directory that only its user
 can read; engines on a host that sees the directory open the files with
 ``mmap_mode="r"``, so all engines of a host share one copy in the page cache
-and no task message carries data.
+and no task message carries data (files under 1 MB are simply read, read-only).
 
 A cross-validation split is stored as a *fold*: the rows of the training set
 followed by the rows of the test set. Tasks then index the training set with
@@ -42,6 +42,11 @@ FOLDER_PERMISSIONS = 0o700
 # Rows are copied into a fold file by chunks of this size, so writing a fold
 # costs the client this much memory instead of a copy of the fold.
 COPY_CHUNK_BYTES = 64 * 2**20
+
+# Smaller stored arrays are read into engine memory (still read-only) rather
+# than memory-mapped: a map costs more than it saves on data this small. The
+# same threshold as joblib's ``max_nbytes``.
+MMAP_MIN_BYTES = 2**20
 
 # RAM-backed location used when it has room for this many times the data;
 # the rest of it stays free for the fits themselves.
@@ -95,10 +100,15 @@ class StoredData:
 
 
 def load_stored(path, kind):
-    """Open stored data read-only and memory-mapped (runs on the engines)."""
-    if kind == "npy":
-        return np.load(path, mmap_mode="r", allow_pickle=False).view(RowRangeArray)
-    return joblib.load(path, mmap_mode="r")
+    """Open stored data read-only, memory-mapped if large (runs on engines)."""
+    if kind != "npy":
+        return joblib.load(path, mmap_mode="r")
+    if os.path.getsize(path) < MMAP_MIN_BYTES:
+        array = np.load(path, allow_pickle=False)
+        array.flags.writeable = False
+    else:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    return array.view(RowRangeArray)
 
 
 class RowRange:

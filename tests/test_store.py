@@ -14,7 +14,7 @@ from sklearn.model_selection import GridSearchCV, KFold
 
 from sklearn_ipp import IPyParallelGridSearchCV, resolve_cluster
 from sklearn_ipp._backend import SMALL_FOLDS_BYTES, ClusterBackend
-from sklearn_ipp._store import RowRangeArray, Store, StoreError
+from sklearn_ipp._store import MMAP_MIN_BYTES, RowRangeArray, Store, StoreError
 
 from ._sklearn_compare import assert_same_search, fit_both
 
@@ -68,14 +68,30 @@ def _run_with_backend(client, search, X, y, store_dir=None):
     return backend, store
 
 
+def _large_data(n_samples=3000, n_features=60):
+    # Above MMAP_MIN_BYTES, so that engines memory-map it.
+    X, y = make_classification(
+        n_samples=n_samples, n_features=n_features, random_state=0
+    )
+    assert X.nbytes > 1.2 * MMAP_MIN_BYTES
+    return X, y
+
+
 def test_engines_fit_on_read_only_memory_mapped_views(client):
-    X, y = make_classification(n_samples=300, random_state=0)
+    X, y = _large_data()
     search = IPyParallelGridSearchCV(
         ProbeClassifier(), {"tag": [0, 1, 2]}, client=client
     )
     search.fit(X, y)
     # 3 = read-only (1) + memory-mapped (2), for every candidate and split.
     np.testing.assert_array_equal(search.cv_results_["mean_test_score"], [3.0] * 3)
+
+
+def test_small_folds_are_read_into_memory_read_only(client):
+    X, y = make_classification(n_samples=300, random_state=0)
+    search = IPyParallelGridSearchCV(ProbeClassifier(), {"tag": [0, 1]}, client=client)
+    search.fit(X, y)
+    np.testing.assert_array_equal(search.cv_results_["mean_test_score"], [1.0] * 2)
 
 
 def test_each_fold_is_written_once_for_all_candidates(client):
@@ -233,7 +249,7 @@ class StoreLocationProbe(ProbeClassifier):
 
 
 def test_given_store_dir_holds_the_data_and_results_match(client, tmp_path):
-    X, y = make_classification(n_samples=150, random_state=4)
+    X, y = _large_data()
     probe = IPyParallelGridSearchCV(
         StoreLocationProbe(),
         {"tag": [str(tmp_path)]},
@@ -252,7 +268,7 @@ def test_given_store_dir_holds_the_data_and_results_match(client, tmp_path):
 
 
 def test_a_single_engine_does_the_work_not_the_client(client):
-    X, y = make_classification(n_samples=100, random_state=0)
+    X, y = _large_data()
     one_engine = client.load_balanced_view(targets=[client.ids[-1]])
     search = IPyParallelGridSearchCV(
         ProbeClassifier(), {"tag": [0, 1]}, client=one_engine
