@@ -15,6 +15,9 @@ extensions = [
 ]
 
 autosummary_generate = True
+# Classes show their own methods: the inherited scikit-learn ones refer to
+# scikit-learn's glossary, which these pages do not have.
+templates_path = ["_templates"]
 numpydoc_show_class_members = False
 # Types in parameter lists stay plain text: they are for readers, not links.
 numpydoc_xref_param_type = False

@@ -511,7 +511,7 @@ class ClusterBackend(ParallelBackendBase):
             return [(False, exc)] * len(tasks)
         if reply[0] == UNPICKLING_FAILED:
             _, exc, text, hostname = reply
-            error = _engine_import_error(exc, text, async_result, hostname)
+            error = _unloadable_task_error(exc, text, async_result, hostname)
             return [(False, error)] * len(tasks)
         outcomes, seconds, _ = reply
         self._record_durations(tasks, seconds)
@@ -644,7 +644,7 @@ def _with_remote_traceback(exc, text):
     return exc
 
 
-def _engine_import_error(exc, text, async_result, hostname):
+def _unloadable_task_error(exc, text, async_result, hostname):
     engine = getattr(async_result, "engine_id", None)
     where = f"engine {engine} on host {hostname!r}"
     if isinstance(exc, ImportError):
@@ -654,6 +654,15 @@ def _engine_import_error(exc, text, async_result, hostname):
             f"installed there ({exc}). Install it on that host (`pip install "
             "...`) in the environment the engines run in, then restart them.",
             name=getattr(exc, "name", None),
+        )
+    elif isinstance(exc, FileNotFoundError) and "sklearn_ipp-" in str(exc):
+        error = FileNotFoundError(
+            exc.errno,
+            f"The data store is not visible on {where}: {exc.filename} does not "
+            "exist there. Engines must see the client's store directory: pass "
+            "store_dir= a directory on a filesystem that every engine host "
+            "mounts at the same path (such as NFS).",
+            exc.filename,
         )
     else:
         error = RuntimeError(
