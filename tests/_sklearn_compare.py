@@ -97,5 +97,6 @@ def assert_same_value(actual, expected):
 
 def _scorer_repr(scorer):
     if isinstance(scorer, dict):
-        return {name: repr(value) for name, value in scorer.items()}
-    return repr(scorer)
+        return {name: _scorer_repr(value) for name, value in scorer.items()}
+    # Some scorers of older scikit-learn have the default repr, with an address.
+    return re.sub(r" at 0x[0-9a-f]+", "", repr(scorer))
