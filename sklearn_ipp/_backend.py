@@ -19,6 +19,7 @@ import inspect
 import itertools
 import queue
 import threading
+import time
 from collections import OrderedDict, deque
 from contextlib import contextmanager
 
@@ -42,6 +43,10 @@ MAX_TASKS_PER_MESSAGE = 500
 # Messages in flight per engine: one running, one queued, so that no engine
 # waits for the client between two messages.
 MESSAGES_PER_ENGINE = 2
+# joblib hands over its first batches before it waits for results (see
+# retrieval_context); should it ever not say so, tasks left this long with
+# nothing new submitted are sent anyway.
+HOLD_SECONDS = 0.2
 # Folds are stored together while they take at most this many bytes; larger
 # data is stored one fold at a time (or ``max_live_folds``), which keeps the
 # memory of a big search near one copy of the data while small searches
@@ -96,8 +101,9 @@ class _Task:
 class _Fold:
     """One cross-validation split of one dataset, and its stored files."""
 
-    def __init__(self, key, X, y, aligned_params, train, test, pairwise):
+    def __init__(self, key, sequence, X, y, aligned_params, train, test, pairwise):
         self.key = key
+        self.sequence = sequence  # folds are stored in the order they came
         self.X, self.y, self.aligned_params = X, y, aligned_params
         self.train, self.test, self.pairwise = train, test, pairwise
         self.refs = None  # name -> StoredData, while the fold is stored
@@ -208,8 +214,8 @@ class ClusterBackend(ParallelBackendBase):
         self._seconds_per_task = None
         self._seconds_by_kind = {}
         self._sending = False
+        self._last_submit = time.monotonic()
         self._stopping = False
-        self._error = None
         self._thread = None
         self._view = connection.load_balanced_view()
 
@@ -234,6 +240,11 @@ class ClusterBackend(ParallelBackendBase):
             self._thread.start()
         return self.effective_n_jobs(n_jobs)
 
+    def start_call(self):
+        """Hold sending until joblib has handed over this call's first tasks."""
+        with self._condition:
+            self._sending = False
+
     def compute_batch_size(self):
         """Return 1: this backend packs tasks into messages itself."""
         return 1
@@ -253,6 +264,7 @@ class ClusterBackend(ParallelBackendBase):
                 if task.fold is not None:
                     task.fold.n_outstanding += 1
             self.n_submitted += len(tasks)
+            self._last_submit = time.monotonic()
             self._condition.notify_all()
         return job
 
@@ -338,11 +350,12 @@ class ClusterBackend(ParallelBackendBase):
             self._hash(test),
             pairwise,
         )
-        fold = self._folds.get(key)
-        if fold is None:
-            fold = _Fold(key, X, y, aligned, train, test, pairwise)
-            fold.sequence = next(self._fold_sequence)
-            self._folds[key] = fold
+        with self._condition:  # the scheduling thread reads the folds too
+            fold = self._folds.get(key)
+            if fold is None:
+                sequence = next(self._fold_sequence)
+                fold = _Fold(key, sequence, X, y, aligned, train, test, pairwise)
+                self._folds[key] = fold
         return fold
 
     def _hash(self, obj):
@@ -363,7 +376,7 @@ class ClusterBackend(ParallelBackendBase):
                         and not self._can_send()
                         and (self._completions.empty())
                     ):
-                        self._condition.wait(0.5)
+                        self._condition.wait(HOLD_SECONDS / 2)
                     if self._stopping:
                         return
                 self._handle_completions()
@@ -373,8 +386,9 @@ class ClusterBackend(ParallelBackendBase):
             self._fail_everything(exc)
 
     def _can_send(self):
+        held = not self._sending and time.monotonic() - self._last_submit < HOLD_SECONDS
         return (
-            self._sending
+            not held
             and any(self._waiting.values())
             and len(self._in_flight) < self._max_in_flight()
         )

@@ -5,6 +5,7 @@ backend: sklearn still builds ``cv_results_``, picks the best candidate and
 refits it, and only the evaluation of the candidates moves to the cluster.
 """
 
+import os
 import pickle
 
 import cloudpickle
@@ -27,12 +28,19 @@ _CLUSTER_PARAMETERS_DOC = """
         None uses a running cluster of the default profile, else a local
         cluster started for this process; a string names a profile.
 
-    store_dir : str or None, default=None
+    store_dir : str, path or None, default=None
         Where the cross-validation folds are written for the engines to
         memory-map: a private subdirectory (mode 0700) is made there and
         removed after ``fit``. None uses ``/dev/shm`` when it has room, else
         the temporary directory. Every engine host must be able to read it.
 """
+
+
+_CLUSTER_CONSTRAINTS = {
+    # Anything resolve_cluster accepts; it raises a TypeError naming the rest.
+    "client": [None, object],
+    "store_dir": [None, str, os.PathLike],
+}
 
 
 class _ClusterSearchMixin:
@@ -192,8 +200,7 @@ feature_names_in_
 
     _parameter_constraints = {
         **GridSearchCV._parameter_constraints,
-        "client": [None, object],
-        "store_dir": [None, str],
+        **_CLUSTER_CONSTRAINTS,
     }
 
     def __init__(
@@ -295,8 +302,7 @@ feature_names_in_
 
     _parameter_constraints = {
         **RandomizedSearchCV._parameter_constraints,
-        "client": [None, object],
-        "store_dir": [None, str],
+        **_CLUSTER_CONSTRAINTS,
     }
 
     def __init__(

@@ -329,3 +329,20 @@ def test_engine_that_cannot_see_the_store_gets_a_clear_error(
     with pytest.raises(FileNotFoundError, match=re.escape(expected)) as info:
         search.fit(X, y)
     assert "store_dir=" in str(info.value)
+
+
+def test_several_parallel_calls_on_one_backend_match_sklearn(client):
+    # Successive halving calls Parallel once per iteration, each with other
+    # training-set sizes, within one configured backend.
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+
+    X, y = make_classification(n_samples=400, random_state=0)
+    grid = {"C": [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]}
+    ours = HalvingGridSearchCV(LogisticRegression(), grid, random_state=0)
+    reference = HalvingGridSearchCV(LogisticRegression(), grid, random_state=0)
+    reference.fit(X, y)
+    backend, _ = _run_with_backend(client, ours, X, y)
+    assert ours.n_iterations_ == reference.n_iterations_ > 1
+    assert_same_search(ours, reference, X)
+    assert backend.n_tasks_sent == len(reference.cv_results_["params"]) * ours.n_splits_
