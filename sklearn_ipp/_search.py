@@ -67,6 +67,8 @@ class _ClusterSearchMixin:
         self : object
             Instance of fitted estimator.
         """
+        # scikit-learn's own checks first, so that its errors come as usual.
+        self._validate_params()
         self._check_picklable()
         with resolve_cluster(self.client) as connection:
             probe = start_probe(connection)
@@ -124,7 +126,12 @@ def _check_picklable(obj, name):
 
 
 def _grid_items(grid, label):
-    grids = [grid] if isinstance(grid, dict) else list(grid)
+    if isinstance(grid, dict):
+        grids = [grid]
+    elif isinstance(grid, (list, tuple)) and all(isinstance(g, dict) for g in grid):
+        grids = list(grid)
+    else:
+        return  # scikit-learn rejects it with its own message
     for index, one_grid in enumerate(grids):
         prefix = label if len(grids) == 1 else f"{label}[{index}]"
         for key, values in one_grid.items():

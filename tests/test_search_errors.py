@@ -100,6 +100,7 @@ def _same_error(ours, reference, X, y):
     [
         "length mismatch",
         "grid not a list",
+        "grid not a dict",
         "empty grid",
         "bad cv",
         "bad scoring",
@@ -110,6 +111,8 @@ def test_sklearns_own_validation_errors(client, case):
     X, y, grid, params = IRIS_X, IRIS_Y, {"C": [1, 10]}, {}
     if case == "length mismatch":
         y = IRIS_Y[:-5]
+    elif case == "grid not a dict":
+        grid = 5
     elif case == "grid not a list":
         grid = {"C": 1}
     elif case == "empty grid":
