@@ -200,6 +200,7 @@ class ClusterBackend(ParallelBackendBase):
         # benchmarks: none of it grows with the data but the store's writes.
         self.n_messages = 0
         self.n_tasks_sent = 0
+        self.n_fold_tasks_sent = 0  # of which sklearn's _fit_and_score
         self.payload_bytes = 0
         self.max_stored_bytes = 0
         self.n_submitted = 0
@@ -428,6 +429,7 @@ class ClusterBackend(ParallelBackendBase):
         async_result = self._view.apply_async(run_batch, payload)
         self.n_messages += 1
         self.n_tasks_sent += len(tasks)
+        self.n_fold_tasks_sent += sum(task.fold is not None for task in tasks)
         self.payload_bytes += len(payload)
         with self._condition:
             self._in_flight[async_result.msg_ids[0]] = (async_result, tasks)

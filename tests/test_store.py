@@ -345,4 +345,5 @@ def test_several_parallel_calls_on_one_backend_match_sklearn(client):
     backend, _ = _run_with_backend(client, ours, X, y)
     assert ours.n_iterations_ == reference.n_iterations_ > 1
     assert_same_search(ours, reference, X)
-    assert backend.n_tasks_sent == len(reference.cv_results_["params"]) * ours.n_splits_
+    n_fits = len(reference.cv_results_["params"]) * ours.n_splits_
+    assert backend.n_fold_tasks_sent == n_fits
