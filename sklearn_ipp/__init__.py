@@ -25,12 +25,15 @@ from ._exceptions import (
     EngineTimeoutError,
     EngineVersionError,
 )
+from ._registration import register_backend
 from ._search import IPyParallelGridSearchCV, IPyParallelRandomizedSearchCV
 
 __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     # Model selection on the cluster
     "IPyParallelGridSearchCV",
     "IPyParallelRandomizedSearchCV",
+    # joblib backend
+    "register_backend",
     # Connecting to a cluster
     "ClusterConnection",
     "get_client",
@@ -47,3 +50,7 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     "EngineTimeoutError",
     "EngineVersionError",
 ]
+
+# Unchanged scikit-learn code runs on the cluster inside
+# ``with parallel_backend("ipyparallel")``.
+register_backend()

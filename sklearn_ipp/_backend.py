@@ -20,6 +20,7 @@ import itertools
 import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from contextlib import contextmanager
 
@@ -29,9 +30,10 @@ from joblib.parallel import ParallelBackendBase
 from sklearn.model_selection import _validation
 from sklearn.utils.validation import _num_samples
 
+from ._cluster import resolve_cluster
 from ._pickling import dumps
 from ._remote import UNPICKLING_FAILED, run_batch
-from ._store import RowRange, content_hash
+from ._store import MMAP_MIN_BYTES, RowRange, Store, content_hash
 
 __all__ = ["ClusterBackend"]
 
@@ -160,10 +162,19 @@ class ClusterBackend(ParallelBackendBase):
 
     Parameters
     ----------
-    connection : ClusterConnection
-        Where to run.
-    store : Store
-        Where the fold path writes data.
+    client : ClusterConnection or anything resolve_cluster accepts, \
+            default=None
+        Where to run; resolved when joblib first configures the backend.
+    store : Store or None, default=None
+        Where data is written. None: a store of this backend, made at the
+        first write (in ``store_dir``) and removed with the backend, so that
+        an array is written once for every Parallel call of a ``with`` block.
+    store_dir : str or None, default=None
+        Parent directory of the backend's own store.
+    max_nbytes : int, default=1 MB
+        Arrays at least this large in tasks that are not sklearn's
+        ``_fit_and_score`` are written to the store once and sent as
+        references.
     max_live_folds : int, default=1
         How many folds may be stored at once when they take more than
         ``SMALL_FOLDS_BYTES`` together.
@@ -182,17 +193,25 @@ class ClusterBackend(ParallelBackendBase):
 
     def __init__(
         self,
-        connection,
-        store,
+        client=None,
+        store=None,
         *,
+        store_dir=None,
+        max_nbytes=MMAP_MIN_BYTES,
         max_live_folds=1,
         on_progress=None,
         before_first_message=None,
         **backend_kwargs,
     ):
         super().__init__(**backend_kwargs)
-        self.connection = connection
-        self.store = store
+        self._client = client
+        self._given_store = store
+        self.store_dir = store_dir
+        self.max_nbytes = max_nbytes
+        # What this backend opened itself, closed when it is garbage collected
+        # (joblib keeps one instance for a whole ``with parallel_backend``).
+        self._owned = _OwnedResources()
+        weakref.finalize(self, self._owned.close)
         self.max_live_folds = max_live_folds
         self.on_progress = on_progress
         self._before_first_message = before_first_message
@@ -211,6 +230,7 @@ class ClusterBackend(ParallelBackendBase):
         self._folds = {}
         self._in_flight = {}  # message id -> (AsyncResult, tasks)
         self._hashes = {}  # id(array) -> (array, content hash)
+        self._persisted = {}  # content hash -> StoredData, for the generic path
         self._fold_sequence = itertools.count()
         self._seconds_per_task = None
         self._seconds_by_kind = {}
@@ -218,7 +238,23 @@ class ClusterBackend(ParallelBackendBase):
         self._last_submit = time.monotonic()
         self._stopping = False
         self._thread = None
-        self._view = connection.load_balanced_view()
+        self._view = None
+
+    @property
+    def connection(self):
+        """The ClusterConnection, resolved on first use."""
+        if self._owned.connection is None:
+            self._owned.connection = resolve_cluster(self._client)
+        return self._owned.connection
+
+    @property
+    def store(self):
+        """The Store data is written to, made on first use if none was given."""
+        if self._given_store is not None:
+            return self._given_store
+        if self._owned.store is None:
+            self._owned.store = Store(self.store_dir)
+        return self._owned.store
 
     # joblib's backend API -------------------------------------------------
 
@@ -359,6 +395,14 @@ class ClusterBackend(ParallelBackendBase):
                 self._folds[key] = fold
         return fold
 
+    def _persist(self, array):
+        """Store a large array of a task once; return its reference."""
+        key = self._hash(array)
+        ref = self._persisted.get(key)
+        if ref is None:
+            ref = self._persisted[key] = self.store.write(array)
+        return ref
+
     def _hash(self, obj):
         # The same objects come back in every task of a search: hash them once.
         cached = self._hashes.get(id(obj))
@@ -425,7 +469,10 @@ class ClusterBackend(ParallelBackendBase):
                         key = task.fold.key if task.fold is not None else None
                         self._waiting.setdefault(key, deque()).appendleft(task)
                 raise
-        payload = dumps([self._message_item(task) for task in tasks])
+        items = [self._message_item(task) for task in tasks]
+        payload = dumps(items, persist=self._persist, min_nbytes=self.max_nbytes)
+        if self._view is None:
+            self._view = self.connection.load_balanced_view()
         async_result = self._view.apply_async(run_batch, payload)
         self.n_messages += 1
         self.n_tasks_sent += len(tasks)
@@ -588,6 +635,20 @@ class ClusterBackend(ParallelBackendBase):
             self._in_flight.clear()
         for task in tasks:
             self._finish(task, (False, exc))
+
+
+class _OwnedResources:
+    """The connection and store a backend opened itself, to close at the end."""
+
+    def __init__(self):
+        self.connection = None
+        self.store = None
+
+    def close(self):
+        if self.store is not None:
+            self.store.close()
+        if self.connection is not None:
+            self.connection.close()
 
 
 def _split_arguments(arguments):

@@ -7,6 +7,11 @@ thousands of small objects of a batch of tasks. The standard pickler is used
 unless the message refers to a class or function that engines could not
 import: one from ``__main__``, from a module registered with
 ``cloudpickle.register_pickle_by_value``, or one defined inside a function.
+
+Either way, large numpy arrays anywhere in a message (arguments, attributes of
+estimators, blocks of DataFrames) can be swapped for references into the
+store: ``persist(array)`` writes the array once and returns a ``StoredData``,
+which unpickles on the engine as a read-only memory map.
 """
 
 import io
@@ -14,6 +19,7 @@ import pickle
 import types
 
 import cloudpickle
+import numpy as np
 
 __all__ = ["dumps"]
 
@@ -24,12 +30,26 @@ class _NeedsCloudpickle(Exception):
     pass
 
 
+def _persisted(obj, persist, min_nbytes):
+    """Return the reduction of a stored copy of ``obj``, or None to pickle it."""
+    if (
+        persist is not None
+        and type(obj) in (np.ndarray, np.memmap)
+        and obj.nbytes >= min_nbytes
+        and not obj.dtype.hasobject
+    ):
+        return persist(obj).__reduce__()
+    return None
+
+
 class _ReferencePickler(pickle.Pickler):
     """The C pickler, refusing what only cloudpickle can send."""
 
-    def __init__(self, file, by_value_modules):
+    def __init__(self, file, by_value_modules, persist, min_nbytes):
         super().__init__(file, protocol=_PROTOCOL)
         self._by_value_modules = by_value_modules
+        self._persist = persist
+        self._min_nbytes = min_nbytes
 
     def reducer_override(self, obj):
         # Classes and functions are pickled as references to their module.
@@ -39,16 +59,37 @@ class _ReferencePickler(pickle.Pickler):
                 self._by_value_modules
             ):
                 raise _NeedsCloudpickle
-        return NotImplemented
+            return NotImplemented
+        reduction = _persisted(obj, self._persist, self._min_nbytes)
+        return NotImplemented if reduction is None else reduction
 
 
-def dumps(obj):
+class _StoringCloudPickler(cloudpickle.Pickler):
+    """cloudpickle, with large arrays swapped for store references."""
+
+    def __init__(self, file, persist, min_nbytes):
+        super().__init__(file, protocol=_PROTOCOL)
+        self._persist = persist
+        self._min_nbytes = min_nbytes
+
+    def reducer_override(self, obj):
+        reduction = _persisted(obj, self._persist, self._min_nbytes)
+        if reduction is not None:
+            return reduction
+        return super().reducer_override(obj)
+
+
+def dumps(obj, persist=None, min_nbytes=2**20):
     """Pickle ``obj`` for an engine, with cloudpickle only where needed.
 
     Parameters
     ----------
     obj : object
         What to send.
+    persist : callable or None, default=None
+        ``persist(array) -> StoredData``; None sends arrays in the message.
+    min_nbytes : int, default=1 MB
+        Arrays at least this large are given to ``persist``.
 
     Returns
     -------
@@ -58,7 +99,8 @@ def dumps(obj):
     by_value = {"__main__", *cloudpickle.list_registry_pickle_by_value()}
     buffer = io.BytesIO()
     try:
-        _ReferencePickler(buffer, by_value).dump(obj)
+        _ReferencePickler(buffer, by_value, persist, min_nbytes).dump(obj)
     except Exception:  # by-value references, lambdas, local classes...
-        return cloudpickle.dumps(obj, protocol=_PROTOCOL)
+        buffer = io.BytesIO()
+        _StoringCloudPickler(buffer, persist, min_nbytes).dump(obj)
     return buffer.getvalue()
