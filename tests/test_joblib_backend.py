@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import joblib
@@ -224,3 +225,39 @@ def test_plain_parallel_with_a_function_from_main(cluster):
         i**3 for i in range(10)
     ]
     assert not re.search(r"Traceback", completed.stderr)
+
+
+def _pid_after_sleep(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_engines_joining_mid_run_get_work(cluster, client):
+    before = set(client.ids)
+    pids_before = set(client[:].apply_sync(os.getpid))
+    started = {}
+
+    def add_engine():
+        time.sleep(1.0)
+        started["set"] = cluster.start_engines_sync(1)
+
+    adder = threading.Thread(target=add_engine)
+    try:
+        with parallel_backend("ipyparallel", client=client) as (backend, _):
+            adder.start()
+            pids = Parallel(n_jobs=-1)(
+                delayed(_pid_after_sleep)(0.25) for _ in range(120)
+            )
+            n_engines_seen = backend.effective_n_jobs(-1)
+        adder.join()
+        new_pids = set(pids) - pids_before
+        assert len(new_pids) == 1  # the engine that joined did some of the work
+        assert n_engines_seen == len(before) + 1
+    finally:
+        adder.join()
+        if "set" in started:
+            cluster.stop_engines_sync(started["set"])
+        deadline = time.monotonic() + 60
+        while set(client.ids) != before and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert set(client.ids) == before
