@@ -261,3 +261,19 @@ def test_engines_joining_mid_run_get_work(cluster, client):
         while set(client.ids) != before and time.monotonic() < deadline:
             time.sleep(0.2)
     assert set(client.ids) == before
+
+
+def _frame_summary(frame):
+    return float(frame["a"].sum()), list(frame.columns)
+
+
+def test_arrays_inside_dataframes_travel_as_references(client):
+    import pandas as pd
+
+    rng = np.random.RandomState(0)
+    frame = pd.DataFrame({"a": rng.rand(200_000), "b": rng.rand(200_000)})  # 3.2 MB
+    with parallel_backend("ipyparallel", client=client) as (backend, _):
+        out = Parallel(n_jobs=-1)(delayed(_frame_summary)(frame) for _ in range(6))
+        assert backend.store.n_writes >= 1
+        assert backend.payload_bytes < 6 * 100_000
+    assert out == [(float(frame["a"].sum()), ["a", "b"])] * 6
