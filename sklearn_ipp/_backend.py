@@ -267,7 +267,13 @@ class ClusterBackend(ParallelBackendBase):
         return max(2, len(self.connection.engine_ids))
 
     def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
-        """Start the scheduling thread; return the number of engines."""
+        """Start the scheduling thread; return how many tasks to keep going.
+
+        That is ``MESSAGES_PER_ENGINE`` per engine, the messages this backend
+        keeps in flight, rather than the number of engines: joblib sizes its
+        ``pre_dispatch`` window with it, and the larger window lets the
+        scheduler see tasks of the same split together.
+        """
         self.parallel = parallel
         if self._thread is None:
             self._stopping = False
@@ -275,7 +281,7 @@ class ClusterBackend(ParallelBackendBase):
                 target=self._schedule, name="sklearn_ipp-scheduler", daemon=True
             )
             self._thread.start()
-        return self.effective_n_jobs(n_jobs)
+        return MESSAGES_PER_ENGINE * self.effective_n_jobs(n_jobs)
 
     def start_call(self):
         """Hold sending until joblib has handed over this call's first tasks."""
