@@ -11,7 +11,12 @@ their cross-validation split is written once into the store as
 ``train=np.arange(n_train), test=np.arange(n_train, n)``, which the stored
 arrays answer with zero-copy memory-mapped views. Tasks are run fold by
 fold, and a fold's files are removed as soon as its last task is done, so that
-at most ``max_live_folds`` folds take memory at a time.
+at most ``max_live_folds`` folds take memory at a time (more while they are
+small).
+
+Every other task takes the *generic path*: numpy arrays of at least
+``max_nbytes`` anywhere in it are written once into the store, keyed by their
+content, and sent as references (see ``_pickling.dumps``).
 """
 
 import contextlib
