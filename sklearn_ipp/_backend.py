@@ -104,6 +104,11 @@ class _Task:
         self.fold = None
         self.kind = None  # tasks of a kind take about as long as each other
 
+    @property
+    def key(self):
+        """The queue the task waits in: its fold's, or None (no fold)."""
+        return self.fold.key if self.fold is not None else None
+
 
 class _Fold:
     """One cross-validation split of one dataset, and its stored files."""
@@ -269,7 +274,7 @@ class ClusterBackend(ParallelBackendBase):
         At least 2: joblib runs the tasks in the calling process when told 1,
         and even a single engine should do the work, not the client.
         """
-        return max(2, len(self.connection.engine_ids))
+        return max(2, self._n_engines())
 
     def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
         """Start the scheduling thread; return how many tasks to keep going.
@@ -307,8 +312,7 @@ class ClusterBackend(ParallelBackendBase):
         ]
         with self._condition:
             for task in tasks:
-                key = task.fold.key if task.fold is not None else None
-                self._waiting.setdefault(key, deque()).append(task)
+                self._waiting.setdefault(task.key, deque()).append(task)
                 if task.fold is not None:
                     task.fold.n_outstanding += 1
             self.n_submitted += len(tasks)
@@ -449,8 +453,11 @@ class ClusterBackend(ParallelBackendBase):
             and len(self._in_flight) < self._max_in_flight()
         )
 
+    def _n_engines(self):
+        return max(1, len(self.connection.engine_ids))
+
     def _max_in_flight(self):
-        return MESSAGES_PER_ENGINE * max(1, len(self.connection.engine_ids))
+        return MESSAGES_PER_ENGINE * self._n_engines()
 
     def _send_ready(self):
         while True:
@@ -463,7 +470,7 @@ class ClusterBackend(ParallelBackendBase):
             if isinstance(choice, _Fold):
                 # Written outside the lock: ipyparallel's thread takes it too.
                 choice.materialise(self.store)
-                stored = sum(f.nbytes for f in self._folds.values() if f.refs)
+                stored = sum(f.nbytes for f in self._stored_folds())
                 self.max_stored_bytes = max(self.max_stored_bytes, stored)
                 continue
             self._send(choice)
@@ -477,8 +484,7 @@ class ClusterBackend(ParallelBackendBase):
                 # Put the tasks back so that they fail with the error.
                 with self._condition:
                     for task in reversed(tasks):
-                        key = task.fold.key if task.fold is not None else None
-                        self._waiting.setdefault(key, deque()).appendleft(task)
+                        self._waiting.setdefault(task.key, deque()).appendleft(task)
                 raise
         items = [self._message_item(task) for task in tasks]
         payload = dumps(items, persist=self._persist, min_nbytes=self.max_nbytes)
@@ -519,8 +525,11 @@ class ClusterBackend(ParallelBackendBase):
             del self._waiting[key]
         return tasks
 
+    def _stored_folds(self):
+        return [fold for fold in self._folds.values() if fold.refs is not None]
+
     def _may_store(self, fold):
-        stored = [f for f in self._folds.values() if f.refs is not None]
+        stored = self._stored_folds()
         if not stored:
             return True
         if sum(f.nbytes for f in stored) + fold.nbytes <= SMALL_FOLDS_BYTES:
@@ -543,8 +552,7 @@ class ClusterBackend(ParallelBackendBase):
 
     def _message_size(self, n_waiting):
         """Tasks per message: enough work to hide the message cost, balanced."""
-        n_engines = max(1, len(self.connection.engine_ids))
-        balanced = -(-n_waiting // (MESSAGES_PER_ENGINE * n_engines))
+        balanced = -(-n_waiting // self._max_in_flight())
         if self._seconds_per_task is None:
             return 1
         by_time = int(TARGET_MESSAGE_SECONDS / max(self._seconds_per_task, 1e-6))
@@ -628,11 +636,7 @@ class ClusterBackend(ParallelBackendBase):
 
     def _release_idle_folds(self):
         with self._condition:
-            idle = [
-                fold
-                for fold in self._folds.values()
-                if fold.refs is not None and fold.n_outstanding == 0
-            ]
+            idle = [fold for fold in self._stored_folds() if fold.n_outstanding == 0]
         for fold in idle:
             fold.release(self.store)
 
