@@ -55,8 +55,11 @@ class _ReferencePickler(pickle.Pickler):
         # Classes and functions are pickled as references to their module.
         if isinstance(obj, (type, types.FunctionType)):
             module = getattr(obj, "__module__", None) or "__main__"
-            if module.split(".")[0] in self._by_value_modules or module in (
-                self._by_value_modules
+            # As cloudpickle decides: the module or any package above it.
+            parts = module.split(".")
+            if any(
+                ".".join(parts[:depth]) in self._by_value_modules
+                for depth in range(1, len(parts) + 1)
             ):
                 raise _NeedsCloudpickle
             return NotImplemented
