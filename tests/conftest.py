@@ -9,9 +9,12 @@ With ``SKLEARN_IPP_STRICT_TESTS=1`` (set by ``.ci/run``) or ``CI`` set, the run
 fails if any test was skipped or if no test used the cluster.
 """
 
+import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import cloudpickle
@@ -87,6 +90,26 @@ def on_engine(function):
     """
     function.__module__ = "__main__"
     return function
+
+
+def run_python(*args, timeout=180, **environ):
+    """Run ``python *args`` with this session's environment plus ``environ``.
+
+    With the session's IPYTHONDIR, ``client=None`` finds the session cluster.
+    """
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, **environ),
+    )
+
+
+def last_json_line(completed):
+    """Return what a script printed as JSON on its last line; it must succeed."""
+    assert completed.returncode == 0, completed.stderr
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import textwrap
 import time
@@ -23,7 +22,7 @@ from sklearn_ipp import (
     resolve_cluster,
 )
 
-from .conftest import N_ENGINES
+from .conftest import N_ENGINES, last_json_line, run_python
 
 
 def _security_dir(ipython_dir):
@@ -187,15 +186,7 @@ def _run_without_cluster(script, ipython_dir):
 
     Return the JSON object the script prints on its last line.
     """
-    output = subprocess.run(
-        [sys.executable, "-c", script],
-        env=dict(os.environ, IPYTHONDIR=str(ipython_dir)),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=True,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return last_json_line(run_python("-c", script, IPYTHONDIR=str(ipython_dir)))
 
 
 _OWNED_CLUSTER_SCRIPT = textwrap.dedent(

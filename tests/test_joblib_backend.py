@@ -1,10 +1,7 @@
 """Unchanged scikit-learn code under ``parallel_backend('ipyparallel')``."""
 
-import json
 import os
 import re
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -31,6 +28,7 @@ from sklearn.model_selection import (
 from sklearn_ipp._backend import ClusterBackend
 
 from ._sklearn_compare import assert_same_search
+from .conftest import last_json_line, run_python
 
 X, Y = make_classification(n_samples=300, n_features=20, random_state=0)
 
@@ -213,17 +211,8 @@ _MAIN_SCRIPT = textwrap.dedent(
 
 
 def test_plain_parallel_with_a_function_from_main(cluster):
-    completed = subprocess.run(
-        [sys.executable, "-c", _MAIN_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ),
-    )
-    assert completed.returncode == 0, completed.stderr
-    assert json.loads(completed.stdout.strip().splitlines()[-1]) == [
-        i**3 for i in range(10)
-    ]
+    completed = run_python("-c", _MAIN_SCRIPT, timeout=120)
+    assert last_json_line(completed) == [i**3 for i in range(10)]
     assert not re.search(r"Traceback", completed.stderr)
 
 

@@ -1,28 +1,19 @@
 """``python -m sklearn_ipp`` on the session's real cluster."""
 
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 
 import sklearn
 
 import sklearn_ipp
 from sklearn_ipp.__main__ import cluster_info, main
 
-from .conftest import N_ENGINES
+from .conftest import N_ENGINES, run_python
 
 
 def _run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "sklearn_ipp", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ),
-    )
+    return run_python("-m", "sklearn_ipp", *args, timeout=120)
 
 
 def test_info_prints_json_summary_of_the_running_cluster(client, cluster):

@@ -1,10 +1,7 @@
 """Bad input to the searches gets a clear error, before work is sent."""
 
-import json
-import os
 import pickle
 import re
-import subprocess
 import sys
 import textwrap
 import threading
@@ -16,6 +13,8 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.svm import SVC
 
 from sklearn_ipp import IPyParallelGridSearchCV, IPyParallelRandomizedSearchCV
+
+from .conftest import last_json_line, run_python
 
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
 
@@ -177,15 +176,7 @@ _MAIN_SCRIPT = textwrap.dedent(
 
 def test_estimator_and_scorer_defined_in_main(cluster):
     # client=None: the session's cluster, found through IPYTHONDIR.
-    completed = subprocess.run(
-        [sys.executable, "-c", _MAIN_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=dict(os.environ),
-    )
-    assert completed.returncode == 0, completed.stderr
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report = last_json_line(run_python("-c", _MAIN_SCRIPT))
     assert report["ours"] == report["reference"]
     assert report["best"][0] == report["best"][1]
     assert len(set(report["ours"])) > 1
