@@ -22,8 +22,10 @@ from ._engines import (
 )
 from ._exceptions import (
     ClusterNotFoundError,
+    EngineLostError,
     EngineTimeoutError,
     EngineVersionError,
+    StoreError,
 )
 from ._registration import register_backend
 from ._search import IPyParallelGridSearchCV, IPyParallelRandomizedSearchCV
@@ -47,8 +49,10 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     "one_engine_per_host",
     # Errors
     "ClusterNotFoundError",
+    "EngineLostError",
     "EngineTimeoutError",
     "EngineVersionError",
+    "StoreError",
 ]
 
 # Unchanged scikit-learn code runs on the cluster inside

@@ -17,11 +17,16 @@ small).
 Every other task takes the *generic path*: numpy arrays of at least
 ``max_nbytes`` anywhere in it are written once into the store, keyed by their
 content, and sent as references (see ``_pickling.dumps``).
+
+Messages go to the engines that ``_hosts.EngineRoster`` has admitted: engines
+joining during a call get tasks once probed (and their host holds the data);
+tasks of an engine that dies are sent again, up to ``retries`` times.
 """
 
 import contextlib
 import inspect
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -31,16 +36,22 @@ from contextlib import contextmanager
 
 import cloudpickle
 import numpy as np
+from ipyparallel import error as ipp_error
 from joblib.parallel import ParallelBackendBase
 from sklearn.model_selection import _validation
 from sklearn.utils.validation import _num_samples
 
+from ._checkpoint import fit_key
 from ._cluster import resolve_cluster
+from ._exceptions import EngineLostError
+from ._hosts import EngineRoster
 from ._pickling import dumps
 from ._remote import UNPICKLING_FAILED, run_batch
 from ._store import MMAP_MIN_BYTES, RowRange, Store, content_hash
 
 __all__ = ["ClusterBackend"]
+
+logger = logging.getLogger("sklearn_ipp")
 
 # Seconds of work to pack into one message once task durations are known:
 # long enough to hide the per-message cost, short enough to balance the load.
@@ -59,6 +70,11 @@ HOLD_SECONDS = 0.2
 # memory of a big search near one copy of the data while small searches
 # never wait for a fold to be written.
 SMALL_FOLDS_BYTES = 256 * 2**20
+# How long a call waits for engines when the cluster has none left, before
+# it fails (the finished results are kept, see EngineLostError).
+ENGINE_WAIT_SECONDS = 60.0
+# Times a task is sent again after its engine died.
+DEFAULT_RETRIES = 3
 
 _FIT_AND_SCORE = _validation._fit_and_score
 _FIT_AND_SCORE_SIGNATURE = inspect.signature(_FIT_AND_SCORE)
@@ -86,6 +102,8 @@ class _Task:
     __slots__ = (
         "args",
         "arguments",
+        "attempts",
+        "checkpoint_key",
         "fold",
         "function",
         "index",
@@ -103,6 +121,8 @@ class _Task:
         self.arguments = None  # _fit_and_score's arguments by name
         self.fold = None
         self.kind = None  # tasks of a kind take about as long as each other
+        self.attempts = 0  # times sent to an engine that then died
+        self.checkpoint_key = None
 
     @property
     def key(self):
@@ -114,7 +134,7 @@ class _Fold:
     """One cross-validation split of one dataset, and its stored files."""
 
     def __init__(self, key, sequence, X, y, aligned_params, train, test, pairwise):
-        self.key = key
+        self.key = key  # content hashes of the data and split
         self.sequence = sequence  # folds are stored in the order they came
         self.X, self.y, self.aligned_params = X, y, aligned_params
         self.train, self.test, self.pairwise = train, test, pairwise
@@ -123,20 +143,21 @@ class _Fold:
         n_rows = len(train) + len(test)
         self.nbytes = _nbytes(X, n_rows, n_rows if pairwise else None)
 
-    def materialise(self, store):
+    def materialise(self, write):
+        """Store the fold with ``write(obj, rows=None, columns=None)``."""
         rows = np.concatenate([self.train, self.test])
         # A precomputed kernel stays square, as sklearn checks it is.
         columns = rows if self.pairwise else None
-        refs = {"X": store.write(self.X, rows, columns)}
+        refs = {"X": write(self.X, rows, columns)}
         if self.y is not None:
-            refs["y"] = store.write(self.y, rows)
+            refs["y"] = write(self.y, rows)
         for name, value in self.aligned_params.items():
-            refs["param:" + name] = store.write(value, rows)
+            refs["param:" + name] = write(value, rows)
         self.refs = refs
 
-    def release(self, store):
+    def release(self, remove):
         for ref in self.refs.values():
-            store.remove(ref)
+            remove(ref)
         self.refs = None
 
     def rewrite(self, task):
@@ -191,9 +212,19 @@ class ClusterBackend(ParallelBackendBase):
     on_progress : callable or None, default=None
         Called as ``on_progress(n_done, n_submitted)`` from the scheduling
         thread when tasks finish.
-    before_first_message : callable or None, default=None
-        Called once before the first message is sent; an exception it raises
-        fails every task instead.
+    retries : int, default=3
+        Times a task is sent again after the engine running it died. Errors
+        raised by the task itself are never retried.
+    checkpoint : DirectoryCheckpoint, MemoryCheckpoint or None, default=None
+        Where each result of sklearn's ``_fit_and_score`` is saved as it
+        arrives, and looked up before it is sent: a task whose result is
+        there is not run again.
+    check_versions : bool, default=True
+        Whether engines must run the client's versions of Python,
+        scikit-learn, numpy, joblib and sklearn_ipp (EngineVersionError).
+    engine_wait : float, default=60
+        Seconds to wait for an engine when the cluster has none left before
+        failing with EngineLostError.
     """
 
     supports_retrieve_callback = True
@@ -210,7 +241,10 @@ class ClusterBackend(ParallelBackendBase):
         max_nbytes=MMAP_MIN_BYTES,
         max_live_folds=1,
         on_progress=None,
-        before_first_message=None,
+        retries=DEFAULT_RETRIES,
+        checkpoint=None,
+        check_versions=True,
+        engine_wait=ENGINE_WAIT_SECONDS,
         **backend_kwargs,
     ):
         super().__init__(**backend_kwargs)
@@ -224,7 +258,10 @@ class ClusterBackend(ParallelBackendBase):
         weakref.finalize(self, self._owned.close)
         self.max_live_folds = max_live_folds
         self.on_progress = on_progress
-        self._before_first_message = before_first_message
+        self.retries = retries
+        self.checkpoint = checkpoint
+        self.check_versions = check_versions
+        self.engine_wait = engine_wait
         # What crossed the network and what was stored, for tests and
         # benchmarks: none of it grows with the data but the store's writes.
         self.n_messages = 0
@@ -234,6 +271,10 @@ class ClusterBackend(ParallelBackendBase):
         self.max_stored_bytes = 0
         self.n_submitted = 0
         self.n_done = 0
+        self.n_retried = 0  # tasks sent again after their engine died
+        self.n_from_checkpoint = 0  # tasks whose saved result was used
+        self.tasks_by_engine = {}  # engine id -> tasks it finished
+        self.checkpoint_keys = set()  # keys of this backend's fit tasks
         self._condition = threading.Condition()
         self._completions = queue.SimpleQueue()
         self._waiting = OrderedDict()  # fold key (None: no fold) -> deque of tasks
@@ -249,6 +290,9 @@ class ClusterBackend(ParallelBackendBase):
         self._stopping = False
         self._thread = None
         self._view = None
+        self._roster = None
+        self._from_checkpoint = deque()  # (task, result) to hand back
+        self._no_engines_since = None
 
     @property
     def connection(self):
@@ -256,6 +300,15 @@ class ClusterBackend(ParallelBackendBase):
         if self._owned.connection is None:
             self._owned.connection = resolve_cluster(self._client)
         return self._owned.connection
+
+    @property
+    def transfers(self):
+        """Files and bytes sent to hosts that do not see the client's store.
+
+        ``{hostname: (n_files, n_bytes)}`` for every host seen; hosts that
+        read the client's store directly have ``(0, 0)``.
+        """
+        return {} if self._roster is None else self._roster.transfers()
 
     @property
     def store(self):
@@ -285,6 +338,13 @@ class ClusterBackend(ParallelBackendBase):
         scheduler see tasks of the same split together.
         """
         self.parallel = parallel
+        if self._roster is None:
+            # Probed now, the engines import scikit-learn and report their
+            # versions while the client prepares the first data.
+            self._roster = self._owned.roster = EngineRoster(
+                self.connection, self.store, self.check_versions
+            )
+            self._roster.refresh()
         if self._thread is None:
             self._stopping = False
             self._thread = threading.Thread(
@@ -310,8 +370,14 @@ class ClusterBackend(ParallelBackendBase):
             self._make_task(job, index, function, args, kwargs)
             for index, (function, args, kwargs) in enumerate(items)
         ]
+        saved = [self._saved_result(task) for task in tasks]
         with self._condition:
-            for task in tasks:
+            for task, (found, result) in zip(tasks, saved, strict=True):
+                if found:
+                    # Handed back by the scheduling thread: joblib's callback
+                    # must not run inside its own dispatch.
+                    self._from_checkpoint.append((task, result))
+                    continue
                 self._waiting.setdefault(task.key, deque()).append(task)
                 if task.fold is not None:
                     task.fold.n_outstanding += 1
@@ -340,36 +406,55 @@ class ClusterBackend(ParallelBackendBase):
         yield
 
     def abort_everything(self, ensure_ready=True):
-        """Drop queued tasks and abort the messages in flight."""
+        """Drop queued tasks, abort queued messages, interrupt running ones."""
         with self._condition:
             dropped = [task for tasks in self._waiting.values() for task in tasks]
             self._waiting.clear()
+            self._from_checkpoint.clear()
             in_flight = list(self._in_flight.values())
             self._in_flight.clear()
             for task in dropped + [t for _, tasks in in_flight for t in tasks]:
                 if task.fold is not None:
                     task.fold.n_outstanding -= 1
-        for async_result, _ in in_flight:
-            # Already finished or its engine gone: nothing left to abort.
-            with contextlib.suppress(Exception):
-                async_result.abort()
+        _stop_messages([async_result for async_result, _ in in_flight])
         # The scheduling thread removes the folds left without tasks.
         if not ensure_ready:
             self.terminate()
 
     def terminate(self):
-        """Stop the scheduling thread and remove every stored fold."""
+        """Stop everything still running, remove every stored fold.
+
+        Called at the end of every call; after an interrupt or an error in
+        the client, tasks may still be queued or running: they are aborted
+        and interrupted, so that the engines are free for the next call.
+        """
         with self._condition:
             self._stopping = True
             self._condition.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self._thread = None
+        with self._condition:
+            in_flight = [async_result for async_result, _ in self._in_flight.values()]
+            self._in_flight.clear()
+            self._waiting.clear()
+            self._from_checkpoint.clear()
+        _stop_messages(in_flight)
         for fold in self._folds.values():
             if fold.refs is not None:
-                fold.release(self.store)
+                fold.release(self._remove)
         self._folds.clear()
         self._hashes.clear()
+
+    def close(self):
+        """Terminate, then close what this backend opened.
+
+        That is the copies of the store on hosts without the client's
+        filesystem, and the store and connection unless they were given.
+        Otherwise done when the backend is garbage collected.
+        """
+        self.terminate()
+        self._owned.close()
 
     # Tasks -----------------------------------------------------------------
 
@@ -381,7 +466,16 @@ class ClusterBackend(ParallelBackendBase):
             task.fold = self._fold_of(task.arguments)
             # A candidate takes about as long on every split.
             task.kind = id(task.arguments["parameters"])
+            if self.checkpoint is not None:
+                data_names = {"X", "y", "train", "test", *task.fold.aligned_params}
+                task.checkpoint_key = fit_key(task.fold.key, task.arguments, data_names)
+                self.checkpoint_keys.add(task.checkpoint_key)
         return task
+
+    def _saved_result(self, task):
+        if task.checkpoint_key is None:
+            return False, None
+        return self.checkpoint.get(task.checkpoint_key)
 
     def _fold_of(self, arguments):
         X, y = arguments["X"], arguments["y"]
@@ -415,8 +509,18 @@ class ClusterBackend(ParallelBackendBase):
         key = self._hash(array)
         ref = self._persisted.get(key)
         if ref is None:
-            ref = self._persisted[key] = self.store.write(array)
+            ref = self._persisted[key] = self._write(array)
         return ref
+
+    def _write(self, obj, rows=None, columns=None):
+        """Store data and make it available on every host."""
+        ref = self.store.write(obj, rows, columns)
+        self._roster.add(ref)
+        return ref
+
+    def _remove(self, ref):
+        self.store.remove(ref)
+        self._roster.remove(ref)
 
     def _hash(self, obj):
         # The same objects come back in every task of a search: hash them once.
@@ -431,15 +535,21 @@ class ClusterBackend(ParallelBackendBase):
         try:
             while True:
                 with self._condition:
-                    while (
+                    if (
                         not self._stopping
                         and not self._can_send()
-                        and (self._completions.empty())
+                        and self._completions.empty()
+                        and not self._from_checkpoint
                     ):
+                        # Woken by submissions and replies; the timeout
+                        # also notices engines that join or leave.
                         self._condition.wait(HOLD_SECONDS / 2)
                     if self._stopping:
                         return
+                self._roster.refresh()
+                self._hand_back_saved_results()
                 self._handle_completions()
+                self._check_engines_left()
                 self._release_idle_folds()
                 self._send_ready()
         except BaseException as exc:  # surfaced to joblib through the jobs
@@ -449,6 +559,8 @@ class ClusterBackend(ParallelBackendBase):
         held = not self._sending and time.monotonic() - self._last_submit < HOLD_SECONDS
         return (
             not held
+            and self._roster is not None
+            and bool(self._roster.ready)
             and any(self._waiting.values())
             and len(self._in_flight) < self._max_in_flight()
         )
@@ -457,7 +569,41 @@ class ClusterBackend(ParallelBackendBase):
         return max(1, len(self.connection.engine_ids))
 
     def _max_in_flight(self):
-        return MESSAGES_PER_ENGINE * self._n_engines()
+        return MESSAGES_PER_ENGINE * max(1, len(self._roster.ready))
+
+    def _check_engines_left(self):
+        """Fail the call when no engine has been there for ``engine_wait`` s."""
+        if self._roster.ready or self._roster.probing:
+            self._no_engines_since = None
+            return
+        with self._condition:
+            busy = any(self._waiting.values()) or self._in_flight
+        if not busy:
+            return
+        now = time.monotonic()
+        if self._no_engines_since is None:
+            self._no_engines_since = now
+            logger.warning(
+                "No engine left; waiting up to %.0f s for engines.", self.engine_wait
+            )
+        if now - self._no_engines_since >= self.engine_wait:
+            raise EngineLostError(
+                f"Every engine of the cluster is gone, and none came back within "
+                f"{self.engine_wait:.0f} s: {self.n_done} of {self.n_submitted} "
+                "tasks finished. Start engines (for example `ipcluster engines "
+                "--n=4` or cluster.start_engines()) and run the call again."
+                + self._kept_results_note(),
+                n_done=self.n_done,
+                n_submitted=self.n_submitted,
+            )
+
+    def _kept_results_note(self):
+        if self.checkpoint is None:
+            return ""
+        return (
+            " The results of the fits that finished are kept, so running it "
+            "again with the same data and parameters runs only the rest."
+        )
 
     def _send_ready(self):
         while True:
@@ -469,28 +615,21 @@ class ClusterBackend(ParallelBackendBase):
                 return
             if isinstance(choice, _Fold):
                 # Written outside the lock: ipyparallel's thread takes it too.
-                choice.materialise(self.store)
+                choice.materialise(self._write)
                 stored = sum(f.nbytes for f in self._stored_folds())
                 self.max_stored_bytes = max(self.max_stored_bytes, stored)
                 continue
             self._send(choice)
 
     def _send(self, tasks):
-        if self._before_first_message is not None:
-            check, self._before_first_message = self._before_first_message, None
-            try:
-                check()
-            except BaseException:
-                # Put the tasks back so that they fail with the error.
-                with self._condition:
-                    for task in reversed(tasks):
-                        self._waiting.setdefault(task.key, deque()).appendleft(task)
-                raise
         items = [self._message_item(task) for task in tasks]
         payload = dumps(items, persist=self._persist, min_nbytes=self.max_nbytes)
         if self._view is None:
             self._view = self.connection.load_balanced_view()
-        async_result = self._view.apply_async(run_batch, payload)
+        # Only to engines whose host holds the data, which excludes engines
+        # that joined but are not probed yet.
+        with self._view.temp_flags(targets=sorted(self._roster.ready)):
+            async_result = self._view.apply_async(run_batch, payload)
         self.n_messages += 1
         self.n_tasks_sent += len(tasks)
         self.n_fold_tasks_sent += sum(task.fold is not None for task in tasks)
@@ -582,14 +721,56 @@ class ClusterBackend(ParallelBackendBase):
                 continue
             _, tasks = entry
             outcomes = self._outcomes(async_result, tasks)
+            if outcomes is None:
+                self._retry(tasks, async_result)
+                continue
+            engine_id = getattr(async_result, "engine_id", None)
+            self.tasks_by_engine[engine_id] = self.tasks_by_engine.get(
+                engine_id, 0
+            ) + len(tasks)
             for task, outcome in zip(tasks, outcomes, strict=True):
                 self._finish(task, outcome)
 
+    def _retry(self, tasks, async_result):
+        """Queue again the tasks of an engine that died, up to ``retries``."""
+        engine_id = getattr(async_result, "engine_id", None)
+        logger.warning(
+            "Engine %s died while running %d task(s); sending them again.",
+            engine_id,
+            len(tasks),
+        )
+        with self._condition:
+            for task in reversed(tasks):
+                task.attempts += 1
+                if task.attempts > self.retries:
+                    continue
+                self._waiting.setdefault(task.key, deque()).appendleft(task)
+                self.n_retried += 1
+            self._condition.notify_all()
+        for task in tasks:
+            if task.attempts > self.retries:
+                error = EngineLostError(
+                    f"A task was running on an engine that died, {task.attempts} "
+                    f"times (retries={self.retries}), the last time engine "
+                    f"{engine_id}. The task itself may be what kills its engine, "
+                    "for example by running out of memory: check the engines' "
+                    "logs and memory (sklearn_ipp.hosts_free_memory())."
+                    + self._kept_results_note(),
+                    n_done=self.n_done,
+                    n_submitted=self.n_submitted,
+                )
+                self._finish(task, (False, error))
+
     def _outcomes(self, async_result, tasks):
-        """Turn a reply into one ``(ok, result_or_exception)`` per task."""
+        """Turn a reply into one ``(ok, result_or_exception)`` per task.
+
+        None when the engine died (or left) before replying.
+        """
         try:
             reply = cloudpickle.loads(async_result.get())
         except BaseException as exc:  # the engine died or the message failed
+            if _is_engine_loss(exc):
+                return None
             return [(False, exc)] * len(tasks)
         if reply[0] == UNPICKLING_FAILED:
             _, exc, text, hostname = reply
@@ -614,9 +795,27 @@ class ClusterBackend(ParallelBackendBase):
         else:
             self._seconds_per_task = 0.7 * self._seconds_per_task + 0.3 * mean
 
-    def _finish(self, task, outcome):
+    def _hand_back_saved_results(self):
+        while True:
+            with self._condition:
+                if not self._from_checkpoint:
+                    return
+                task, result = self._from_checkpoint.popleft()
+            self.n_from_checkpoint += 1
+            self._finish(task, (True, result), save=False)
+
+    def _finish(self, task, outcome, save=True):
         job = task.job
         ok, value = outcome
+        # Failed fits (fit_error) run again next time: the failure may not be
+        # the candidate's, such as an engine out of memory.
+        if (
+            ok
+            and save
+            and task.checkpoint_key is not None
+            and not (isinstance(value, dict) and value.get("fit_error"))
+        ):
+            self.checkpoint.put(task.checkpoint_key, value)
         with self._condition:
             if task.fold is not None:
                 task.fold.n_outstanding -= 1
@@ -638,7 +837,7 @@ class ClusterBackend(ParallelBackendBase):
         with self._condition:
             idle = [fold for fold in self._stored_folds() if fold.n_outstanding == 0]
         for fold in idle:
-            fold.release(self.store)
+            fold.release(self._remove)
 
     def _fail_everything(self, exc):
         with self._condition:
@@ -653,17 +852,47 @@ class ClusterBackend(ParallelBackendBase):
 
 
 class _OwnedResources:
-    """The connection and store a backend opened itself, to close at the end."""
+    """What a backend opened itself, to close when it is garbage collected."""
 
     def __init__(self):
         self.connection = None
         self.store = None
+        self.roster = None
 
     def close(self):
+        if self.roster is not None:
+            self.roster.close()
         if self.store is not None:
             self.store.close()
         if self.connection is not None:
             self.connection.close()
+
+
+def _stop_messages(async_results):
+    """Abort messages still queued; interrupt the engines running the others."""
+    running = set()
+    for async_result in async_results:
+        if async_result.done():
+            continue
+        # Already finished or its engine gone: nothing left to abort.
+        with contextlib.suppress(Exception):
+            async_result.abort()
+        engine_id = getattr(async_result, "engine_id", None)
+        if engine_id is not None:
+            running.add(engine_id)
+    if running:
+        client = async_results[0]._client
+        # An engine between tasks ignores the signal; one running ours gets a
+        # KeyboardInterrupt, which run_batch returns at once.
+        with contextlib.suppress(Exception):
+            client.send_signal("SIGINT", targets=sorted(running), block=True)
+
+
+def _is_engine_loss(exc):
+    """Whether a message failed because its engine died or left."""
+    if isinstance(exc, ipp_error.EngineError):
+        return True
+    return isinstance(exc, ipp_error.RemoteError) and exc.ename == "EngineError"
 
 
 def _split_arguments(arguments):

@@ -33,11 +33,13 @@ CHECKED_PACKAGES = {
 _MB = 1e6  # megabytes as the tutorial counts them (psutil reports bytes)
 
 
-def _probe(packages):
+def _probe(packages, marker_path=None, marker_token=None):
     """Describe the engine process this runs in.
 
     Shipped by value (see ``_shippable``), so it must import what it needs in
-    its body and work even where sklearn_ipp itself is not installed.
+    its body and work even where sklearn_ipp itself is not installed. With a
+    marker, it also tells whether this engine reads ``marker_token`` in the
+    file ``marker_path``: whether it sees the client's store.
     """
     import os
     import platform
@@ -54,8 +56,16 @@ def _probe(packages):
             )
         except ImportError:
             versions[distribution] = None
+    sees_store = False
+    if marker_path is not None:
+        try:
+            with open(marker_path) as f:
+                sees_store = f.read() == marker_token
+        except OSError:
+            pass
     process = psutil.Process(os.getpid())
     return {
+        "sees_store": sees_store,
         "hostname": socket.gethostname(),
         "pid": process.pid,
         "rss_mb": process.memory_info().rss / 1e6,

@@ -4,7 +4,13 @@ Each derives from the built-in exception a caller would already catch for the
 same kind of failure, so ``except TimeoutError`` keeps working.
 """
 
-__all__ = ["ClusterNotFoundError", "EngineTimeoutError", "EngineVersionError"]
+__all__ = [
+    "ClusterNotFoundError",
+    "EngineLostError",
+    "EngineTimeoutError",
+    "EngineVersionError",
+    "StoreError",
+]
 
 
 class ClusterNotFoundError(ConnectionError):
@@ -32,3 +38,29 @@ class EngineVersionError(RuntimeError):
         super().__init__(message)
         self.mismatches = mismatches
         self.facts = facts
+
+
+class EngineLostError(RuntimeError):
+    """The engines running a call died or left, and no engine took over.
+
+    Raised when a task's engine died more often than ``retries`` allows, or
+    when the cluster had no engine left for a while. Results that finished
+    are kept (in ``checkpoint_dir``, or on the search object), so calling
+    ``fit`` again runs only the rest.
+
+    Attributes
+    ----------
+    n_done : int
+        Tasks that finished before the error.
+    n_submitted : int
+        Tasks handed to the cluster.
+    """
+
+    def __init__(self, message, n_done=None, n_submitted=None):
+        super().__init__(message)
+        self.n_done = n_done
+        self.n_submitted = n_submitted
+
+
+class StoreError(OSError):
+    """The data store cannot be created or written (full, not writable)."""

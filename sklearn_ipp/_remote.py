@@ -5,7 +5,11 @@ functions defined interactively (in ``__main__``) travel by value, whatever
 serialisation the ipyparallel client is set to use.
 """
 
+import contextlib
+import hashlib
+import os
 import pickle
+import shutil
 import socket
 import time
 import traceback
@@ -13,12 +17,34 @@ import traceback
 import cloudpickle
 
 from ._pickling import dumps
+from ._store import (
+    check_private_directory,
+    default_parent,
+    make_store_directory,
+    stale_stores,
+)
 
-__all__ = ["UNPICKLING_FAILED", "run_batch"]
+__all__ = [
+    "READ_ONLY_HINT",
+    "UNPICKLING_FAILED",
+    "make_host_store",
+    "receive_chunk",
+    "remove_host_files",
+    "remove_host_stores",
+    "run_batch",
+]
 
 # Marks a reply whose tasks could not even be unpickled on the engine, which
 # almost always means a module is missing there.
 UNPICKLING_FAILED = "unpickling-failed"
+
+# Added to the error of an estimator that writes into its input.
+READ_ONLY_HINT = (
+    "sklearn_ipp gives estimators read-only, memory-mapped data (as joblib does "
+    "for large arrays): an estimator that changes its input in place must copy "
+    "it first (X = X.copy())."
+)
+_READ_ONLY_MESSAGES = ("read-only", "not writeable")
 
 
 def run_batch(payload):
@@ -48,14 +74,38 @@ def run_batch(payload):
     for function, args, kwargs in tasks:
         start = time.perf_counter()
         try:
-            outcomes.append((True, function(*args, **kwargs)))
+            outcomes.append((True, _with_read_only_hint(function(*args, **kwargs))))
+        except KeyboardInterrupt as exc:
+            # The client interrupted its tasks: the rest of the batch is not
+            # wanted either.
+            text = traceback.format_exc()
+            outcomes += [(False, exc, text)] * (len(tasks) - len(outcomes))
+            seconds += [time.perf_counter() - start] * (len(tasks) - len(seconds))
+            break
         except BaseException as exc:  # each task's error goes back on its own
-            outcomes.append((False, exc, traceback.format_exc()))
+            outcomes.append((False, _with_read_only_hint(exc), traceback.format_exc()))
         seconds.append(time.perf_counter() - start)
     # Drop the references to the memory-mapped data before replying, so that a
     # fold file removed by the client frees its memory as soon as possible.
     del tasks
     return _dumps((outcomes, seconds, socket.gethostname()))
+
+
+def _with_read_only_hint(outcome):
+    """Say why an estimator could not write into its data, and what to do.
+
+    ``outcome`` is an exception, or sklearn's result dict whose ``fit_error``
+    holds the traceback of a fit that failed under ``error_score``.
+    """
+    if isinstance(outcome, ValueError) and len(outcome.args) == 1:
+        message = str(outcome.args[0])
+        if any(text in message for text in _READ_ONLY_MESSAGES):
+            outcome.args = (f"{message}. {READ_ONLY_HINT}",)
+    elif isinstance(outcome, dict) and isinstance(outcome.get("fit_error"), str):
+        error = outcome["fit_error"]
+        if "ValueError" in error and any(t in error for t in _READ_ONLY_MESSAGES):
+            outcome["fit_error"] = f"{error.rstrip()}\n{READ_ONLY_HINT}\n"
+    return outcome
 
 
 def _dumps(reply):
@@ -86,3 +136,75 @@ def _picklable_reply(reply):
 
 def _describe(exc):
     return RuntimeError(f"{type(exc).__name__}: {exc} (not picklable)")
+
+
+# Hosts without the client's filesystem ---------------------------------------
+#
+# The client sends each stored file once to one engine of such a host, which
+# writes it into a store directory of its own; the other engines of the host
+# read the same copy.
+
+
+def make_host_store(expected_nbytes, owner):
+    """Make this host's copy of a client's store; return its path and others.
+
+    Parameters
+    ----------
+    expected_nbytes : int
+        Size of the largest data expected, to choose the location.
+    owner : dict
+        The client process, recorded in the store so that a later client of
+        the same host can tell whether it still runs.
+
+    Returns
+    -------
+    path : str
+        The new directory (mode 0700).
+    others : dict
+        ``{path: owner}`` of this user's other stores here made by processes
+        of the client's host, for the client to remove those of dead ones.
+    """
+    parent = default_parent(expected_nbytes)
+    others = stale_stores(parent, hostname=owner["hostname"])
+    return make_store_directory(parent, owner), others
+
+
+def receive_chunk(directory, name, offset, data, sha256=None):
+    """Write ``data`` at ``offset`` of ``name`` in a host store.
+
+    The file is written under a temporary name; with the last chunk comes the
+    SHA-256 of the whole file, which is checked before the file is renamed
+    into place, so that engines never read a partial or corrupted copy.
+    """
+    check_private_directory(directory)
+    path = os.path.join(directory, name)
+    part = path + ".part"
+    with open(part, "r+b" if offset else "wb") as f:
+        f.seek(offset)
+        f.write(data)
+    if sha256 is None:
+        return
+    digest = hashlib.sha256()
+    with open(part, "rb") as f:
+        while chunk := f.read(64 * 2**20):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        os.remove(part)
+        raise OSError(
+            f"The copy of {name} on host {socket.gethostname()!r} does not match "
+            "the client's file (SHA-256 differs): it was corrupted on the way."
+        )
+    os.rename(part, path)
+
+
+def remove_host_files(directory, names):
+    """Remove files from a host store (engines that map them keep them)."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, name))
+
+
+def remove_host_stores(paths):
+    """Remove whole host stores."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)

@@ -7,16 +7,18 @@ refits it, and only the evaluation of the candidates moves to the cluster.
 
 import os
 import pickle
+from numbers import Integral
 
 import cloudpickle
 import numpy as np
 from joblib import parallel_config
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
+from sklearn.utils._param_validation import Interval
 
 from ._backend import ClusterBackend
+from ._checkpoint import DirectoryCheckpoint, MemoryCheckpoint
 from ._cluster import resolve_cluster
-from ._engines import check_versions, start_probe
 from ._progress import FitProgress
 from ._store import Store
 
@@ -32,7 +34,23 @@ _CLUSTER_PARAMETERS_DOC = """
         Where the cross-validation folds are written for the engines to
         memory-map: a private subdirectory (mode 0700) is made there and
         removed after ``fit``. None uses ``/dev/shm`` when it has room, else
-        the temporary directory. Every engine host must be able to read it.
+        the temporary directory. Engines on hosts that do not see it get a
+        copy of the data, sent once per host.
+
+    checkpoint_dir : str, path or None, default=None
+        A directory (made with mode 0700 if missing) where the result of
+        each (candidate, split) fit is saved as it arrives. Fitting again
+        after an interruption runs only the fits whose results are missing;
+        results no longer match once the data, the estimator, the grid or
+        the cross-validation change. Use one directory per search: after a
+        complete fit, results of other fits are removed from it. None keeps
+        the finished results of a fit that fails (or is interrupted) on the
+        search object instead, for the next ``fit`` of the same object.
+
+    retries : int, default=3
+        Times a fit is sent again when the engine running it dies. An
+        exception raised by the estimator is handled by ``error_score``,
+        never retried.
 """
 
 
@@ -40,6 +58,8 @@ _CLUSTER_CONSTRAINTS = {
     # Anything resolve_cluster accepts; it raises a TypeError naming the rest.
     "client": [None, object],
     "store_dir": [None, str, os.PathLike],
+    "checkpoint_dir": [None, str, os.PathLike],
+    "retries": [Interval(Integral, 0, None, closed="left")],
 }
 
 
@@ -70,25 +90,36 @@ class _ClusterSearchMixin:
         # scikit-learn's own checks first, so that its errors come as usual.
         self._validate_params()
         self._check_picklable()
+        if self.checkpoint_dir is not None:
+            checkpoint = DirectoryCheckpoint(self.checkpoint_dir)
+        else:
+            # Kept on the search only if this fit does not complete.
+            checkpoint = self.__dict__.get("_unfinished_fits") or MemoryCheckpoint()
         with resolve_cluster(self.client) as connection:
-            probe = start_probe(connection)
             store = Store(self.store_dir, expected_nbytes=getattr(X, "nbytes", 0))
             progress = FitProgress(self.verbose)
             backend = ClusterBackend(
                 connection,
                 store,
                 on_progress=progress.update,
-                # Checked before the first task leaves, not before the data
-                # is prepared: both take a while on a fresh cluster.
-                before_first_message=lambda: check_versions(probe.get_dict()),
+                retries=self.retries,
+                checkpoint=checkpoint,
             )
             try:
                 with parallel_config(backend=backend):
-                    return super().fit(X, y, **params)
+                    super().fit(X, y, **params)
+            except BaseException:
+                if isinstance(checkpoint, MemoryCheckpoint) and len(checkpoint):
+                    self._unfinished_fits = checkpoint
+                raise
             finally:
-                backend.terminate()
+                backend.close()
                 progress.close()
                 store.close()
+        self.__dict__.pop("_unfinished_fits", None)
+        if isinstance(checkpoint, DirectoryCheckpoint):
+            checkpoint.keep_only(backend.checkpoint_keys)
+        return self
 
     def _check_picklable(self):
         """Fail before any task is sent if something cannot reach the engines."""
@@ -108,6 +139,7 @@ class _ClusterSearchMixin:
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: the search keeps its client
+        state.pop("_unfinished_fits", None)
         if not (state.get("client") is None or isinstance(state["client"], str)):
             # A connection cannot be pickled: the fitted model can, without it.
             state["client"] = None
@@ -225,6 +257,8 @@ feature_names_in_
         return_train_score=False,
         client=None,
         store_dir=None,
+        checkpoint_dir=None,
+        retries=3,
     ):
         super().__init__(
             estimator=estimator,
@@ -240,6 +274,8 @@ feature_names_in_
         )
         self.client = client
         self.store_dir = store_dir
+        self.checkpoint_dir = checkpoint_dir
+        self.retries = retries
 
     def _search_space_items(self):
         return _grid_items(self.param_grid, "param_grid")
@@ -329,6 +365,8 @@ feature_names_in_
         return_train_score=False,
         client=None,
         store_dir=None,
+        checkpoint_dir=None,
+        retries=3,
     ):
         super().__init__(
             estimator=estimator,
@@ -346,6 +384,8 @@ feature_names_in_
         )
         self.client = client
         self.store_dir = store_dir
+        self.checkpoint_dir = checkpoint_dir
+        self.retries = retries
 
     def _search_space_items(self):
         return _grid_items(self.param_distributions, "param_distributions")

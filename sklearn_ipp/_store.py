@@ -17,14 +17,19 @@ data per fit. (Slices would say the same more directly, but scikit-learn >=
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
+import socket
+import stat
 import tempfile
 import uuid
 
 import joblib
 import numpy as np
 from sklearn.utils import _safe_indexing
+
+from ._exceptions import StoreError
 
 __all__ = [
     "RowRange",
@@ -52,6 +57,13 @@ MMAP_MIN_BYTES = 2**20
 # the rest of it stays free for the fits themselves.
 _SHM_DIR = "/dev/shm"
 _SHM_HEADROOM = 4
+
+# Written into every store: who made it, so that the next run can tell the
+# store of a crashed process from one in use.
+OWNER_FILE = "owner.json"
+
+# Prefix of store directory names (the rest is random, from mkdtemp).
+STORE_PREFIX = "sklearn_ipp-"
 
 _STORE_PARAMETER_HINT = (
     "Pass store_dir= a directory with enough free space that every engine host "
@@ -85,22 +97,46 @@ class StoredData:
         ``joblib.dump`` (arrays inside are memory-mapped too).
     nbytes : int
         Size of the data, for the bytes-per-host accounting.
+    host_dirs : dict or None
+        ``{hostname: directory}`` for hosts that do not see the client's
+        store and hold a copy of it in their own directory; shared with the
+        store, so that references follow hosts added later.
     """
 
-    def __init__(self, path, kind, nbytes):
+    def __init__(self, path, kind, nbytes, host_dirs=None):
         self.path = path
         self.kind = kind
         self.nbytes = nbytes
+        self.host_dirs = host_dirs
+
+    @property
+    def name(self):
+        """The file's name, the same in every host's copy of the store."""
+        return os.path.basename(self.path)
 
     def __reduce__(self):
+        if self.host_dirs:
+            return load_stored, (self.path, self.kind, dict(self.host_dirs))
         return load_stored, (self.path, self.kind)
 
     def __repr__(self):
         return f"StoredData({self.path!r}, {self.kind!r}, nbytes={self.nbytes})"
 
 
-def load_stored(path, kind):
-    """Open stored data read-only, memory-mapped if large (runs on engines)."""
+_HOSTNAME = socket.gethostname()
+_checked_dirs = set()
+
+
+def load_stored(path, kind, host_dirs=None):
+    """Open stored data read-only, memory-mapped if large (runs on engines).
+
+    On a host listed in ``host_dirs`` the file is read from that host's own
+    copy of the store. Files are read only from a directory that belongs to
+    this user and that nobody else can write.
+    """
+    if host_dirs and _HOSTNAME in host_dirs:
+        path = os.path.join(host_dirs[_HOSTNAME], os.path.basename(path))
+    check_private_directory(os.path.dirname(path))
     if kind != "npy":
         return joblib.load(path, mmap_mode="r")
     if os.path.getsize(path) < MMAP_MIN_BYTES:
@@ -109,6 +145,27 @@ def load_stored(path, kind):
     else:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     return array.view(RowRangeArray)
+
+
+def check_private_directory(directory):
+    """Raise PermissionError unless only this user can write ``directory``.
+
+    Engines unpickle what they find in a store, so a directory that another
+    user could write into must never be read from. Checked once per process.
+    """
+    if directory in _checked_dirs:
+        return
+    info = os.stat(directory)
+    if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionError(
+            errno.EACCES,
+            f"Refusing to read data from {directory!r}: it belongs to uid "
+            f"{info.st_uid} with mode {stat.filemode(info.st_mode)}, so someone "
+            "other than this user could have written it. Use a store_dir= or "
+            "checkpoint_dir= that only this user can write (mode 0700).",
+            directory,
+        )
+    _checked_dirs.add(directory)
 
 
 class RowRange:
@@ -156,10 +213,6 @@ def _contiguous_range(rows):
     return slice(start, stop)
 
 
-class StoreError(OSError):
-    """The store directory cannot be created or written."""
-
-
 class Store:
     """A private directory holding the data of one fit.
 
@@ -174,18 +227,22 @@ class Store:
     """
 
     def __init__(self, location=None, expected_nbytes=0):
-        parent = location if location is not None else _default_parent(expected_nbytes)
+        parent = location if location is not None else default_parent(expected_nbytes)
         try:
-            os.makedirs(parent, exist_ok=True)
-            # mkdtemp makes an unpredictable name with mode 0700.
-            self.path = tempfile.mkdtemp(prefix="sklearn_ipp-", dir=parent)
-            os.chmod(self.path, FOLDER_PERMISSIONS)
+            self.path = make_store_directory(parent)
         except OSError as exc:
             raise StoreError(
                 exc.errno,
                 f"Cannot create the data store in {parent!r}: {exc.strerror or exc}. "
                 + _STORE_PARAMETER_HINT,
             ) from exc
+        # Engines that find this token at the same path see this filesystem.
+        self.marker_token = uuid.uuid4().hex
+        self.marker_path = os.path.join(self.path, "marker")
+        with open(self.marker_path, "w") as f:
+            f.write(self.marker_token)
+        # Hosts with their own copy of the store: hostname -> directory.
+        self.host_dirs = {}
         self.n_writes = 0
         self.bytes_written = 0
 
@@ -213,7 +270,7 @@ class Store:
             kind = "joblib"
         self.n_writes += 1
         self.bytes_written += nbytes
-        return StoredData(path, kind, nbytes)
+        return StoredData(path, kind, nbytes, self.host_dirs)
 
     def remove(self, ref):
         """Delete stored data; engines that still map it keep their view."""
@@ -250,7 +307,8 @@ class Store:
             ) from exc
 
 
-def _default_parent(expected_nbytes):
+def default_parent(expected_nbytes):
+    """``/dev/shm`` when it has room for the data several times, else tmp."""
     try:
         if shutil.disk_usage(_SHM_DIR).free > _SHM_HEADROOM * expected_nbytes and (
             os.access(_SHM_DIR, os.W_OK)
@@ -259,6 +317,81 @@ def _default_parent(expected_nbytes):
     except OSError:
         pass
     return tempfile.gettempdir()
+
+
+def make_store_directory(parent, owner=None):
+    """Make a private store directory in ``parent``; return its path.
+
+    The name is unpredictable and the mode 0700 (``mkdtemp``), so a shared
+    ``/tmp`` is safe. An owner file records which process made it, and the
+    stores of processes of this host that died without removing theirs are
+    removed first.
+    """
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_stores(parent)
+    path = tempfile.mkdtemp(prefix=STORE_PREFIX, dir=parent)
+    os.chmod(path, FOLDER_PERMISSIONS)
+    with open(os.path.join(path, OWNER_FILE), "w") as f:
+        json.dump(owner or _this_process(), f)
+    return path
+
+
+def _this_process():
+    import psutil
+
+    process = psutil.Process()
+    return {
+        "hostname": socket.gethostname(),
+        "pid": process.pid,
+        "create_time": process.create_time(),
+        "uid": os.geteuid(),
+    }
+
+
+def stale_stores(parent, hostname=None):
+    """Return ``{path: owner}`` for this user's stores in ``parent``.
+
+    ``hostname`` selects stores made by processes of that host (default:
+    this one).
+    """
+    hostname = socket.gethostname() if hostname is None else hostname
+    found = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            if not entry.name.startswith(STORE_PREFIX):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != os.geteuid():
+                    continue
+                with open(os.path.join(entry.path, OWNER_FILE)) as f:
+                    owner = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if owner.get("hostname") == hostname:
+                found[entry.path] = owner
+    return found
+
+
+def process_is_alive(owner):
+    """Whether the process described by an owner record still runs."""
+    import psutil
+
+    try:
+        process = psutil.Process(owner["pid"])
+        # A recycled pid belongs to a process started later.
+        return abs(process.create_time() - owner["create_time"]) < 1
+    except (psutil.Error, KeyError, TypeError):
+        return False
+
+
+def remove_stale_stores(parent):
+    """Remove this user's stores in ``parent`` left by dead processes here."""
+    removed = []
+    for path, owner in stale_stores(parent).items():
+        if not process_is_alive(owner):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _is_plain_array(obj):

@@ -9,13 +9,16 @@ With ``SKLEARN_IPP_STRICT_TESTS=1`` (set by ``.ci/run``) or ``CI`` set, the run
 fails if any test was skipped or if no test used the cluster.
 """
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import cloudpickle
 import ipyparallel as ipp
@@ -90,6 +93,94 @@ def on_engine(function):
     """
     function.__module__ = "__main__"
     return function
+
+
+# Sets up a fake host in new UTS and mount namespaces: its own hostname, and
+# its own empty /tmp and /dev/shm, where the client's store cannot be seen.
+# Directories under /tmp that the engines need (a virtualenv, a checkout) are
+# bound back in through /mnt, which only this namespace sees changed.
+_FAKE_HOST_SCRIPT = """
+set -e
+hostname "$FAKE_HOSTNAME"
+mount --rbind /tmp /mnt
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /dev/shm
+for kept in $FAKE_HOST_KEEP; do
+    mkdir -p "$kept"
+    mount --bind "/mnt/${kept#/tmp/}" "$kept"
+done
+printf '%s' "$FAKE_HOST_ENGINE_FILE" > /tmp/engine.json
+export IPYTHONDIR=/tmp/ipython
+for i in $(seq "$FAKE_HOST_ENGINES"); do
+    "$FAKE_HOST_PYTHON" -m ipyparallel.engine --file=/tmp/engine.json \
+        --log-level=40 &
+done
+wait
+"""
+
+
+_UNSHARE = ["unshare", "--uts", "--mount", "--propagation", "private"]
+
+
+def _paths_to_keep():
+    """Top directories under /tmp that engines need: Python, this checkout."""
+    import sklearn_ipp
+
+    needed = [sys.prefix, os.path.dirname(os.path.dirname(sklearn_ipp.__file__))]
+    kept = set()
+    for path in needed:
+        path = os.path.realpath(path)
+        if path.startswith("/tmp/"):
+            kept.add("/tmp/" + path.split("/")[2])
+        elif path == "/tmp":
+            raise RuntimeError("Cannot run fake hosts from a checkout in /tmp itself.")
+    return sorted(kept)
+
+
+@contextlib.contextmanager
+def fake_host(cluster, client, hostname, n_engines=2):
+    """Run ``n_engines`` engines on a fake host; yield their engine ids.
+
+    The engines connect to the session controller over loopback. Their host
+    has its own hostname and a private /tmp and /dev/shm: it does not see
+    the client's store, as a host without a shared filesystem.
+    """
+    engine_file = os.path.join(
+        cluster.profile_dir,
+        "security",
+        f"ipcontroller-{cluster.cluster_id}-engine.json"
+        if cluster.cluster_id
+        else "ipcontroller-engine.json",
+    )
+    with open(engine_file) as f:
+        engine_file_content = f.read()
+    before = set(client.ids)
+    process = subprocess.Popen(
+        [*_UNSHARE, "sh", "-c", _FAKE_HOST_SCRIPT],
+        env=dict(
+            os.environ,
+            FAKE_HOSTNAME=hostname,
+            FAKE_HOST_KEEP=" ".join(_paths_to_keep()),
+            FAKE_HOST_ENGINE_FILE=engine_file_content,
+            FAKE_HOST_ENGINES=str(n_engines),
+            FAKE_HOST_PYTHON=sys.executable,
+        ),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while len(set(client.ids) - before) < n_engines:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"The engines of fake host {hostname} did not start")
+            time.sleep(0.1)
+        yield sorted(set(client.ids) - before)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while set(client.ids) - before and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def run_python(*args, timeout=180, **environ):

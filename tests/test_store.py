@@ -1,10 +1,7 @@
 """The fold store: one write per fold, read-only zero-copy views, small tasks."""
 
 import os
-import re
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -279,56 +276,6 @@ def test_a_single_engine_does_the_work_not_the_client(client):
     search.fit(X, y)
     # Memory-mapped, read-only data is only ever seen on an engine.
     np.testing.assert_array_equal(search.cv_results_["mean_test_score"], [3.0, 3.0])
-
-
-@pytest.fixture
-def engine_without_the_store(cluster, client, tmp_path):
-    """An extra engine that sees an empty directory where the store is.
-
-    It runs in its own mount namespace with a tmpfs over ``tmp_path/store``:
-    as on a host that does not share the client's filesystem.
-    """
-    store = tmp_path / "store"
-    store.mkdir()
-    before = set(client.ids)
-    engine_command = (
-        f"mount -t tmpfs tmpfs {store} && exec {sys.executable} -m ipyparallel.engine "
-        f"--profile-dir={cluster.profile_dir} --cluster-id={cluster.cluster_id} "
-        "--log-level=40"
-    )
-    process = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", engine_command]
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not set(client.ids) - before and time.monotonic() < deadline:
-            time.sleep(0.1)
-        (engine_id,) = set(client.ids) - before
-        yield engine_id, store
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        deadline = time.monotonic() + 60
-        while set(client.ids) - before and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-
-def test_engine_that_cannot_see_the_store_gets_a_clear_error(
-    client, engine_without_the_store
-):
-    engine_id, store = engine_without_the_store
-    X, y = make_classification(n_samples=100, random_state=0)
-    search = IPyParallelGridSearchCV(
-        ProbeClassifier(),
-        {"tag": [0]},
-        cv=2,
-        client=client.load_balanced_view(targets=[engine_id]),
-        store_dir=str(store),
-    )
-    expected = f"The data store is not visible on engine {engine_id} on host"
-    with pytest.raises(FileNotFoundError, match=re.escape(expected)) as info:
-        search.fit(X, y)
-    assert "store_dir=" in str(info.value)
 
 
 def test_several_parallel_calls_on_one_backend_match_sklearn(client):

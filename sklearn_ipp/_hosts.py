@@ -1,0 +1,238 @@
+"""Which engines may take tasks, and how each host gets the stored data.
+
+Every engine is probed once when it is first seen (at the start, or when it
+joins later): its host, its package versions, and whether it sees the
+client's store, by reading a marker file with a random token at the store's
+path. Hosts that do (this host, or one sharing the filesystem such as NFS)
+read the client's files directly. A host that does not gets its own store
+directory, and every stored file is sent to one engine of that host, once,
+whatever the number of its engines; the engines of that host read that copy.
+
+An engine receives tasks only once its host holds the data; engines that
+leave (or die) are dropped as the client sees them go.
+"""
+
+import hashlib
+import logging
+import os
+import warnings
+
+from ._engines import CHECKED_PACKAGES, _probe, check_versions
+from ._exceptions import EngineVersionError
+from ._remote import (
+    make_host_store,
+    receive_chunk,
+    remove_host_files,
+    remove_host_stores,
+)
+from ._store import _this_process, process_is_alive
+
+__all__ = ["EngineRoster"]
+
+logger = logging.getLogger("sklearn_ipp")
+
+# Files are sent to a host in chunks of this size, a few at a time, so that
+# neither side holds a whole large file in memory as a message.
+TRANSFER_CHUNK_BYTES = 32 * 2**20
+TRANSFERS_IN_FLIGHT = 4
+
+
+class _Host:
+    def __init__(self, hostname, shared):
+        self.hostname = hostname
+        self.shared = shared  # reads the client's store directly
+        self.directory = None  # its own store, when not shared
+        self.engines = set()
+        self.n_files = 0  # files sent to it, and their bytes
+        self.nbytes = 0
+
+
+class EngineRoster:
+    """The engines of a connection that are ready for tasks.
+
+    Parameters
+    ----------
+    connection : ClusterConnection
+        Whose engines to follow, including engines that join later.
+    store : Store
+        The client's store, which every ready engine can read, directly or
+        through its host's copy.
+    check_versions : bool, default=True
+        Whether engines must run the client's package versions. A mismatch
+        among the first engines is an error; an engine joining later with
+        other versions is left out with a warning.
+    """
+
+    def __init__(self, connection, store, check_versions=True):
+        self.connection = connection
+        self.store = store
+        self.check_versions = check_versions
+        self.ready = {}  # engine id -> hostname
+        self.hosts = {}  # hostname -> _Host
+        self.facts = {}  # engine id -> probe facts
+        self._seen = set()  # engine ids probed or being probed
+        self._probes = []  # AsyncResults of probes not yet handled
+        self._live = {}  # file name -> StoredData, what hosts must hold
+        self._first_probe = True
+
+    # Engines ---------------------------------------------------------------
+
+    def refresh(self):
+        """Probe new engines, admit probed ones, drop engines that left.
+
+        Returns
+        -------
+        changed : bool
+            Whether the set of ready engines changed.
+        """
+        ids = set(self.connection.engine_ids)
+        changed = False
+        for engine_id in list(self.ready):
+            if engine_id not in ids:
+                hostname = self.ready.pop(engine_id)
+                self.hosts[hostname].engines.discard(engine_id)
+                logger.info("Engine %s on %s left the cluster.", engine_id, hostname)
+                changed = True
+        new = sorted(ids - self._seen)
+        if new:
+            self._seen.update(new)
+            view = self.connection.direct_view(new)
+            view.block = False
+            self._probes.append(
+                view.apply_async(
+                    _probe,
+                    CHECKED_PACKAGES,
+                    self.store.marker_path,
+                    self.store.marker_token,
+                )
+            )
+        for probe in [p for p in self._probes if p.ready()]:
+            self._probes.remove(probe)
+            changed |= self._admit(probe)
+        return changed
+
+    @property
+    def probing(self):
+        """Whether engines are being probed and may soon be ready."""
+        return bool(self._probes)
+
+    def wait_for_probe(self, timeout):
+        """Wait until the oldest probe answers (or ``timeout`` seconds)."""
+        if self._probes:
+            self._probes[0].wait(timeout)
+
+    def _admit(self, probe):
+        first, self._first_probe = self._first_probe, False
+        try:
+            facts = probe.get_dict()
+        except Exception as exc:
+            # An engine that died while probed: the others are probed again.
+            logger.info("Probing engines failed (%s); probing again.", exc)
+            self._seen.difference_update(probe.engine_id or [])
+            return False
+        if self.check_versions:
+            try:
+                check_versions(facts)
+            except EngineVersionError as exc:
+                if first:
+                    raise
+                warnings.warn(
+                    f"{exc} These engines get no tasks.", RuntimeWarning, stacklevel=2
+                )
+                return False
+        for engine_id, fact in sorted(facts.items()):
+            self.facts[engine_id] = fact
+            host = self.hosts.get(fact["hostname"])
+            if host is None:
+                host = self.hosts[fact["hostname"]] = _Host(
+                    fact["hostname"], fact["sees_store"]
+                )
+            if not host.shared and host.directory is None:
+                self._open_host_store(host, engine_id)
+            host.engines.add(engine_id)
+            self.ready[engine_id] = host.hostname
+            logger.info("Engine %s on %s takes tasks.", engine_id, host.hostname)
+        return True
+
+    # Data on hosts without the client's filesystem --------------------------
+
+    def _open_host_store(self, host, engine_id):
+        view = self.connection.direct_view([engine_id])
+        largest = max((ref.nbytes for ref in self._live.values()), default=0)
+        [(directory, others)] = view.apply(make_host_store, largest, _this_process())
+        stale = [path for path, owner in others.items() if not process_is_alive(owner)]
+        if stale:
+            view.apply(remove_host_stores, stale)
+        host.directory = directory
+        self._send_files(host, engine_id, list(self._live.values()))
+        self.store.host_dirs[host.hostname] = directory
+
+    def add(self, ref):
+        """Make stored data available on every host (call after writing it)."""
+        self._live[ref.name] = ref
+        for host in self.hosts.values():
+            if host.directory is not None and host.engines:
+                self._send_files(host, min(host.engines), [ref])
+
+    def remove(self, ref):
+        """Forget stored data on every host (its client file is removed)."""
+        self._live.pop(ref.name, None)
+        for host in self._remote_hosts():
+            view = self.connection.direct_view([min(host.engines)])
+            view.block = False
+            view.apply_async(remove_host_files, host.directory, [ref.name])
+
+    def close(self):
+        """Remove the hosts' copies of the store."""
+        for host in self._remote_hosts():
+            view = self.connection.direct_view([min(host.engines)])
+            try:
+                view.apply(remove_host_stores, [host.directory])
+            except Exception as exc:  # a host that went away keeps its copy
+                logger.info("Could not remove %s: %s", host.directory, exc)
+            host.directory = None
+        self._live.clear()
+
+    def _remote_hosts(self):
+        return [
+            host
+            for host in self.hosts.values()
+            if host.directory is not None and host.engines
+        ]
+
+    def _send_files(self, host, engine_id, refs):
+        view = self.connection.direct_view([engine_id])
+        view.block = False
+        for ref in refs:
+            size = os.path.getsize(ref.path)
+            digest = hashlib.sha256()
+            pending = []
+            with open(ref.path, "rb") as f:
+                offset = 0
+                while True:
+                    data = f.read(TRANSFER_CHUNK_BYTES)
+                    digest.update(data)
+                    last = offset + len(data) >= size
+                    pending.append(
+                        view.apply_async(
+                            receive_chunk,
+                            host.directory,
+                            ref.name,
+                            offset,
+                            data,
+                            digest.hexdigest() if last else None,
+                        )
+                    )
+                    offset += len(data)
+                    if len(pending) >= TRANSFERS_IN_FLIGHT:
+                        pending.pop(0).get()
+                    if last:
+                        break
+            for result in pending:
+                result.get()
+            host.n_files += 1
+            host.nbytes += size
+
+    def transfers(self):
+        """Files and bytes sent to each host, ``{hostname: (files, bytes)}``."""
+        return {name: (host.n_files, host.nbytes) for name, host in self.hosts.items()}

@@ -1,0 +1,172 @@
+"""Hosts that do not see the client's filesystem get the data once per host.
+
+Two fake hosts, each with its own hostname, its own /tmp and /dev/shm (new
+UTS and mount namespaces) and two engines, join the session controller over
+loopback.
+"""
+
+import os
+import socket
+import tempfile
+import time
+
+import numpy as np
+import pytest
+from joblib import Parallel, delayed, parallel_config
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+
+from sklearn_ipp import IPyParallelGridSearchCV
+from sklearn_ipp._backend import ClusterBackend
+from sklearn_ipp._store import Store
+
+from ._sklearn_compare import assert_same_search
+from .conftest import fake_host, on_engine
+
+HOSTS = ("fakehost-a", "fakehost-b")
+N_SPLITS = 3
+
+
+@pytest.fixture(scope="module")
+def fake_hosts(cluster, client):
+    """``{hostname: [engine ids]}`` of two fake hosts with two engines each."""
+    with (
+        fake_host(cluster, client, HOSTS[0]) as first,
+        fake_host(cluster, client, HOSTS[1]) as second,
+    ):
+        yield dict(zip(HOSTS, (first, second), strict=True))
+
+
+@pytest.fixture
+def remote_view(client, fake_hosts):
+    engine_ids = sorted(i for ids in fake_hosts.values() for i in ids)
+    return client.load_balanced_view(targets=engine_ids)
+
+
+@on_engine
+def _host_and_stores():
+    import os
+    import socket
+
+    return socket.gethostname(), sorted(
+        name for name in os.listdir("/dev/shm") if name.startswith("sklearn_ipp-")
+    )
+
+
+def _data():
+    # Folds of 1.6 MB: memory-mapped on the engines.
+    X, y = make_classification(n_samples=2000, n_features=100, random_state=0)
+    return X, y
+
+
+def _search(search_class=GridSearchCV, **kwargs):
+    return search_class(
+        LogisticRegression(max_iter=200),
+        {"C": [0.01, 0.1, 1.0, 10.0]},
+        cv=N_SPLITS,
+        **kwargs,
+    )
+
+
+def test_fake_hosts_are_separate_hosts(client, fake_hosts):
+    for hostname, engine_ids in fake_hosts.items():
+        names = client[engine_ids].apply_sync(socket.gethostname)
+        assert names == [hostname] * len(engine_ids)
+
+
+def test_each_host_gets_each_file_once_and_results_match_sklearn(
+    client, fake_hosts, remote_view
+):
+    X, y = _data()
+    reference = _search().fit(X, y)
+    ours = _search()
+    store = Store(tempfile.gettempdir())
+    backend = ClusterBackend(remote_view, store)
+    try:
+        with parallel_config(backend=backend):
+            ours.fit(X, y)
+    finally:
+        backend.close()
+        store.close()
+    assert_same_search(ours, reference, X)
+    # X and y of every fold, once per host, not once per engine or per task.
+    expected_bytes = N_SPLITS * (X.nbytes + y.nbytes)
+    transfers = backend.transfers
+    assert sorted(transfers) == sorted(HOSTS)
+    for n_files, n_bytes in transfers.values():
+        assert n_files == 2 * N_SPLITS
+        # Plus one .npy header per file.
+        assert expected_bytes < n_bytes <= expected_bytes + 2 * N_SPLITS * 4096
+    # Each host's copy is gone with the backend.
+    for engine_ids in fake_hosts.values():
+        _, stores = client[engine_ids[0]].apply_sync(_host_and_stores)
+        assert stores == []
+
+
+def test_search_class_runs_on_hosts_without_the_store(fake_hosts, remote_view):
+    X, y = _data()
+    reference = _search().fit(X, y)
+    ours = _search(IPyParallelGridSearchCV, client=remote_view).fit(X, y)
+    assert_same_search(ours, reference, X)
+
+
+def test_generic_tasks_get_large_arrays_once_per_host(remote_view):
+    X = np.random.default_rng(0).random((1000, 300))  # 2.4 MB
+    backend = ClusterBackend(remote_view)
+    try:
+        with parallel_config(backend=backend):
+            sums = Parallel(n_jobs=-1)(delayed(np.sum)(X, axis=0) for _ in range(8))
+    finally:
+        backend.close()
+    for row_sums in sums:
+        np.testing.assert_allclose(row_sums, X.sum(axis=0))
+    for n_files, n_bytes in backend.transfers.values():
+        assert n_files == 1
+        assert X.nbytes < n_bytes <= X.nbytes + 4096
+
+
+def test_a_shared_filesystem_is_used_without_transfer(client, fake_hosts, tmp_path):
+    # /var/tmp is the same filesystem on the fake hosts (only /tmp and
+    # /dev/shm are their own), as NFS would be.
+    shared = tempfile.mkdtemp(prefix="sklearn_ipp-tests-", dir="/var/tmp")
+    try:
+        view = client.load_balanced_view(targets=fake_hosts[HOSTS[0]])
+        X, y = _data()
+        reference = _search().fit(X, y)
+        ours = _search()
+        backend = ClusterBackend(view, store_dir=shared)
+        try:
+            with parallel_config(backend=backend):
+                ours.fit(X, y)
+        finally:
+            backend.close()
+        assert_same_search(ours, reference, X)
+        assert backend.transfers == {HOSTS[0]: (0, 0)}
+    finally:
+        os.rmdir(shared)
+
+
+@on_engine
+def _make_stale_store(owner):
+    from sklearn_ipp._store import make_store_directory
+
+    return make_store_directory("/dev/shm", owner)
+
+
+def test_host_stores_of_dead_clients_are_removed(client, fake_hosts, remote_view):
+    # A store a client of this host left on a fake host when it crashed.
+    dead_client = {
+        "hostname": socket.gethostname(),
+        "pid": 2**22 + 1,  # above pid_max: no such process
+        "create_time": time.time(),
+        "uid": os.geteuid(),
+    }
+    engine_id = fake_hosts[HOSTS[0]][0]
+    stale = client[engine_id].apply_sync(_make_stale_store, dead_client)
+    _, stores = client[engine_id].apply_sync(_host_and_stores)
+    assert os.path.basename(stale) in stores
+    X, y = _data()
+    _search(IPyParallelGridSearchCV, client=remote_view).fit(X, y)
+    _, stores = client[engine_id].apply_sync(_host_and_stores)
+    assert stores == []
