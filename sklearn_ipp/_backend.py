@@ -222,9 +222,10 @@ class ClusterBackend(ParallelBackendBase):
     check_versions : bool, default=True
         Whether engines must run the client's versions of Python,
         scikit-learn, numpy, joblib and sklearn_ipp (EngineVersionError).
-    engine_wait : float, default=60
+    engine_wait : float or None, default=None
         Seconds to wait for an engine when the cluster has none left before
-        failing with EngineLostError.
+        failing with EngineLostError; None means ``ENGINE_WAIT_SECONDS``
+        (60).
     """
 
     supports_retrieve_callback = True
@@ -244,7 +245,7 @@ class ClusterBackend(ParallelBackendBase):
         retries=DEFAULT_RETRIES,
         checkpoint=None,
         check_versions=True,
-        engine_wait=ENGINE_WAIT_SECONDS,
+        engine_wait=None,
         **backend_kwargs,
     ):
         super().__init__(**backend_kwargs)
@@ -261,7 +262,7 @@ class ClusterBackend(ParallelBackendBase):
         self.retries = retries
         self.checkpoint = checkpoint
         self.check_versions = check_versions
-        self.engine_wait = engine_wait
+        self.engine_wait = ENGINE_WAIT_SECONDS if engine_wait is None else engine_wait
         # What crossed the network and what was stored, for tests and
         # benchmarks: none of it grows with the data but the store's writes.
         self.n_messages = 0

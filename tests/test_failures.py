@@ -1,0 +1,374 @@
+"""Surviving the cluster: engines that die or join, interrupts, resuming.
+
+These tests kill and start engines of the session cluster; each puts the
+cluster back to ``N_ENGINES`` engines before it ends.
+"""
+
+import json
+import os
+import signal
+import textwrap
+import threading
+import time
+import uuid
+
+import numpy as np
+import psutil
+import pytest
+from joblib import Parallel, delayed, parallel_config
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.datasets import make_classification
+from sklearn.model_selection import GridSearchCV
+
+from sklearn_ipp import EngineLostError, IPyParallelGridSearchCV
+from sklearn_ipp._backend import ClusterBackend
+
+from ._sklearn_compare import assert_same_search
+from .conftest import N_ENGINES
+
+
+class LoggedClassifier(ClassifierMixin, BaseEstimator):
+    """Sleeps ``delay`` s in fit, records each fit, and can kill its engine.
+
+    Each fit writes a file named after its process into ``start_dir`` when it
+    starts and into ``log_dir`` when it ends. When the file ``kill_flag``
+    exists, the first fit to claim it (by renaming it) kills its own process
+    with SIGKILL; with ``kill_always``, every fit of ``C == kill_always`` does.
+    """
+
+    def __init__(
+        self,
+        C=1.0,
+        delay=0.0,
+        log_dir=None,
+        kill_flag=None,
+        kill_always=None,
+        start_dir=None,
+    ):
+        self.C = C
+        self.delay = delay
+        self.log_dir = log_dir
+        self.kill_flag = kill_flag
+        self.kill_always = kill_always
+        self.start_dir = start_dir
+
+    def fit(self, X, y):
+        if self.start_dir is not None:
+            with open(os.path.join(self.start_dir, f"{os.getpid()}-started"), "w"):
+                pass
+        if self.kill_always is not None and self.kill_always == self.C:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.kill_flag is not None:
+            try:
+                os.rename(self.kill_flag, f"{self.kill_flag}.{os.getpid()}")
+            except FileNotFoundError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(self.delay)
+        if self.log_dir is not None:
+            name = f"{os.getpid()}-{uuid.uuid4().hex}"
+            with open(os.path.join(self.log_dir, name), "w") as f:
+                f.write(repr(self.C))
+        self.classes_ = np.unique(y)
+        self.mean_ = float(np.mean(X)) * self.C
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.classes_[0])
+
+    def score(self, X, y):
+        return self.mean_ + float(np.mean(X[:, 0]))
+
+
+def _logged_fits(log_dir):
+    """The engine processes that ran the fits logged in ``log_dir``.
+
+    One per fit; the refit of the best candidate, run by this process, is
+    not counted.
+    """
+    pids = [int(name.split("-")[0]) for name in os.listdir(log_dir)]
+    return [pid for pid in pids if pid != os.getpid()]
+
+
+def _data():
+    return make_classification(n_samples=200, n_features=5, random_state=0)
+
+
+def _restore_engines(cluster, client, n_killed):
+    """Start engines until the session cluster has N_ENGINES again."""
+    # The client hears of dead engines a moment after their tasks fail.
+    deadline = time.monotonic() + 30
+    while len(client.ids) > N_ENGINES - n_killed and time.monotonic() < deadline:
+        time.sleep(0.1)
+    missing = N_ENGINES - len(client.ids)
+    if missing > 0:
+        cluster.start_engines_sync(n=missing)
+    client.wait_for_engines(N_ENGINES, timeout=120)
+
+
+def test_search_survives_an_engine_killed_during_a_fit(cluster, client, tmp_path):
+    flag = tmp_path / "kill-one-engine"
+    grid = {"C": [1.0, 2.0, 3.0, 4.0]}
+    estimator = LoggedClassifier(delay=0.2, kill_flag=str(flag))
+    X, y = _data()
+    reference = GridSearchCV(estimator, grid, cv=3).fit(X, y)  # no flag yet
+    flag.touch()
+    ids_before = set(client.ids)
+    try:
+        ours = IPyParallelGridSearchCV(estimator, grid, cv=3, client=client).fit(X, y)
+        # One engine died in a fit, and its tasks ran elsewhere.
+        assert not flag.exists()
+        assert len(ids_before - set(client.ids)) == 1
+        assert_same_search(ours, reference, X)
+    finally:
+        _restore_engines(cluster, client, 1)
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_backend_call_retries_tasks_of_a_killed_engine(
+    cluster, client, tmp_path, retries
+):
+    flag = tmp_path / "kill-one-engine"
+    flag.touch()
+    estimator = LoggedClassifier(kill_flag=str(flag))
+    X, y = _data()
+    backend = ClusterBackend(client, retries=retries)
+    try:
+        with parallel_config(backend=backend):
+            if retries:
+                fitted = Parallel(n_jobs=-1)(
+                    delayed(estimator.fit)(X, y) for _ in range(6)
+                )
+                assert backend.n_retried >= 1
+                assert [est.mean_ for est in fitted] == [np.mean(X)] * 6
+            else:
+                with pytest.raises(EngineLostError, match=r"retries=0"):
+                    Parallel(n_jobs=-1)(delayed(estimator.fit)(X, y) for _ in range(6))
+    finally:
+        backend.close()
+        _restore_engines(cluster, client, 1)
+
+
+def test_losing_every_engine_keeps_the_finished_fits(
+    cluster, client, tmp_path, monkeypatch
+):
+    # No engine comes back within 3 s: the search fails...
+    monkeypatch.setattr("sklearn_ipp._backend.ENGINE_WAIT_SECONDS", 3.0)
+    log_dir = tmp_path / "fits"
+    log_dir.mkdir()
+    X, y = _data()
+    estimator = LoggedClassifier(delay=0.1, log_dir=str(log_dir), kill_always=99.0)
+    search = IPyParallelGridSearchCV(
+        estimator, {"C": [1.0, 2.0, 3.0, 4.0, 99.0]}, cv=2, client=client
+    )
+    try:
+        with pytest.raises(EngineLostError) as info:
+            search.fit(X, y)
+        assert "run the call again" in str(info.value) or "retries=" in str(info.value)
+        assert "runs only the rest" in str(info.value)
+        kept = len(search._unfinished_fits)
+        assert kept >= 1
+    finally:
+        _restore_engines(cluster, client, N_ENGINES)
+    # ...and once engines are back, fitting again runs only what is missing.
+    n_before = len(_logged_fits(log_dir))
+    grid = {"C": [1.0, 2.0, 3.0, 4.0]}
+    search.set_params(param_grid=grid).fit(X, y)
+    assert len(_logged_fits(log_dir)) - n_before == 4 * 2 - kept
+    assert not hasattr(search, "_unfinished_fits")
+    reference = GridSearchCV(estimator, grid, cv=2).fit(X, y)
+    assert_same_search(search, reference, X)
+
+
+def test_engines_started_during_a_search_get_tasks(cluster, client, tmp_path):
+    log_dir = tmp_path / "fits"
+    log_dir.mkdir()
+    X, y = _data()
+    estimator = LoggedClassifier(delay=0.5, log_dir=str(log_dir))
+    grid = {"C": [float(c) for c in range(1, 11)]}
+    started = []
+
+    def start_engines_once_running():
+        while not os.listdir(log_dir):
+            time.sleep(0.05)
+        started.append(cluster.start_engines_sync(n=2))
+
+    starter = threading.Thread(target=start_engines_once_running)
+    starter.start()
+    ids_before = set(client.ids)
+    try:
+        # 40 fits of 0.5 s: about 10 s on the first two engines alone.
+        ours = IPyParallelGridSearchCV(estimator, grid, cv=4, client=client).fit(X, y)
+        starter.join()
+        new_ids = sorted(set(client.ids) - ids_before)
+        assert len(new_ids) == 2
+        new_pids = set(client[new_ids].apply_sync(os.getpid))
+        assert new_pids & set(_logged_fits(log_dir))
+        reference = GridSearchCV(LoggedClassifier(delay=0.0), grid, cv=4).fit(X, y)
+        np.testing.assert_array_equal(
+            ours.cv_results_["mean_test_score"],
+            reference.cv_results_["mean_test_score"],
+        )
+    finally:
+        starter.join()
+        for engine_set in started:
+            cluster.stop_engines_sync(engine_set)
+        deadline = time.monotonic() + 60
+        while len(client.ids) > N_ENGINES and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _interrupt_main_thread_when(condition, timeout=60):
+    """Send SIGINT to the main thread once ``condition()`` holds."""
+    main = threading.main_thread().ident
+
+    def wait_then_interrupt():
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    thread = threading.Thread(target=wait_then_interrupt, daemon=True)
+    thread.start()
+    return thread
+
+
+def _busy_engines(client):
+    # The controller keeps the last status of engines that died: not those.
+    status = client.queue_status(targets=client.ids)
+    return {
+        engine_id: queue
+        for engine_id, queue in status.items()
+        if engine_id != "unassigned" and (queue["queue"] or queue["tasks"])
+    }
+
+
+def test_keyboard_interrupt_stops_the_fits_and_frees_the_engines(client, tmp_path):
+    log_dir, start_dir, store_dir = (tmp_path / n for n in ("fits", "started", "store"))
+    for directory in (log_dir, start_dir, store_dir):
+        directory.mkdir()
+    X, y = _data()
+    # Fits of 60 s: only an interrupt of the engines ends them in time.
+    estimator = LoggedClassifier(
+        delay=60.0, log_dir=str(log_dir), start_dir=str(start_dir)
+    )
+    search = IPyParallelGridSearchCV(
+        estimator, {"C": [1.0, 2.0, 3.0]}, cv=3, client=client, store_dir=store_dir
+    )
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    # Interrupted once every engine runs a fit.
+    interrupter = _interrupt_main_thread_when(
+        lambda: len(os.listdir(start_dir)) >= N_ENGINES
+    )
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        search.fit(X, y)
+    interrupter.join()
+    assert time.monotonic() - start < 50
+    assert os.listdir(store_dir) == []
+    deadline = time.monotonic() + 20
+    while _busy_engines(client) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _busy_engines(client) == {}
+    assert _logged_fits(log_dir) == []  # no fit ran to its end
+    children_after = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert children_after <= children_before
+    # The cluster takes the next fit at once.
+    search.set_params(estimator=LoggedClassifier(delay=0.0)).fit(X, y)
+    assert len(search.cv_results_["params"]) == 3
+
+
+_INTERRUPTED_SCRIPT = textwrap.dedent(
+    """
+    import json, time
+    from sklearn.datasets import make_classification
+    from sklearn.dummy import DummyClassifier
+    from sklearn_ipp import IPyParallelGridSearchCV, engine_facts
+
+    class Sleeping(DummyClassifier):
+        def fit(self, X, y):
+            time.sleep(60)
+            return super().fit(X, y)
+
+    facts = engine_facts()  # starts this process's own local cluster
+    print(json.dumps(sorted(fact["pid"] for fact in facts.values())), flush=True)
+    X, y = make_classification(n_samples=100, random_state=0)
+    search = IPyParallelGridSearchCV(Sleeping(), {"strategy": ["prior", "uniform"]})
+    search.fit(X, y)
+    """
+)
+
+
+def test_interrupted_process_leaves_no_engine_behind(tmp_path):
+    import subprocess
+    import sys
+
+    # A fresh IPYTHONDIR: the script starts (and owns) a local cluster.
+    env = dict(os.environ, IPYTHONDIR=str(tmp_path / "ipython"))
+    process = subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        engine_pids = json.loads(process.stdout.readline())
+        assert engine_pids and all(psutil.pid_exists(pid) for pid in engine_pids)
+        time.sleep(3)  # the search is running
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "KeyboardInterrupt" in stderr
+    deadline = time.monotonic() + 30
+    while any(psutil.pid_exists(pid) for pid in engine_pids):
+        assert time.monotonic() < deadline, "engines outlived their process"
+        time.sleep(0.2)
+
+
+def test_interrupted_search_resumes_from_its_checkpoint(client, tmp_path):
+    log_dir = tmp_path / "fits"
+    log_dir.mkdir()
+    checkpoint_dir = tmp_path / "checkpoint"
+    X, y = _data()
+    grid = {"C": [1.0, 2.0, 3.0, 4.0]}
+    n_fits = len(grid["C"]) * 3
+
+    def search(estimator, grid=grid):
+        return IPyParallelGridSearchCV(
+            estimator, grid, cv=3, client=client, checkpoint_dir=checkpoint_dir
+        )
+
+    slow = LoggedClassifier(delay=0.3, log_dir=str(log_dir))
+    interrupter = _interrupt_main_thread_when(
+        lambda: checkpoint_dir.exists() and len(os.listdir(checkpoint_dir)) >= 3
+    )
+    with pytest.raises(KeyboardInterrupt):
+        search(slow).fit(X, y)
+    interrupter.join()
+    saved = len(os.listdir(checkpoint_dir))
+    assert 3 <= saved < n_fits
+    assert oct(checkpoint_dir.stat().st_mode & 0o777) == "0o700"
+
+    def fits_run_by(search_to_fit, X=X):
+        before = len(_logged_fits(log_dir))
+        search_to_fit.fit(X, y)
+        return len(_logged_fits(log_dir)) - before
+
+    resumed = search(slow)
+    assert fits_run_by(resumed) == n_fits - saved
+    assert_same_search(resumed, GridSearchCV(slow, grid, cv=3).fit(X, y), X)
+    assert fits_run_by(search(slow)) == 0
+
+    # A changed candidate is fitted again, the others are not...
+    changed_grid = {"C": [1.0, 2.0, 3.0, 5.0]}
+    assert fits_run_by(search(slow, changed_grid)) == 3
+    # ...and what the old candidate left is gone after the complete fit.
+    assert len(os.listdir(checkpoint_dir)) == n_fits
+    # Other data, or another estimator: everything is fitted again.
+    assert fits_run_by(search(slow, changed_grid), X=X + 1.0) == n_fits
+    other = LoggedClassifier(delay=0.2, log_dir=str(log_dir))
+    assert fits_run_by(search(other, changed_grid)) == n_fits
