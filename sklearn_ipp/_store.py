@@ -308,15 +308,53 @@ class Store:
 
 
 def default_parent(expected_nbytes):
-    """``/dev/shm`` when it has room for the data several times, else tmp."""
+    """Return where stores go by default: this user's directory in a base.
+
+    The base is ``/dev/shm`` when it has room for the data several times
+    over, else the temporary directory.
+    """
+    base = tempfile.gettempdir()
     try:
         if shutil.disk_usage(_SHM_DIR).free > _SHM_HEADROOM * expected_nbytes and (
             os.access(_SHM_DIR, os.W_OK)
         ):
-            return _SHM_DIR
+            base = _SHM_DIR
     except OSError:
         pass
-    return tempfile.gettempdir()
+    return user_directory(base)
+
+
+def user_directory(base):
+    """Return this user's private directory in the shared directory ``base``.
+
+    Made with mode 0700. Its name can be guessed, so another user could have
+    made it first: it is used only if it is a real directory that belongs to
+    this user and that nobody else can enter; otherwise ``base`` itself is
+    returned, where stores still get unpredictable names and mode 0700.
+    """
+    path = os.path.join(base, f"{STORE_PREFIX}{_user_name()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, FOLDER_PERMISSIONS)
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return base
+    if (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.geteuid()
+        and not info.st_mode & 0o077
+    ):
+        return path
+    return base
+
+
+def _user_name():
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # no name for this uid (containers)
+        return str(os.geteuid())
 
 
 def make_store_directory(parent, owner=None):
@@ -358,7 +396,9 @@ def stale_stores(parent, hostname=None):
     found = {}
     with contextlib.suppress(OSError):
         for entry in os.scandir(parent):
-            if not entry.name.startswith(STORE_PREFIX):
+            if not entry.name.startswith(STORE_PREFIX) or not entry.is_dir(
+                follow_symlinks=False
+            ):
                 continue
             try:
                 if entry.stat(follow_symlinks=False).st_uid != os.geteuid():

@@ -49,8 +49,13 @@ def _host_and_stores():
     import os
     import socket
 
+    from sklearn_ipp._store import STORE_PREFIX, default_parent
+
+    parent = default_parent(0)
     return socket.gethostname(), sorted(
-        name for name in os.listdir("/dev/shm") if name.startswith("sklearn_ipp-")
+        os.path.join(parent, name)
+        for name in os.listdir(parent)
+        if name.startswith(STORE_PREFIX)
     )
 
 
@@ -149,9 +154,9 @@ def test_a_shared_filesystem_is_used_without_transfer(client, fake_hosts, tmp_pa
 
 @on_engine
 def _make_stale_store(owner):
-    from sklearn_ipp._store import make_store_directory
+    from sklearn_ipp._store import default_parent, make_store_directory
 
-    return make_store_directory("/dev/shm", owner)
+    return make_store_directory(default_parent(0), owner)
 
 
 def test_host_stores_of_dead_clients_are_removed(client, fake_hosts, remote_view):
@@ -165,7 +170,7 @@ def test_host_stores_of_dead_clients_are_removed(client, fake_hosts, remote_view
     engine_id = fake_hosts[HOSTS[0]][0]
     stale = client[engine_id].apply_sync(_make_stale_store, dead_client)
     _, stores = client[engine_id].apply_sync(_host_and_stores)
-    assert os.path.basename(stale) in stores
+    assert stores == [stale]
     X, y = _data()
     _search(IPyParallelGridSearchCV, client=remote_view).fit(X, y)
     _, stores = client[engine_id].apply_sync(_host_and_stores)

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -294,3 +295,74 @@ def test_several_parallel_calls_on_one_backend_match_sklearn(client):
     assert_same_search(ours, reference, X)
     n_fits = len(reference.cv_results_["params"]) * ours.n_splits_
     assert backend.n_fold_tasks_sent == n_fits
+
+
+# Hygiene: private directories, no stale stores, nothing read from others ----
+
+
+def test_stores_are_private_and_unpredictable():
+    first, second = Store(), Store()
+    try:
+        for store in (first, second):
+            assert os.stat(store.path).st_mode & 0o777 == 0o700
+            parent = os.path.dirname(store.path)
+            # A per-user directory nobody else may enter.
+            assert os.stat(parent).st_uid == os.geteuid()
+            assert os.stat(parent).st_mode & 0o777 == 0o700
+        assert first.path != second.path
+    finally:
+        first.close()
+        second.close()
+
+
+def test_stores_of_dead_processes_are_removed_at_the_next_start(tmp_path):
+    import socket
+
+    from sklearn_ipp._store import make_store_directory
+
+    dead = {
+        "hostname": socket.gethostname(),
+        "pid": 2**22 + 1,  # above pid_max: no such process
+        "create_time": time.time(),
+    }
+    stale = make_store_directory(str(tmp_path), dead)
+    running = Store(str(tmp_path))  # a live process's store
+    try:
+        assert not os.path.exists(stale)
+        newer = Store(str(tmp_path))
+        assert os.path.exists(running.path)
+        newer.close()
+    finally:
+        running.close()
+
+
+def test_data_is_never_read_from_a_directory_others_can_write(tmp_path):
+    from sklearn_ipp._checkpoint import DirectoryCheckpoint
+    from sklearn_ipp._store import load_stored
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    np.save(shared / "x.npy", np.arange(3))
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match="Refusing to read data from"):
+        load_stored(str(shared / "x.npy"), "npy")
+    with pytest.raises(PermissionError, match="mode 0700"):
+        DirectoryCheckpoint(shared)
+
+
+def test_a_corrupted_copy_is_refused(tmp_path):
+    import hashlib
+
+    from sklearn_ipp._remote import receive_chunk
+
+    directory = tmp_path / "host-store"
+    directory.mkdir(mode=0o700)
+    data = b"0123456789" * 100
+    good = hashlib.sha256(data).hexdigest()
+    receive_chunk(str(directory), "a.npy", 0, data[:500])
+    receive_chunk(str(directory), "a.npy", 500, data[500:], good)
+    assert (directory / "a.npy").read_bytes() == data
+    receive_chunk(str(directory), "b.npy", 0, data[:500])
+    with pytest.raises(OSError, match="corrupted on the way"):
+        receive_chunk(str(directory), "b.npy", 500, data[500:-1] + b"x", good)
+    assert sorted(os.listdir(directory)) == ["a.npy"]
