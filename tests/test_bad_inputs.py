@@ -26,8 +26,13 @@ exception type with the same message as its GridSearchCV.
 #   test_full_store_dir_names_the_path_and_the_parameter
 # store_dir not writable                test_store.py::
 #   test_unwritable_store_dir_names_the_path_and_the_parameter
-# store_dir not visible on an engine    test_store.py::
-#   test_engine_that_cannot_see_the_store_gets_a_clear_error
+# directory others can write            test_store.py::
+#   test_data_is_never_read_from_a_directory_others_can_write
+# corrupted copy on another host        test_store.py::
+#   test_a_corrupted_copy_is_refused
+# engines killed, every engine gone     test_failures.py::
+#   test_backend_call_retries_tasks_of_a_killed_engine,
+#   test_losing_every_engine_keeps_the_finished_fits
 # invalid search parameter              test_invalid_search_parameter_as_in_sklearn
 #   and test_invalid_store_dir_type
 # client of an unsupported type         test_search_with_a_client_of_unsupported_type
