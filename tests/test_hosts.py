@@ -19,10 +19,10 @@ from sklearn.model_selection import GridSearchCV
 
 from sklearn_ipp import IPyParallelGridSearchCV
 from sklearn_ipp._backend import ClusterBackend
-from sklearn_ipp._store import Store
 
 from ._sklearn_compare import assert_same_search
 from .conftest import fake_host, on_engine
+from .test_store import _run_with_backend
 
 HOSTS = ("fakehost-a", "fakehost-b")
 N_SPLITS = 3
@@ -86,14 +86,7 @@ def test_each_host_gets_each_file_once_and_results_match_sklearn(
     X, y = _data()
     reference = _search().fit(X, y)
     ours = _search()
-    store = Store(tempfile.gettempdir())
-    backend = ClusterBackend(remote_view, store)
-    try:
-        with parallel_config(backend=backend):
-            ours.fit(X, y)
-    finally:
-        backend.close()
-        store.close()
+    backend, _ = _run_with_backend(remote_view, ours, X, y)
     assert_same_search(ours, reference, X)
     # X and y of every fold, once per host, not once per engine or per task.
     expected_bytes = N_SPLITS * (X.nbytes + y.nbytes)
@@ -140,12 +133,7 @@ def test_a_shared_filesystem_is_used_without_transfer(client, fake_hosts, tmp_pa
         X, y = _data()
         reference = _search().fit(X, y)
         ours = _search()
-        backend = ClusterBackend(view, store_dir=shared)
-        try:
-            with parallel_config(backend=backend):
-                ours.fit(X, y)
-        finally:
-            backend.close()
+        backend, _ = _run_with_backend(view, ours, X, y, store_dir=shared)
         assert_same_search(ours, reference, X)
         assert backend.transfers == {HOSTS[0]: (0, 0)}
     finally:

@@ -64,7 +64,7 @@ def _run_with_backend(client, search, X, y, store_dir=None):
             with parallel_config(backend=backend):
                 search.fit(X, y)
         finally:
-            backend.terminate()
+            backend.close()
             store.close()
     return backend, store
 
