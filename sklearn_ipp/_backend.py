@@ -273,8 +273,6 @@ class ClusterBackend(ParallelBackendBase):
         self.n_submitted = 0
         self.n_done = 0
         self.n_retried = 0  # tasks sent again after their engine died
-        self.n_from_checkpoint = 0  # tasks whose saved result was used
-        self.tasks_by_engine = {}  # engine id -> tasks it finished
         self.checkpoint_keys = set()  # keys of this backend's fit tasks
         self._condition = threading.Condition()
         self._completions = queue.SimpleQueue()
@@ -435,12 +433,7 @@ class ClusterBackend(ParallelBackendBase):
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self._thread = None
-        with self._condition:
-            in_flight = [async_result for async_result, _ in self._in_flight.values()]
-            self._in_flight.clear()
-            self._waiting.clear()
-            self._from_checkpoint.clear()
-        _stop_messages(in_flight)
+        self.abort_everything()
         for fold in self._folds.values():
             if fold.refs is not None:
                 fold.release(self._remove)
@@ -725,10 +718,6 @@ class ClusterBackend(ParallelBackendBase):
             if outcomes is None:
                 self._retry(tasks, async_result)
                 continue
-            engine_id = getattr(async_result, "engine_id", None)
-            self.tasks_by_engine[engine_id] = self.tasks_by_engine.get(
-                engine_id, 0
-            ) + len(tasks)
             for task, outcome in zip(tasks, outcomes, strict=True):
                 self._finish(task, outcome)
 
@@ -740,27 +729,27 @@ class ClusterBackend(ParallelBackendBase):
             engine_id,
             len(tasks),
         )
-        with self._condition:
-            for task in reversed(tasks):
-                task.attempts += 1
-                if task.attempts > self.retries:
-                    continue
-                self._waiting.setdefault(task.key, deque()).appendleft(task)
-                self.n_retried += 1
-            self._condition.notify_all()
         for task in tasks:
-            if task.attempts > self.retries:
-                error = EngineLostError(
-                    f"A task was running on an engine that died, {task.attempts} "
-                    f"times (retries={self.retries}), the last time engine "
-                    f"{engine_id}. The task itself may be what kills its engine, "
-                    "for example by running out of memory: check the engines' "
-                    "logs and memory (sklearn_ipp.hosts_free_memory())."
-                    + self._kept_results_note(),
-                    n_done=self.n_done,
-                    n_submitted=self.n_submitted,
-                )
-                self._finish(task, (False, error))
+            task.attempts += 1
+        lost = [task for task in tasks if task.attempts > self.retries]
+        again = [task for task in tasks if task.attempts <= self.retries]
+        with self._condition:
+            for task in reversed(again):
+                self._waiting.setdefault(task.key, deque()).appendleft(task)
+            self.n_retried += len(again)
+            self._condition.notify_all()
+        for task in lost:
+            error = EngineLostError(
+                f"A task was running on an engine that died, {task.attempts} "
+                f"times (retries={self.retries}), the last time engine "
+                f"{engine_id}. The task itself may be what kills its engine, "
+                "for example by running out of memory: check the engines' "
+                "logs and memory (sklearn_ipp.hosts_free_memory())."
+                + self._kept_results_note(),
+                n_done=self.n_done,
+                n_submitted=self.n_submitted,
+            )
+            self._finish(task, (False, error))
 
     def _outcomes(self, async_result, tasks):
         """Turn a reply into one ``(ok, result_or_exception)`` per task.
@@ -802,7 +791,6 @@ class ClusterBackend(ParallelBackendBase):
                 if not self._from_checkpoint:
                     return
                 task, result = self._from_checkpoint.popleft()
-            self.n_from_checkpoint += 1
             self._finish(task, (True, result), save=False)
 
     def _finish(self, task, outcome, save=True):

@@ -9,6 +9,7 @@ changes the keys of what it affects, whose saved results are then no longer
 used.
 """
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -115,8 +116,6 @@ class DirectoryCheckpoint:
                 f"(mode {stat.filemode(os.stat(self.path).st_mode)}).",
                 self.path,
             )
-        self.n_saved = 0
-        self.n_found = 0
 
     def __len__(self):
         return sum(name.endswith(_SUFFIX) for name in os.listdir(self.path))
@@ -130,7 +129,6 @@ class DirectoryCheckpoint:
             return False, None
         except (OSError, EOFError, pickle.UnpicklingError, AttributeError):
             return False, None  # unreadable: fit again
-        self.n_found += 1
         return True, result
 
     def put(self, key, result):
@@ -141,10 +139,9 @@ class DirectoryCheckpoint:
                 cloudpickle.dump(result, f)
             os.replace(tmp_path, os.path.join(self.path, key + _SUFFIX))
         except BaseException:
-            with _suppress_os_error():
+            with contextlib.suppress(OSError):
                 os.remove(tmp_path)
             raise
-        self.n_saved += 1
 
     def keep_only(self, keys):
         """Remove saved results whose key is not in ``keys``.
@@ -154,11 +151,5 @@ class DirectoryCheckpoint:
         """
         for name in os.listdir(self.path):
             if name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] not in keys:
-                with _suppress_os_error():
+                with contextlib.suppress(OSError):
                     os.remove(os.path.join(self.path, name))
-
-
-def _suppress_os_error():
-    import contextlib
-
-    return contextlib.suppress(OSError)

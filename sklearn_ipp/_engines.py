@@ -112,15 +112,25 @@ def engine_facts(client=None, *, timeout=DEFAULT_TIMEOUT):
         return start_probe(connection).get_dict(timeout=timeout)
 
 
-def start_probe(connection):
-    """Send the probe to every engine of a connection; return the AsyncResult.
+def start_probe(connection, targets=None, store=None):
+    """Send the probe to engines of a connection; return the AsyncResult.
 
     Sent ahead, it runs while the client prepares work: on fresh engines it
     imports scikit-learn, which the first task would wait for anyway.
+
+    Parameters
+    ----------
+    connection : ClusterConnection
+    targets : list of int or None, default=None
+        The engines to probe; None: every engine of the connection.
+    store : Store or None, default=None
+        With a store, each engine also reports whether it sees it
+        (``"sees_store"``).
     """
-    view = connection.direct_view()
+    view = connection.direct_view(targets)
     view.block = False
-    return view.apply_async(_probe, CHECKED_PACKAGES)
+    marker = () if store is None else (store.marker_path, store.marker_token)
+    return view.apply_async(_probe, CHECKED_PACKAGES, *marker)
 
 
 def engines_memory(client=None, *, timeout=DEFAULT_TIMEOUT):

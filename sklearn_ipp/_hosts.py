@@ -17,7 +17,7 @@ import logging
 import os
 import warnings
 
-from ._engines import CHECKED_PACKAGES, _probe, check_versions
+from ._engines import check_versions, start_probe
 from ._exceptions import EngineVersionError
 from ._remote import (
     make_host_store,
@@ -69,7 +69,6 @@ class EngineRoster:
         self.check_versions = check_versions
         self.ready = {}  # engine id -> hostname
         self.hosts = {}  # hostname -> _Host
-        self.facts = {}  # engine id -> probe facts
         self._seen = set()  # engine ids probed or being probed
         self._probes = []  # AsyncResults of probes not yet handled
         self._live = {}  # file name -> StoredData, what hosts must hold
@@ -96,16 +95,7 @@ class EngineRoster:
         new = sorted(ids - self._seen)
         if new:
             self._seen.update(new)
-            view = self.connection.direct_view(new)
-            view.block = False
-            self._probes.append(
-                view.apply_async(
-                    _probe,
-                    CHECKED_PACKAGES,
-                    self.store.marker_path,
-                    self.store.marker_token,
-                )
-            )
+            self._probes.append(start_probe(self.connection, new, self.store))
         for probe in [p for p in self._probes if p.ready()]:
             self._probes.remove(probe)
             changed |= self._admit(probe)
@@ -141,7 +131,6 @@ class EngineRoster:
                 )
                 return False
         for engine_id, fact in sorted(facts.items()):
-            self.facts[engine_id] = fact
             host = self.hosts.get(fact["hostname"])
             if host is None:
                 host = self.hosts[fact["hostname"]] = _Host(
@@ -170,9 +159,8 @@ class EngineRoster:
     def add(self, ref):
         """Make stored data available on every host (call after writing it)."""
         self._live[ref.name] = ref
-        for host in self.hosts.values():
-            if host.directory is not None and host.engines:
-                self._send_files(host, min(host.engines), [ref])
+        for host in self._remote_hosts():
+            self._send_files(host, min(host.engines), [ref])
 
     def remove(self, ref):
         """Forget stored data on every host (its client file is removed)."""

@@ -18,6 +18,7 @@ import cloudpickle
 
 from ._pickling import dumps
 from ._store import (
+    COPY_CHUNK_BYTES,
     check_private_directory,
     default_parent,
     make_store_directory,
@@ -186,7 +187,7 @@ def receive_chunk(directory, name, offset, data, sha256=None):
         return
     digest = hashlib.sha256()
     with open(part, "rb") as f:
-        while chunk := f.read(64 * 2**20):
+        while chunk := f.read(COPY_CHUNK_BYTES):
             digest.update(chunk)
     if digest.hexdigest() != sha256:
         os.remove(part)
