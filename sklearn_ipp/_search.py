@@ -5,6 +5,8 @@ backend: sklearn still builds ``cv_results_``, picks the best candidate and
 refits it, and only the evaluation of the candidates moves to the cluster.
 """
 
+import contextlib
+import inspect
 import os
 import pickle
 from numbers import Integral
@@ -12,6 +14,7 @@ from numbers import Integral
 import cloudpickle
 import numpy as np
 from joblib import parallel_config
+from joblib.parallel import get_active_backend
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 from sklearn.utils._param_validation import Interval
@@ -63,6 +66,13 @@ _CLUSTER_CONSTRAINTS = {
 }
 
 
+# scikit-learn >= 1.9 passes a callback context to _run_search, and only to
+# an override that declares it.
+_RUN_SEARCH_TAKES_CALLBACKS = (
+    "callback_ctx" in inspect.signature(GridSearchCV._run_search).parameters
+)
+
+
 class _ClusterSearchMixin:
     """``fit`` on the cluster, plus what makes the search a good estimator."""
 
@@ -95,6 +105,9 @@ class _ClusterSearchMixin:
         else:
             # Kept on the search only if this fit does not complete.
             checkpoint = self.__dict__.get("_unfinished_fits") or MemoryCheckpoint()
+        # The refit runs in this process under the caller's joblib settings,
+        # as in scikit-learn (see _run_search).
+        caller_backend, caller_n_jobs = get_active_backend()
         with resolve_cluster(self.client) as connection:
             store = Store(self.store_dir, expected_nbytes=getattr(X, "nbytes", 0))
             progress = FitProgress(self.verbose)
@@ -106,13 +119,18 @@ class _ClusterSearchMixin:
                 checkpoint=checkpoint,
             )
             try:
-                with parallel_config(backend=backend):
+                with (
+                    parallel_config(backend=backend),
+                    contextlib.ExitStack() as after_search,
+                ):
+                    self._after_search = (after_search, caller_backend, caller_n_jobs)
                     super().fit(X, y, **params)
             except BaseException:
                 if isinstance(checkpoint, MemoryCheckpoint) and len(checkpoint):
                     self._unfinished_fits = checkpoint
                 raise
             finally:
+                self.__dict__.pop("_after_search", None)
                 backend.close()
                 progress.close()
                 store.close()
@@ -120,6 +138,29 @@ class _ClusterSearchMixin:
         if isinstance(checkpoint, DirectoryCheckpoint):
             checkpoint.keep_only(backend.checkpoint_keys)
         return self
+
+    if _RUN_SEARCH_TAKES_CALLBACKS:
+
+        def _run_search(self, evaluate_candidates, *, callback_ctx=None):
+            super()._run_search(evaluate_candidates, callback_ctx=callback_ctx)
+            self._leave_cluster_for_refit()
+
+    else:
+
+        def _run_search(self, evaluate_candidates):
+            super()._run_search(evaluate_candidates)
+            self._leave_cluster_for_refit()
+
+    def _leave_cluster_for_refit(self):
+        # The candidates are evaluated. What follows, the refit of the best
+        # one, runs in this process: the estimator's own Parallel calls
+        # (n_jobs=None means "the active backend") must not go to the cluster
+        # and send the data there again, but run as they would in
+        # scikit-learn. The stack is left before the cluster backend is.
+        after_search, caller_backend, caller_n_jobs = self._after_search
+        after_search.enter_context(
+            parallel_config(backend=caller_backend, n_jobs=caller_n_jobs)
+        )
 
     def _check_picklable(self):
         """Fail before any task is sent if something cannot reach the engines."""

@@ -313,3 +313,35 @@ def test_profile_name_as_client(cluster):
     fit_both(search, reference, IRIS_X, IRIS_Y)
     assert_same_search(search, reference, IRIS_X)
     assert pickle.loads(pickle.dumps(search)).client == "default"
+
+
+class NestedParallelClassifier(ClassifierMixin, BaseEstimator):
+    """Records the processes its own ``Parallel(n_jobs=None)`` call ran in."""
+
+    def __init__(self, C=1.0):
+        self.C = C
+
+    def fit(self, X, y):
+        import os
+
+        from joblib import Parallel, delayed
+
+        self.pids_ = sorted(set(Parallel()(delayed(os.getpid)() for _ in range(4))))
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.classes_[0])
+
+
+def test_refit_runs_in_this_process_as_in_sklearn(client):
+    import os
+
+    X, y = make_classification(n_samples=60, random_state=0)
+    grid = {"C": [1.0, 2.0]}
+    reference = GridSearchCV(NestedParallelClassifier(), grid, cv=2).fit(X, y)
+    ours = IPyParallelGridSearchCV(
+        NestedParallelClassifier(), grid, cv=2, client=client
+    ).fit(X, y)
+    assert ours.best_estimator_.pids_ == reference.best_estimator_.pids_
+    assert reference.best_estimator_.pids_ == [os.getpid()]
