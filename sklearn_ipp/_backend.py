@@ -622,8 +622,15 @@ class ClusterBackend(ParallelBackendBase):
             self._view = self.connection.load_balanced_view()
         # Only to engines whose host holds the data, which excludes engines
         # that joined but are not probed yet.
-        with self._view.temp_flags(targets=sorted(self._roster.ready)):
-            async_result = self._view.apply_async(run_batch, payload)
+        try:
+            with self._view.temp_flags(targets=sorted(self._roster.ready)):
+                async_result = self._view.apply_async(run_batch, payload)
+        except KeyError:
+            # An engine left since the roster was last refreshed, and
+            # ipyparallel no longer knows its id: send again without it.
+            self._requeue(tasks)
+            self._roster.refresh()
+            return
         self.n_messages += 1
         self.n_tasks_sent += len(tasks)
         self.n_fold_tasks_sent += sum(task.fold is not None for task in tasks)
@@ -721,6 +728,13 @@ class ClusterBackend(ParallelBackendBase):
             for task, outcome in zip(tasks, outcomes, strict=True):
                 self._finish(task, outcome)
 
+    def _requeue(self, tasks):
+        """Put tasks back at the front of their queues, in their order."""
+        with self._condition:
+            for task in reversed(tasks):
+                self._waiting.setdefault(task.key, deque()).appendleft(task)
+            self._condition.notify_all()
+
     def _retry(self, tasks, async_result):
         """Queue again the tasks of an engine that died, up to ``retries``."""
         engine_id = getattr(async_result, "engine_id", None)
@@ -733,11 +747,8 @@ class ClusterBackend(ParallelBackendBase):
             task.attempts += 1
         lost = [task for task in tasks if task.attempts > self.retries]
         again = [task for task in tasks if task.attempts <= self.retries]
-        with self._condition:
-            for task in reversed(again):
-                self._waiting.setdefault(task.key, deque()).appendleft(task)
-            self.n_retried += len(again)
-            self._condition.notify_all()
+        self._requeue(again)
+        self.n_retried += len(again)
         for task in lost:
             error = EngineLostError(
                 f"A task was running on an engine that died, {task.attempts} "
@@ -858,23 +869,29 @@ class _OwnedResources:
 
 
 def _stop_messages(async_results):
-    """Abort messages still queued; interrupt the engines running the others."""
-    running = set()
-    for async_result in async_results:
-        if async_result.done():
-            continue
-        # Already finished or its engine gone: nothing left to abort.
-        with contextlib.suppress(Exception):
-            async_result.abort()
-        engine_id = getattr(async_result, "engine_id", None)
-        if engine_id is not None:
-            running.add(engine_id)
+    """Abort messages still queued; interrupt the engines running the others.
+
+    The abort is not waited for: ipyparallel < 9 answers it only once the
+    engine has finished the task it runs, which is what is being stopped. The
+    signal is: sent late, it would interrupt whatever the engine runs next.
+    """
+    pending = [
+        async_result for async_result in async_results if not async_result.done()
+    ]
+    if not pending:
+        return
+    client = pending[0]._client
+    running = sorted(
+        {ar.engine_id for ar in pending if getattr(ar, "engine_id", None) is not None}
+    )
+    # Engines that are gone, or messages just finished: nothing left to stop.
+    with contextlib.suppress(Exception):
+        client.abort(pending, block=False)
     if running:
-        client = async_results[0]._client
         # An engine between tasks ignores the signal; one running ours gets a
         # KeyboardInterrupt, which run_batch returns at once.
         with contextlib.suppress(Exception):
-            client.send_signal("SIGINT", targets=sorted(running), block=True)
+            client.send_signal("SIGINT", targets=running, block=True)
 
 
 def _is_engine_loss(exc):
