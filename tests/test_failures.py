@@ -34,6 +34,7 @@ class LoggedClassifier(ClassifierMixin, BaseEstimator):
     starts and into ``log_dir`` when it ends. When the file ``kill_flag``
     exists, the first fit to claim it (by renaming it) kills its own process
     with SIGKILL; with ``kill_always``, every fit of ``C == kill_always`` does.
+    Once the file ``no_delay_flag`` exists, fits no longer sleep.
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class LoggedClassifier(ClassifierMixin, BaseEstimator):
         kill_flag=None,
         kill_always=None,
         start_dir=None,
+        no_delay_flag=None,
     ):
         self.C = C
         self.delay = delay
@@ -51,6 +53,7 @@ class LoggedClassifier(ClassifierMixin, BaseEstimator):
         self.kill_flag = kill_flag
         self.kill_always = kill_always
         self.start_dir = start_dir
+        self.no_delay_flag = no_delay_flag
 
     def fit(self, X, y):
         if self.start_dir is not None:
@@ -65,7 +68,8 @@ class LoggedClassifier(ClassifierMixin, BaseEstimator):
                 pass
             else:
                 os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(self.delay)
+        if self.no_delay_flag is None or not os.path.exists(self.no_delay_flag):
+            time.sleep(self.delay)
         if self.log_dir is not None:
             name = f"{os.getpid()}-{uuid.uuid4().hex}"
             with open(os.path.join(self.log_dir, name), "w") as f:
@@ -184,21 +188,31 @@ def test_losing_every_engine_keeps_the_finished_fits(
 def test_engines_started_during_a_search_get_tasks(cluster, client, tmp_path):
     log_dir = tmp_path / "fits"
     log_dir.mkdir()
+    no_delay = tmp_path / "a-new-engine-fitted"
     X, y = _data()
-    estimator = LoggedClassifier(delay=0.5, log_dir=str(log_dir))
-    grid = {"C": [float(c) for c in range(1, 11)]}
+    estimator = LoggedClassifier(
+        delay=0.5, log_dir=str(log_dir), no_delay_flag=str(no_delay)
+    )
+    grid = {"C": [float(c) for c in range(1, 21)]}
     started = []
+    old_pids = set(client[:].apply_sync(os.getpid))
 
     def start_engines_once_running():
         while not os.listdir(log_dir):
             time.sleep(0.05)
         started.append(cluster.start_engines_sync(n=2))
+        # The rest of the search runs fast once a new engine did a fit, so
+        # that the test takes as long as the engines take to join; without
+        # them, 80 fits of 0.5 s last about 20 s.
+        deadline = time.monotonic() + 60
+        while set(_logged_fits(log_dir)) <= old_pids and time.monotonic() < deadline:
+            time.sleep(0.05)
+        no_delay.touch()
 
     starter = threading.Thread(target=start_engines_once_running)
     starter.start()
     ids_before = set(client.ids)
     try:
-        # 40 fits of 0.5 s: about 10 s on the first two engines alone.
         ours = IPyParallelGridSearchCV(estimator, grid, cv=4, client=client).fit(X, y)
         starter.join()
         new_ids = sorted(set(client.ids) - ids_before)
