@@ -14,6 +14,7 @@ A cluster this package did not start is never stopped by it.
 """
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -247,15 +248,48 @@ def _stop_local_cluster(remove_logs):
         _local_cluster = _local_client = _local_profile_dir = None
     if cluster is None:
         return False
+    processes = _cluster_processes(cluster)
     try:
         client.close()
     finally:
         try:
             cluster.stop_cluster_sync()
         finally:
+            _end_processes(processes)
             if remove_logs:
                 shutil.rmtree(profile_dir, ignore_errors=True)
     return True
+
+
+def _cluster_processes(cluster):
+    """Return the processes of a local cluster and all their children.
+
+    The children include each engine's nanny, which was seen to outlive its
+    engine in interrupted runs; stopping the cluster does not end it.
+    """
+    launchers = [cluster.controller] if cluster.controller is not None else []
+    for engine_set in cluster.engines.values():
+        launchers.extend(getattr(engine_set, "launchers", {}).values())
+    processes = []
+    for launcher in launchers:
+        try:
+            process = psutil.Process(launcher.pid)
+            processes += [process, *process.children(recursive=True)]
+        except (psutil.Error, AttributeError, TypeError, ValueError):
+            continue
+    return processes
+
+
+def _end_processes(processes, timeout=5):
+    """Terminate, then kill, whichever of ``processes`` still run."""
+    _, alive = psutil.wait_procs(processes, timeout=0)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def _view_targets(view):

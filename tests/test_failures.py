@@ -296,6 +296,7 @@ def test_keyboard_interrupt_stops_the_fits_and_frees_the_engines(client, tmp_pat
 _INTERRUPTED_SCRIPT = textwrap.dedent(
     """
     import json, time
+    import psutil
     from sklearn.datasets import make_classification
     from sklearn.dummy import DummyClassifier
     from sklearn_ipp import IPyParallelGridSearchCV, engine_facts
@@ -305,8 +306,10 @@ _INTERRUPTED_SCRIPT = textwrap.dedent(
             time.sleep(60)
             return super().fit(X, y)
 
-    facts = engine_facts()  # starts this process's own local cluster
-    print(json.dumps(sorted(fact["pid"] for fact in facts.values())), flush=True)
+    engine_facts()  # starts this process's own local cluster
+    # The controller, the engines and their nannies.
+    cluster = psutil.Process().children(recursive=True)
+    print(json.dumps(sorted(process.pid for process in cluster)), flush=True)
     X, y = make_classification(n_samples=100, random_state=0)
     search = IPyParallelGridSearchCV(Sleeping(), {"strategy": ["prior", "uniform"]})
     search.fit(X, y)
@@ -314,7 +317,7 @@ _INTERRUPTED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_interrupted_process_leaves_no_engine_behind(tmp_path):
+def test_interrupted_process_leaves_no_cluster_process_behind(tmp_path):
     import subprocess
     import sys
 
@@ -328,8 +331,8 @@ def test_interrupted_process_leaves_no_engine_behind(tmp_path):
         env=env,
     )
     try:
-        engine_pids = json.loads(process.stdout.readline())
-        assert engine_pids and all(psutil.pid_exists(pid) for pid in engine_pids)
+        cluster_pids = json.loads(process.stdout.readline())
+        assert cluster_pids and all(psutil.pid_exists(pid) for pid in cluster_pids)
         time.sleep(3)  # the search is running
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=90)
@@ -338,8 +341,8 @@ def test_interrupted_process_leaves_no_engine_behind(tmp_path):
             process.kill()
     assert "KeyboardInterrupt" in stderr
     deadline = time.monotonic() + 30
-    while any(psutil.pid_exists(pid) for pid in engine_pids):
-        assert time.monotonic() < deadline, "engines outlived their process"
+    while any(psutil.pid_exists(pid) for pid in cluster_pids):
+        assert time.monotonic() < deadline, "cluster processes outlived their process"
         time.sleep(0.2)
 
 
