@@ -27,6 +27,13 @@ from ._exceptions import (
     EngineVersionError,
     StoreError,
 )
+from ._learning_curve import learning_curve, validation_curve
+from ._plot import (
+    LearningCurveDisplay,
+    ParameterBoxplotDisplay,
+    ScoreHeatmapDisplay,
+    ValidationCurveDisplay,
+)
 from ._registration import register_backend
 from ._search import IPyParallelGridSearchCV, IPyParallelRandomizedSearchCV
 
@@ -34,6 +41,13 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     # Model selection on the cluster
     "IPyParallelGridSearchCV",
     "IPyParallelRandomizedSearchCV",
+    "learning_curve",
+    "validation_curve",
+    # Plots (matplotlib, the "plot" extra)
+    "LearningCurveDisplay",
+    "ParameterBoxplotDisplay",
+    "ScoreHeatmapDisplay",
+    "ValidationCurveDisplay",
     # joblib backend
     "register_backend",
     # Connecting to a cluster

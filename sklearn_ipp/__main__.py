@@ -104,7 +104,6 @@ def run_demo(client=None, *, n_top=5):
     from sklearn.model_selection import ShuffleSplit
     from sklearn.svm import SVC
 
-    from ._report import format_top_candidates
     from ._search import IPyParallelGridSearchCV
 
     digits = load_digits()
@@ -117,7 +116,7 @@ def run_demo(client=None, *, n_top=5):
         client=client,
     )
     search.fit(digits.data, digits.target)
-    return search, format_top_candidates(search.cv_results_, n_top=n_top)
+    return search, search.report(n_top=n_top)
 
 
 def _build_parser():

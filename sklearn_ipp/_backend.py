@@ -9,10 +9,12 @@ Tasks that are sklearn's ``_fit_and_score`` take the *fold path*: the data of
 their cross-validation split is written once into the store as
 ``[train rows | test rows]`` and the task carries a reference to it plus
 ``train=np.arange(n_train), test=np.arange(n_train, n)``, which the stored
-arrays answer with zero-copy memory-mapped views. Tasks are run fold by
+arrays answer with zero-copy memory-mapped views. A task whose ``train`` is
+a prefix of a stored split's (learning curves) uses that split's files too.
+Small folds are all stored at once and tasks run in the order they came, so
+that candidates finish one after another; larger data is stored fold by
 fold, and a fold's files are removed as soon as its last task is done, so that
-at most ``max_live_folds`` folds take memory at a time (more while they are
-small).
+at most ``max_live_folds`` folds take memory at a time.
 
 Every other task takes the *generic path*: numpy arrays of at least
 ``max_nbytes`` anywhere in it are written once into the store, keyed by their
@@ -103,6 +105,7 @@ class _Task:
         "args",
         "arguments",
         "attempts",
+        "call",
         "checkpoint_key",
         "fold",
         "function",
@@ -110,6 +113,8 @@ class _Task:
         "job",
         "kind",
         "kwargs",
+        "n_train",
+        "order",
     )
 
     def __init__(self, job, index, function, args, kwargs):
@@ -119,7 +124,10 @@ class _Task:
         self.args = args
         self.kwargs = kwargs
         self.arguments = None  # _fit_and_score's arguments by name
+        self.call = 0  # which Parallel call of the backend submitted it
+        self.order = None  # tasks are sent in this order, fold permitting
         self.fold = None
+        self.n_train = None  # the fold's first rows this task trains on
         self.kind = None  # tasks of a kind take about as long as each other
         self.attempts = 0  # times sent to an engine that then died
         self.checkpoint_key = None
@@ -134,14 +142,32 @@ class _Fold:
     """One cross-validation split of one dataset, and its stored files."""
 
     def __init__(self, key, sequence, X, y, aligned_params, train, test, pairwise):
-        self.key = key  # content hashes of the data and split
+        self.key = key  # content hashes of the data and the first split seen
         self.sequence = sequence  # folds are stored in the order they came
         self.X, self.y, self.aligned_params = X, y, aligned_params
-        self.train, self.test, self.pairwise = train, test, pairwise
+        self.test, self.pairwise = test, pairwise
         self.refs = None  # name -> StoredData, while the fold is stored
         self.n_outstanding = 0  # tasks queued or running
-        n_rows = len(train) + len(test)
-        self.nbytes = _nbytes(X, n_rows, n_rows if pairwise else None)
+        self.set_train(train)
+
+    def set_train(self, train):
+        """Train on ``train``; before it is stored, a longer one may replace it."""
+        self.train = train
+        n_rows = len(train) + len(self.test)
+        self.nbytes = _nbytes(self.X, n_rows, n_rows if self.pairwise else None)
+
+    def train_prefix_of(self, train):
+        """How the split's train rows relate to ``train``.
+
+        "prefix" when ``train`` is a prefix of them, "extends" when they are a
+        prefix of ``train``, else None.
+        """
+        n_own, n_other = len(self.train), len(train)
+        if n_other <= n_own and np.array_equal(self.train[:n_other], train):
+            return "prefix"
+        if n_other > n_own and np.array_equal(train[:n_own], self.train):
+            return "extends"
+        return None
 
     def materialise(self, write):
         """Store the fold with ``write(obj, rows=None, columns=None)``."""
@@ -163,14 +189,14 @@ class _Fold:
     def rewrite(self, task):
         """Point a ``_fit_and_score`` task at the stored fold."""
         arguments = dict(task.arguments)
-        n_train, n_total = len(self.train), len(self.train) + len(self.test)
+        n_train, n_total = task.n_train, len(self.train) + len(self.test)
         arguments["X"] = self.refs["X"]
         if self.y is not None:
             arguments["y"] = self.refs["y"]
         # Contiguous ranges, which stored arrays answer with views; sent as
         # two numbers, not as n_samples indices.
         arguments["train"] = RowRange(0, n_train)
-        arguments["test"] = RowRange(n_train, n_total)
+        arguments["test"] = RowRange(len(self.train), n_total)
         if not getattr(arguments.get("callback_ctx"), "_callbacks", True):
             # scikit-learn >= 1.9 gives every task a callback context and the
             # whole search (fitted attributes included) for its callbacks;
@@ -277,7 +303,21 @@ class ClusterBackend(ParallelBackendBase):
         self._condition = threading.Condition()
         self._completions = queue.SimpleQueue()
         self._waiting = OrderedDict()  # fold key (None: no fold) -> deque of tasks
-        self._folds = {}
+        self._folds = {}  # fold key -> _Fold
+        # Content of a task's split -> its fold; several when train sets are
+        # prefixes of one another (learning curves).
+        self._fold_of_split = {}
+        self._folds_by_data = {}  # everything but train -> [_Fold]
+        self._task_order = itertools.count()
+        self._n_calls = 0
+        self._unsorted = set()  # fold keys whose queue is out of order
+        self._cancelled = None  # the exception that cancel() fails tasks with
+        # Set by a search: candidate index -> position in the order in which
+        # candidates are run (see _run_search of the randomized search).
+        self.candidate_positions = None
+        # Called as on_result(call, arguments, result) from the scheduling
+        # thread for every successful _fit_and_score task.
+        self.on_result = None
         self._in_flight = {}  # message id -> (AsyncResult, tasks)
         self._hashes = {}  # id(array) -> (array, content hash)
         self._persisted = {}  # content hash -> StoredData, for the generic path
@@ -356,6 +396,7 @@ class ClusterBackend(ParallelBackendBase):
         """Hold sending until joblib has handed over this call's first tasks."""
         with self._condition:
             self._sending = False
+            self._n_calls += 1
 
     def compute_batch_size(self):
         """Return 1: this backend packs tasks into messages itself."""
@@ -363,6 +404,8 @@ class ClusterBackend(ParallelBackendBase):
 
     def submit(self, func, callback=None):
         """Queue a joblib batch; ``callback`` runs when all its tasks are done."""
+        if self._cancelled is not None:
+            raise self._cancelled
         items = list(func.items) if hasattr(func, "items") else [(func, (), {})]
         job = _Job(len(items), callback)
         tasks = [
@@ -372,14 +415,17 @@ class ClusterBackend(ParallelBackendBase):
         saved = [self._saved_result(task) for task in tasks]
         with self._condition:
             for task, (found, result) in zip(tasks, saved, strict=True):
+                if task.fold is not None:
+                    task.fold.n_outstanding += 1  # until _finish
                 if found:
                     # Handed back by the scheduling thread: joblib's callback
                     # must not run inside its own dispatch.
                     self._from_checkpoint.append((task, result))
                     continue
-                self._waiting.setdefault(task.key, deque()).append(task)
-                if task.fold is not None:
-                    task.fold.n_outstanding += 1
+                waiting = self._waiting.setdefault(task.key, deque())
+                if waiting and waiting[-1].order > task.order:
+                    self._unsorted.add(task.key)
+                waiting.append(task)
             self.n_submitted += len(tasks)
             self._last_submit = time.monotonic()
             self._condition.notify_all()
@@ -408,6 +454,7 @@ class ClusterBackend(ParallelBackendBase):
         """Drop queued tasks, abort queued messages, interrupt running ones."""
         with self._condition:
             dropped = [task for tasks in self._waiting.values() for task in tasks]
+            dropped += [task for task, _ in self._from_checkpoint]
             self._waiting.clear()
             self._from_checkpoint.clear()
             in_flight = list(self._in_flight.values())
@@ -419,6 +466,19 @@ class ClusterBackend(ParallelBackendBase):
         # The scheduling thread removes the folds left without tasks.
         if not ensure_ready:
             self.terminate()
+
+    def cancel(self, exc):
+        """Fail the running call with ``exc`` now, from any thread.
+
+        Queued tasks are dropped, running ones interrupted, and every task
+        submitted from now on fails with ``exc`` too, so that joblib stops
+        the call and raises it.
+        """
+        with self._condition:
+            self._cancelled = exc
+            in_flight = [async_result for async_result, _ in self._in_flight.values()]
+        self._fail_everything(exc)
+        _stop_messages(in_flight)
 
     def terminate(self):
         """Stop everything still running, remove every stored fold.
@@ -438,6 +498,8 @@ class ClusterBackend(ParallelBackendBase):
             if fold.refs is not None:
                 fold.release(self._remove)
         self._folds.clear()
+        self._fold_of_split.clear()
+        self._folds_by_data.clear()
         self._hashes.clear()
 
     def close(self):
@@ -454,16 +516,22 @@ class ClusterBackend(ParallelBackendBase):
 
     def _make_task(self, job, index, function, args, kwargs):
         task = _Task(job, index, function, args, kwargs)
+        task.call = self._n_calls
+        position = 0
         target = getattr(function, "function", function)  # sklearn's _FuncWrapper
         if target is _FIT_AND_SCORE:
             task.arguments = _FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
-            task.fold = self._fold_of(task.arguments)
+            split_key, task.fold, task.n_train = self._fold_of(task.arguments)
             # A candidate takes about as long on every split.
             task.kind = id(task.arguments["parameters"])
+            candidate = task.arguments.get("candidate_progress")
+            if self.candidate_positions is not None and candidate is not None:
+                position = self.candidate_positions[candidate[0]]
             if self.checkpoint is not None:
                 data_names = {"X", "y", "train", "test", *task.fold.aligned_params}
-                task.checkpoint_key = fit_key(task.fold.key, task.arguments, data_names)
+                task.checkpoint_key = fit_key(split_key, task.arguments, data_names)
                 self.checkpoint_keys.add(task.checkpoint_key)
+        task.order = (task.call, position, next(self._task_order))
         return task
 
     def _saved_result(self, task):
@@ -482,21 +550,41 @@ class ClusterBackend(ParallelBackendBase):
                 if _is_sample_aligned(value, n_samples):
                     aligned[name] = value
         pairwise = _is_pairwise(arguments["estimator"], arguments["parameters"], X)
-        key = (
+        data_key = (
             self._hash(X),
             None if y is None else self._hash(y),
             tuple((name, self._hash(value)) for name, value in sorted(aligned.items())),
-            self._hash(train),
             self._hash(test),
             pairwise,
         )
+        split_key = (*data_key, self._hash(train))
         with self._condition:  # the scheduling thread reads the folds too
-            fold = self._folds.get(key)
+            fold = self._fold_of_split.get(split_key)
+            if fold is None and not pairwise:
+                fold = self._fold_sharing_rows(data_key, train)
             if fold is None:
                 sequence = next(self._fold_sequence)
-                fold = _Fold(key, sequence, X, y, aligned, train, test, pairwise)
-                self._folds[key] = fold
-        return fold
+                fold = _Fold(split_key, sequence, X, y, aligned, train, test, pairwise)
+                self._folds[split_key] = fold
+                self._folds_by_data.setdefault(data_key, []).append(fold)
+            self._fold_of_split[split_key] = fold
+        return split_key, fold, len(train)
+
+    def _fold_sharing_rows(self, data_key, train):
+        """Return a fold whose train rows start with ``train``, or may grow to.
+
+        sklearn's learning curves train on prefixes of each split's train
+        set: they all use one stored fold, the longest, instead of a copy of
+        the data per train size.
+        """
+        for fold in self._folds_by_data.get(data_key, ()):
+            relation = fold.train_prefix_of(train)
+            if relation == "prefix":
+                return fold
+            if relation == "extends" and fold.refs is None:
+                fold.set_train(train)
+                return fold
+        return None
 
     def _persist(self, array):
         """Store a large array of a task once; return its reference."""
@@ -642,20 +730,29 @@ class ClusterBackend(ParallelBackendBase):
     def _choose(self):
         """Return the next message's tasks, a fold to store first, or None.
 
-        Tasks of stored folds come first, then tasks without data, then the
-        oldest fold waiting, once fewer than ``max_live_folds`` are stored.
+        A fold waiting to be stored comes first if there is room for it (see
+        ``_may_store``); then the first task in order among those of stored
+        folds, then tasks without data.
         """
         keys = [key for key, tasks in self._waiting.items() if tasks]
+        for key in self._unsorted.intersection(keys):
+            self._waiting[key] = deque(sorted(self._waiting[key], key=_order))
+        self._unsorted.clear()
+        unstored = [self._folds[k] for k in keys if k is not None]
+        unstored = [fold for fold in unstored if fold.refs is None]
+        if unstored:
+            # Stored while there is room, so that tasks can run in their
+            # order across folds (a candidate's splits one after another).
+            fold = min(unstored, key=lambda f: f.sequence)
+            if self._may_store(fold):
+                return fold
         stored = [k for k in keys if k is not None and self._folds[k].refs is not None]
         if stored:
-            key = min(stored, key=lambda k: self._folds[k].sequence)
+            key = min(stored, key=lambda k: self._waiting[k][0].order)
         elif None in keys:
             key = None
         else:
-            if not keys:
-                return None
-            fold = min((self._folds[k] for k in keys), key=lambda f: f.sequence)
-            return fold if self._may_store(fold) else None
+            return None
         waiting = self._waiting[key]
         size = min(self._message_size(len(waiting)), len(waiting))
         if size == 1 and self._seconds_by_kind:
@@ -816,6 +913,8 @@ class ClusterBackend(ParallelBackendBase):
             and not (isinstance(value, dict) and value.get("fit_error"))
         ):
             self.checkpoint.put(task.checkpoint_key, value)
+        if ok and task.arguments is not None and self.on_result is not None:
+            self.on_result(task.call, task.arguments, value)
         with self._condition:
             if task.fold is not None:
                 task.fold.n_outstanding -= 1
@@ -849,6 +948,10 @@ class ClusterBackend(ParallelBackendBase):
             self._in_flight.clear()
         for task in tasks:
             self._finish(task, (False, exc))
+
+
+def _order(task):
+    return task.order
 
 
 class _OwnedResources:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-__all__ = ["format_top_candidates", "split_scores"]
+__all__ = ["format_progress", "format_top_candidates", "split_scores"]
 
 
 def split_scores(cv_results, prefix):
@@ -11,29 +11,38 @@ def split_scores(cv_results, prefix):
     Parameters
     ----------
     cv_results : dict
-        A search's ``cv_results_``.
+        A search's ``cv_results_``, or the partial one of a running search,
+        whose unfinished splits are masked.
     prefix : str
         ``"test_score"`` or ``"train_score"`` (or ``"test_<metric>"``...).
 
     Returns
     -------
-    scores : ndarray of shape (n_candidates, n_splits)
+    scores : MaskedArray of shape (n_candidates, n_splits)
+        Masked where a split has not finished yet.
     """
     columns = []
     split = 0
     while f"split{split}_{prefix}" in cv_results:
-        columns.append(np.asarray(cv_results[f"split{split}_{prefix}"], dtype=float))
+        columns.append(np.ma.asarray(cv_results[f"split{split}_{prefix}"], dtype=float))
         split += 1
-    return np.column_stack(columns)
+    return np.ma.column_stack(columns)
 
 
 def _mean_and_sem(scores):
-    """Mean over splits and its standard error (ddof=1), per candidate."""
-    n_splits = scores.shape[1]
-    mean = scores.mean(axis=1)
-    if n_splits < 2:
-        return mean, np.full_like(mean, np.nan)
-    return mean, scores.std(axis=1, ddof=1) / np.sqrt(n_splits)
+    """Mean over finished splits and its standard error (ddof=1), per candidate."""
+    counts = scores.count(axis=1)
+    mean = scores.mean(axis=1).filled(np.nan)
+    sem = np.full(len(mean), np.nan)
+    several = counts >= 2
+    if several.any():
+        std = scores[several].std(axis=1, ddof=1).filled(np.nan)
+        sem[several] = std / np.sqrt(counts[several])
+    # A failed fit (NaN score) makes the candidate's mean NaN, as in sklearn;
+    # numpy's masked std would not say so.
+    failed = np.isnan(scores.filled(0.0)).any(axis=1)
+    mean[failed] = sem[failed] = np.nan
+    return mean, sem
 
 
 def _plain(params):
@@ -50,7 +59,8 @@ def format_top_candidates(cv_results, n_top=5, metric="score"):
     Parameters
     ----------
     cv_results : dict
-        A search's ``cv_results_``, complete or partial.
+        A search's ``cv_results_``, or the partial one of a running search
+        (means and standard errors are then over the finished splits).
     n_top : int, default=5
         How many candidates to show.
     metric : str, default="score"
@@ -86,3 +96,23 @@ def format_top_candidates(cv_results, n_top=5, metric="score"):
             line += f" train: {train_mean[index]:.5f} (+/-{train_sem[index]:.5f})"
         blocks.append(f"{line}:\n{_plain(cv_results['params'][index])}")
     return "\n".join(blocks)
+
+
+def format_progress(n_done, n_total, status=None):
+    """Return the tutorial's progress line, ``Progress: 42% (042/100)``.
+
+    Parameters
+    ----------
+    n_done, n_total : int
+        Fits finished, and fits in the search (0 while not known yet).
+    status : str or None, default=None
+        Appended after a comma, such as ``"aborted"``.
+
+    Returns
+    -------
+    line : str
+    """
+    percent = 100 * n_done // n_total if n_total else 0
+    width = len(str(n_total))
+    line = f"Progress: {percent:02d}% ({n_done:0{width}d}/{n_total})"
+    return line if status is None else f"{line}, {status}"

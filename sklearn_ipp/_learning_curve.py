@@ -1,0 +1,167 @@
+"""Learning and validation curves on the cluster.
+
+scikit-learn's own functions, run under sklearn_ipp's backend: every fit is a
+``_fit_and_score`` task, so each cross-validation split is stored once (per
+host) and memory-mapped by the engines. The train sets of a learning curve
+are prefixes of their split's train set, so every train size trains on a
+view of the same stored split (see ``_backend._Fold``): no copy of the data
+per train size or per task.
+"""
+
+import contextlib
+
+from joblib import parallel_config
+from sklearn import model_selection
+
+from ._backend import DEFAULT_RETRIES, ClusterBackend
+from ._cluster import resolve_cluster
+from ._progress import FitProgress
+from ._store import Store
+
+__all__ = ["learning_curve", "on_cluster", "validation_curve"]
+
+
+@contextlib.contextmanager
+def on_cluster(client, store_dir, retries, verbose, X):
+    """Run the ``Parallel`` calls of the block on the cluster.
+
+    Parameters
+    ----------
+    client : anything :func:`sklearn_ipp.resolve_cluster` accepts
+        Where to run.
+    store_dir : str, path or None
+        Parent directory of the store (see the searches' ``store_dir``).
+    retries : int
+        Times a fit is sent again when its engine dies.
+    verbose : int
+        Above 0, a progress bar shows at once (else after 10 s).
+    X : array-like
+        The data, to choose a store location with room for it.
+
+    Yields
+    ------
+    backend : ClusterBackend
+    """
+    with resolve_cluster(client) as connection:
+        store = Store(store_dir, expected_nbytes=getattr(X, "nbytes", 0))
+        progress = FitProgress(verbose)
+        backend = ClusterBackend(
+            connection, store, on_progress=progress.update, retries=retries
+        )
+        try:
+            with parallel_config(backend=backend):
+                yield backend
+        finally:
+            backend.close()
+            progress.close()
+            store.close()
+
+
+def learning_curve(
+    estimator,
+    X,
+    y,
+    *,
+    client=None,
+    store_dir=None,
+    retries=DEFAULT_RETRIES,
+    **kwargs,
+):
+    """Compute a learning curve on the cluster.
+
+    :func:`sklearn.model_selection.learning_curve`, with its fits on the
+    engines: each cross-validation split is stored once and every train
+    size trains on a memory-mapped view of it. Returns exactly what
+    scikit-learn returns.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        As in :func:`sklearn.model_selection.learning_curve`.
+    X : array-like of shape (n_samples, n_features)
+        Training vectors.
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs) or None
+        Target relative to X.
+    client : None, str, ipyparallel.Client, View or Cluster, default=None
+        The cluster, as in :func:`sklearn_ipp.resolve_cluster`.
+    store_dir : str, path or None, default=None
+        Where the splits are stored, as in
+        :class:`~sklearn_ipp.IPyParallelGridSearchCV`.
+    retries : int, default=3
+        Times a fit is sent again when the engine running it dies.
+    **kwargs
+        The other parameters of
+        :func:`sklearn.model_selection.learning_curve` (``train_sizes``,
+        ``cv``, ``scoring``, ``shuffle``, ``random_state``, ``params``...).
+        ``n_jobs`` is ignored: the engines decide the parallelism.
+
+    Returns
+    -------
+    train_sizes_abs, train_scores, test_scores[, fit_times, score_times]
+        As returned by :func:`sklearn.model_selection.learning_curve`.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.naive_bayes import GaussianNB
+    >>> import sklearn_ipp
+    >>> X, y = load_digits(return_X_y=True)
+    >>> sizes, train, test = sklearn_ipp.learning_curve(
+    ...     GaussianNB(), X, y, cv=5)  # doctest: +SKIP
+    """
+    kwargs.pop("n_jobs", None)
+    with on_cluster(client, store_dir, retries, kwargs.get("verbose", 0), X):
+        return model_selection.learning_curve(estimator, X, y, **kwargs)
+
+
+def validation_curve(
+    estimator,
+    X,
+    y,
+    *,
+    param_name,
+    param_range,
+    client=None,
+    store_dir=None,
+    retries=DEFAULT_RETRIES,
+    **kwargs,
+):
+    """Compute a validation curve on the cluster.
+
+    :func:`sklearn.model_selection.validation_curve`, with its fits on the
+    engines and each cross-validation split stored once. Returns exactly
+    what scikit-learn returns.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        As in :func:`sklearn.model_selection.validation_curve`.
+    X : array-like of shape (n_samples, n_features)
+        Training vectors.
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs) or None
+        Target relative to X.
+    param_name : str
+        Name of the parameter that will be varied.
+    param_range : array-like of shape (n_values,)
+        The values of the parameter that will be evaluated.
+    client : None, str, ipyparallel.Client, View or Cluster, default=None
+        The cluster, as in :func:`sklearn_ipp.resolve_cluster`.
+    store_dir : str, path or None, default=None
+        Where the splits are stored.
+    retries : int, default=3
+        Times a fit is sent again when the engine running it dies.
+    **kwargs
+        The other parameters of
+        :func:`sklearn.model_selection.validation_curve` (``cv``,
+        ``scoring``, ``params``...). ``n_jobs`` is ignored.
+
+    Returns
+    -------
+    train_scores, test_scores : ndarray of shape (n_values, n_splits)
+        As returned by :func:`sklearn.model_selection.validation_curve`.
+    """
+    kwargs.pop("n_jobs", None)
+    with on_cluster(client, store_dir, retries, kwargs.get("verbose", 0), X):
+        return model_selection.validation_curve(
+            estimator, X, y, param_name=param_name, param_range=param_range, **kwargs
+        )
