@@ -375,6 +375,14 @@ class _ClusterSearchMixin:
             lines.append(format_top_candidates(results, n_top, self._report_metric()))
         return "\n".join(lines)
 
+    def __sklearn_is_fitted__(self):
+        # Not while a fit runs (or after it was aborted or failed), even if
+        # scikit-learn has set some fitted attributes already.
+        run = self.__dict__.get("_run")
+        if run is not None and not run.completed:
+            return False
+        return hasattr(self, "cv_results_")
+
     def _status(self):
         run = self.__dict__.get("_run")
         if run is None or run.completed:
