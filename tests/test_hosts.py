@@ -15,7 +15,7 @@ import pytest
 from joblib import Parallel, delayed, parallel_config
 from sklearn.datasets import make_classification
 from sklearn.linear_model import RidgeClassifier
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, learning_curve
 
 from sklearn_ipp import IPyParallelGridSearchCV
 from sklearn_ipp._backend import ClusterBackend
@@ -100,6 +100,34 @@ def test_each_host_gets_each_file_once_and_results_match_sklearn(
     for engine_ids in fake_hosts.values():
         _, stores = client[engine_ids[0]].apply_sync(_host_and_stores)
         assert stores == []
+
+
+def test_learning_curve_sends_each_split_once_per_host(fake_hosts, remote_view):
+    X, y = _data()
+    train_sizes = [0.25, 0.5, 1.0]
+    backend = ClusterBackend(remote_view)
+    try:
+        with parallel_config(backend=backend):
+            ours = learning_curve(
+                RidgeClassifier(), X, y, train_sizes=train_sizes, cv=N_SPLITS
+            )
+    finally:
+        backend.close()
+    reference = learning_curve(
+        RidgeClassifier(), X, y, train_sizes=train_sizes, cv=N_SPLITS
+    )
+    for actual, expected in zip(ours, reference, strict=True):
+        np.testing.assert_array_equal(actual, expected)
+    # As for a search: X and y of each split once per host, whatever the
+    # number of train sizes. (sklearn's largest train size is that of the
+    # first split: a longer train set of another split is cut to it.)
+    splits = list(StratifiedKFold(N_SPLITS).split(X, y))
+    n_max_train = len(splits[0][0])
+    n_rows = sum(min(len(train), n_max_train) + len(test) for train, test in splits)
+    expected_bytes = n_rows * (X.nbytes + y.nbytes) // len(X)
+    for n_files, n_bytes in backend.transfers.values():
+        assert n_files == 2 * N_SPLITS
+        assert expected_bytes < n_bytes <= expected_bytes + 2 * N_SPLITS * 4096
 
 
 def test_search_class_runs_on_hosts_without_the_store(fake_hosts, remote_view):
