@@ -984,12 +984,20 @@ def _stop_messages(async_results):
     if not pending:
         return
     client = pending[0]._client
-    running = sorted(
-        {ar.engine_id for ar in pending if getattr(ar, "engine_id", None) is not None}
-    )
+    running = {
+        ar.engine_id for ar in pending if getattr(ar, "engine_id", None) is not None
+    }
     # Engines that are gone, or messages just finished: nothing left to stop.
     with contextlib.suppress(Exception):
         client.abort(pending, block=False)
+    # A message that has just started may not have told the client its
+    # engine yet; the controller knows where it is.
+    with contextlib.suppress(Exception):
+        msg_ids = {msg_id for ar in pending for msg_id in ar.msg_ids}
+        for engine_id, queues in client.queue_status(verbose=True).items():
+            if engine_id != "unassigned" and msg_ids.intersection(queues["tasks"]):
+                running.add(engine_id)
+    running = sorted(running)
     if running:
         # An engine between tasks ignores the signal; one running ours gets a
         # KeyboardInterrupt, which run_batch returns at once.

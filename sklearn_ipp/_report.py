@@ -83,9 +83,7 @@ def format_top_candidates(cv_results, n_top=5, metric="score"):
             split_scores(cv_results, f"train_{metric}")
         )
     # NaN scores (failed fits) rank last, like sklearn's rank_test_score.
-    order = np.argsort(
-        np.where(np.isnan(test_mean), -np.inf, -test_mean), kind="stable"
-    )
+    order = np.argsort(np.where(np.isnan(test_mean), np.inf, -test_mean), kind="stable")
     blocks = []
     for rank, index in enumerate(order[:n_top], start=1):
         line = (

@@ -345,7 +345,7 @@ class _ClusterSearchMixin:
         if results is None:
             return []
         means = np.asarray(results[f"mean_test_{self._report_metric()}"], dtype=float)
-        order = np.argsort(np.where(np.isnan(means), -np.inf, -means), kind="stable")
+        order = np.argsort(np.where(np.isnan(means), np.inf, -means), kind="stable")
         return [(float(means[i]), results["params"][i]) for i in order[:n_top]]
 
     def report(self, n_top=5):
