@@ -77,6 +77,9 @@ SMALL_FOLDS_BYTES = 256 * 2**20
 ENGINE_WAIT_SECONDS = 60.0
 # Times a task is sent again after its engine died.
 DEFAULT_RETRIES = 3
+# How long an interrupt waits to learn the engine of a message that has just
+# started (ipyparallel hears of it from the engine's first status message).
+STARTING_MESSAGE_SECONDS = 0.5
 
 _FIT_AND_SCORE = _validation._fit_and_score
 _FIT_AND_SCORE_SIGNATURE = inspect.signature(_FIT_AND_SCORE)
@@ -319,6 +322,7 @@ class ClusterBackend(ParallelBackendBase):
         # thread for every successful _fit_and_score task.
         self.on_result = None
         self._in_flight = {}  # message id -> (AsyncResult, tasks)
+        self._targets = {}  # message id -> the engines it may run on
         self._hashes = {}  # id(array) -> (array, content hash)
         self._persisted = {}  # content hash -> StoredData, for the generic path
         self._fold_sequence = itertools.count()
@@ -631,6 +635,7 @@ class ClusterBackend(ParallelBackendBase):
                 self._roster.refresh()
                 self._hand_back_saved_results()
                 self._handle_completions()
+                self._resend_stranded()
                 self._check_engines_left()
                 self._release_idle_folds()
                 self._send_ready()
@@ -710,8 +715,9 @@ class ClusterBackend(ParallelBackendBase):
             self._view = self.connection.load_balanced_view()
         # Only to engines whose host holds the data, which excludes engines
         # that joined but are not probed yet.
+        targets = sorted(self._roster.ready)
         try:
-            with self._view.temp_flags(targets=sorted(self._roster.ready)):
+            with self._view.temp_flags(targets=targets):
                 async_result = self._view.apply_async(run_batch, payload)
         except KeyError:
             # An engine left since the roster was last refreshed, and
@@ -725,6 +731,7 @@ class ClusterBackend(ParallelBackendBase):
         self.payload_bytes += len(payload)
         with self._condition:
             self._in_flight[async_result.msg_ids[0]] = (async_result, tasks)
+            self._targets[async_result.msg_ids[0]] = targets
         async_result.add_done_callback(self._on_message_done)
 
     def _choose(self):
@@ -824,6 +831,34 @@ class ClusterBackend(ParallelBackendBase):
                 continue
             for task, outcome in zip(tasks, outcomes, strict=True):
                 self._finish(task, outcome)
+
+    def _resend_stranded(self):
+        """Send again the messages that only engines now gone could run.
+
+        A message waits in ipyparallel's scheduler until one of its target
+        engines is free; if they all died before it started, ipyparallel
+        neither runs nor fails it. Its tasks never ran: they are sent again
+        without counting an attempt.
+        """
+        alive = set(self.connection.engine_ids)
+        with self._condition:
+            stranded = [
+                self._in_flight.pop(msg_id)
+                for msg_id, targets in list(self._targets.items())
+                if msg_id in self._in_flight and not alive.intersection(targets)
+            ]
+            self._targets = {
+                msg_id: targets
+                for msg_id, targets in self._targets.items()
+                if msg_id in self._in_flight
+            }
+        for _, tasks in stranded:
+            logger.info(
+                "The engines a message was sent to are gone; sending its %d "
+                "task(s) again.",
+                len(tasks),
+            )
+            self._requeue(tasks)
 
     def _requeue(self, tasks):
         """Put tasks back at the front of their queues, in their order."""
@@ -984,25 +1019,33 @@ def _stop_messages(async_results):
     if not pending:
         return
     client = pending[0]._client
-    running = {
-        ar.engine_id for ar in pending if getattr(ar, "engine_id", None) is not None
-    }
+    signalled = set()
+
+    def signal_running():
+        # Only engines known to have started a message of ours: an engine
+        # between tasks ignores the signal, one running ours gets a
+        # KeyboardInterrupt, which run_batch returns at once.
+        running = {
+            ar.engine_id for ar in pending if getattr(ar, "engine_id", None) is not None
+        }
+        running = sorted(running - signalled)
+        if running:
+            with contextlib.suppress(Exception):
+                client.send_signal("SIGINT", targets=running, block=True)
+            signalled.update(running)
+
     # Engines that are gone, or messages just finished: nothing left to stop.
     with contextlib.suppress(Exception):
         client.abort(pending, block=False)
-    # A message that has just started may not have told the client its
-    # engine yet; the controller knows where it is.
-    with contextlib.suppress(Exception):
-        msg_ids = {msg_id for ar in pending for msg_id in ar.msg_ids}
-        for engine_id, queues in client.queue_status(verbose=True).items():
-            if engine_id != "unassigned" and msg_ids.intersection(queues["tasks"]):
-                running.add(engine_id)
-    running = sorted(running)
-    if running:
-        # An engine between tasks ignores the signal; one running ours gets a
-        # KeyboardInterrupt, which run_batch returns at once.
-        with contextlib.suppress(Exception):
-            client.send_signal("SIGINT", targets=running, block=True)
+    signal_running()
+    # A message that started an instant ago tells the client its engine a
+    # moment later; one still queued is answered by the abort.
+    deadline = time.monotonic() + STARTING_MESSAGE_SECONDS
+    while time.monotonic() < deadline and any(
+        not ar.done() and getattr(ar, "engine_id", None) is None for ar in pending
+    ):
+        time.sleep(0.02)
+        signal_running()
 
 
 def _is_engine_loss(exc):
