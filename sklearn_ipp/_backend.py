@@ -77,9 +77,6 @@ SMALL_FOLDS_BYTES = 256 * 2**20
 ENGINE_WAIT_SECONDS = 60.0
 # Times a task is sent again after its engine died.
 DEFAULT_RETRIES = 3
-# How long an interrupt waits to learn the engine of a message that has just
-# started (ipyparallel hears of it from the engine's first status message).
-STARTING_MESSAGE_SECONDS = 0.5
 
 _FIT_AND_SCORE = _validation._fit_and_score
 _FIT_AND_SCORE_SIGNATURE = inspect.signature(_FIT_AND_SCORE)
@@ -1019,33 +1016,22 @@ def _stop_messages(async_results):
     if not pending:
         return
     client = pending[0]._client
-    signalled = set()
-
-    def signal_running():
-        # Only engines known to have started a message of ours: an engine
-        # between tasks ignores the signal, one running ours gets a
-        # KeyboardInterrupt, which run_batch returns at once.
-        running = {
-            ar.engine_id for ar in pending if getattr(ar, "engine_id", None) is not None
-        }
-        running = sorted(running - signalled)
-        if running:
-            with contextlib.suppress(Exception):
-                client.send_signal("SIGINT", targets=running, block=True)
-            signalled.update(running)
-
+    # Only engines known to run a message of ours. A signal that reaches an
+    # engine as it receives a message, before run_batch runs, can leave the
+    # controller waiting for a reply forever (seen when signalling engines
+    # whose message had only just started): a message that started an
+    # instant before the interrupt may therefore run to its end.
+    running = sorted(
+        {ar.engine_id for ar in pending if getattr(ar, "engine_id", None) is not None}
+    )
     # Engines that are gone, or messages just finished: nothing left to stop.
     with contextlib.suppress(Exception):
         client.abort(pending, block=False)
-    signal_running()
-    # A message that started an instant ago tells the client its engine a
-    # moment later; one still queued is answered by the abort.
-    deadline = time.monotonic() + STARTING_MESSAGE_SECONDS
-    while time.monotonic() < deadline and any(
-        not ar.done() and getattr(ar, "engine_id", None) is None for ar in pending
-    ):
-        time.sleep(0.02)
-        signal_running()
+    if running:
+        # An engine between tasks ignores the signal; one running ours gets a
+        # KeyboardInterrupt, which run_batch returns at once.
+        with contextlib.suppress(Exception):
+            client.send_signal("SIGINT", targets=running, block=True)
 
 
 def _is_engine_loss(exc):
