@@ -363,9 +363,14 @@ def test_interrupted_search_resumes_from_its_checkpoint(client, tmp_path):
     interrupter = _interrupt_main_thread_when(
         lambda: checkpoint_dir.exists() and len(os.listdir(checkpoint_dir)) >= 3
     )
+    interrupted = search(slow)
     with pytest.raises(KeyboardInterrupt):
-        search(slow).fit(X, y)
+        interrupted.fit(X, y)
     interrupter.join()
+    # The finished fits are reported, as after abort().
+    report = interrupted.report().splitlines()
+    assert report[0].endswith(", stopped")
+    assert report[1].startswith("Rank 1: validation: ")
     # A message that started an instant before the interrupt may still end
     # its fit (see _stop_messages): wait for it, so that it is not counted
     # as a fit of the next run.
