@@ -318,8 +318,8 @@ class ClusterBackend(ParallelBackendBase):
         # Called as on_result(call, arguments, result) from the scheduling
         # thread for every successful _fit_and_score task.
         self.on_result = None
-        self._in_flight = {}  # message id -> (AsyncResult, tasks)
-        self._targets = {}  # message id -> the engines it may run on
+        # message id -> (AsyncResult, tasks, the engines it may run on)
+        self._in_flight = {}
         self._hashes = {}  # id(array) -> (array, content hash)
         self._persisted = {}  # content hash -> StoredData, for the generic path
         self._fold_sequence = itertools.count()
@@ -460,10 +460,10 @@ class ClusterBackend(ParallelBackendBase):
             self._from_checkpoint.clear()
             in_flight = list(self._in_flight.values())
             self._in_flight.clear()
-            for task in dropped + [t for _, tasks in in_flight for t in tasks]:
+            for task in dropped + [t for _, tasks, _ in in_flight for t in tasks]:
                 if task.fold is not None:
                     task.fold.n_outstanding -= 1
-        _stop_messages([async_result for async_result, _ in in_flight])
+        _stop_messages([async_result for async_result, _, _ in in_flight])
         # The scheduling thread removes the folds left without tasks.
         if not ensure_ready:
             self.terminate()
@@ -477,7 +477,7 @@ class ClusterBackend(ParallelBackendBase):
         """
         with self._condition:
             self._cancelled = exc
-            in_flight = [async_result for async_result, _ in self._in_flight.values()]
+            in_flight = [ar for ar, _, _ in self._in_flight.values()]
         self._fail_everything(exc)
         _stop_messages(in_flight)
 
@@ -727,8 +727,7 @@ class ClusterBackend(ParallelBackendBase):
         self.n_fold_tasks_sent += sum(task.fold is not None for task in tasks)
         self.payload_bytes += len(payload)
         with self._condition:
-            self._in_flight[async_result.msg_ids[0]] = (async_result, tasks)
-            self._targets[async_result.msg_ids[0]] = targets
+            self._in_flight[async_result.msg_ids[0]] = (async_result, tasks, targets)
         async_result.add_done_callback(self._on_message_done)
 
     def _choose(self):
@@ -821,7 +820,7 @@ class ClusterBackend(ParallelBackendBase):
                 entry = self._in_flight.pop(async_result.msg_ids[0], None)
             if entry is None:  # aborted
                 continue
-            _, tasks = entry
+            _, tasks, _ = entry
             outcomes = self._outcomes(async_result, tasks)
             if outcomes is None:
                 self._retry(tasks, async_result)
@@ -840,16 +839,12 @@ class ClusterBackend(ParallelBackendBase):
         alive = set(self.connection.engine_ids)
         with self._condition:
             stranded = [
-                self._in_flight.pop(msg_id)
-                for msg_id, targets in list(self._targets.items())
-                if msg_id in self._in_flight and not alive.intersection(targets)
+                msg_id
+                for msg_id, (_, _, targets) in self._in_flight.items()
+                if not alive.intersection(targets)
             ]
-            self._targets = {
-                msg_id: targets
-                for msg_id, targets in self._targets.items()
-                if msg_id in self._in_flight
-            }
-        for _, tasks in stranded:
+            stranded = [self._in_flight.pop(msg_id) for msg_id in stranded]
+        for _, tasks, _ in stranded:
             logger.info(
                 "The engines a message was sent to are gone; sending its %d "
                 "task(s) again.",
@@ -973,9 +968,7 @@ class ClusterBackend(ParallelBackendBase):
     def _fail_everything(self, exc):
         with self._condition:
             tasks = [task for waiting in self._waiting.values() for task in waiting]
-            tasks += [
-                task for _, in_flight in self._in_flight.values() for task in in_flight
-            ]
+            tasks += [task for _, sent, _ in self._in_flight.values() for task in sent]
             self._waiting.clear()
             self._in_flight.clear()
         for task in tasks:
