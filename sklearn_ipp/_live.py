@@ -10,6 +10,8 @@ import threading
 import numpy as np
 from scipy.stats import rankdata
 
+from ._report import finished_mean_std
+
 __all__ = ["LiveResults", "rank_by_mean"]
 
 
@@ -100,13 +102,8 @@ def _format_partial(candidates, n_splits, return_train_score, error_score):
         if splits:
             for split in range(n_splits):
                 results[f"split{split}_{name}"] = values[:, split]
-        # Over the finished splits; a failed fit's NaN makes them NaN, as in
-        # sklearn (numpy's masked std would say 0).
-        failed = np.isnan(values.filled(0.0)).any(axis=1)
-        mean = values.mean(axis=1).filled(np.nan)
-        std = values.std(axis=1).filled(np.nan)
-        results[f"mean_{name}"] = np.where(failed, np.nan, mean)
-        results[f"std_{name}"] = np.where(failed, np.nan, std)
+        # Over the finished splits; a failed fit makes them NaN, as in sklearn.
+        results[f"mean_{name}"], results[f"std_{name}"] = finished_mean_std(values)
         if rank:
             results[f"rank_{name}"] = rank_by_mean(results[f"mean_{name}"])
 

@@ -2,7 +2,13 @@
 
 import numpy as np
 
-__all__ = ["format_progress", "format_top_candidates", "split_scores"]
+__all__ = [
+    "best_first",
+    "finished_mean_std",
+    "format_progress",
+    "format_top_candidates",
+    "split_scores",
+]
 
 
 def split_scores(cv_results, prefix):
@@ -29,20 +35,47 @@ def split_scores(cv_results, prefix):
     return np.ma.column_stack(columns)
 
 
-def _mean_and_sem(scores):
-    """Mean over finished splits and its standard error (ddof=1), per candidate."""
+def finished_mean_std(scores, ddof=0):
+    """Return the mean and standard deviation over the finished splits.
+
+    Parameters
+    ----------
+    scores : MaskedArray of shape (n_candidates, n_splits)
+        Masked where a split has not finished.
+    ddof : int, default=0
+        Delta degrees of freedom of the standard deviation.
+
+    Returns
+    -------
+    mean, std : ndarray of shape (n_candidates,)
+        NaN for a candidate with a failed fit (a NaN score), as in sklearn;
+        std is NaN too with ``ddof`` or fewer finished splits.
+    """
     counts = scores.count(axis=1)
     mean = scores.mean(axis=1).filled(np.nan)
-    sem = np.full(len(mean), np.nan)
-    several = counts >= 2
-    if several.any():
-        std = scores[several].std(axis=1, ddof=1).filled(np.nan)
-        sem[several] = std / np.sqrt(counts[several])
-    # A failed fit (NaN score) makes the candidate's mean NaN, as in sklearn;
-    # numpy's masked std would not say so.
+    std = np.full(len(mean), np.nan)
+    enough = counts > ddof
+    if enough.any():
+        std[enough] = scores[enough].std(axis=1, ddof=ddof).filled(np.nan)
+    # numpy's masked mean says NaN for a NaN score, its masked std would not.
     failed = np.isnan(scores.filled(0.0)).any(axis=1)
-    mean[failed] = sem[failed] = np.nan
-    return mean, sem
+    mean[failed] = std[failed] = np.nan
+    return mean, std
+
+
+def best_first(means):
+    """Return candidate indices by decreasing mean, NaN (failed) last.
+
+    Ties keep the search's order.
+    """
+    means = np.asarray(means, dtype=float)
+    return np.argsort(np.where(np.isnan(means), np.inf, -means), kind="stable")
+
+
+def _mean_and_sem(scores):
+    """Mean over finished splits and its standard error (ddof=1), per candidate."""
+    mean, std = finished_mean_std(scores, ddof=1)
+    return mean, std / np.sqrt(scores.count(axis=1))
 
 
 def _plain(params):
@@ -83,7 +116,7 @@ def format_top_candidates(cv_results, n_top=5, metric="score"):
             split_scores(cv_results, f"train_{metric}")
         )
     # NaN scores (failed fits) rank last, like sklearn's rank_test_score.
-    order = np.argsort(np.where(np.isnan(test_mean), np.inf, -test_mean), kind="stable")
+    order = best_first(test_mean)
     blocks = []
     for rank, index in enumerate(order[:n_top], start=1):
         line = (

@@ -27,7 +27,7 @@ from ._checkpoint import DirectoryCheckpoint, MemoryCheckpoint
 from ._cluster import resolve_cluster
 from ._live import LiveResults
 from ._progress import FitProgress
-from ._report import format_progress, format_top_candidates
+from ._report import best_first, format_progress, format_top_candidates
 from ._store import Store
 
 __all__ = ["IPyParallelGridSearchCV", "IPyParallelRandomizedSearchCV"]
@@ -170,10 +170,9 @@ class _ClusterSearchMixin:
             finally:
                 run.finished.set()
 
-        run.thread = threading.Thread(
+        threading.Thread(
             target=fit_in_background, name="sklearn_ipp-search", daemon=True
-        )
-        run.thread.start()
+        ).start()
         return self
 
     def _fit_on(self, connection, caller, run, X, y, params):
@@ -345,8 +344,8 @@ class _ClusterSearchMixin:
         if results is None:
             return []
         means = np.asarray(results[f"mean_test_{self._report_metric()}"], dtype=float)
-        order = np.argsort(np.where(np.isnan(means), np.inf, -means), kind="stable")
-        return [(float(means[i]), results["params"][i]) for i in order[:n_top]]
+        best = best_first(means)[:n_top]
+        return [(float(means[i]), results["params"][i]) for i in best]
 
     def report(self, n_top=5):
         """Return the tutorial's text report of the best candidates.
@@ -490,7 +489,6 @@ class _SearchRun:
         self.lock = threading.Lock()
         self.backend = None  # while the candidates are evaluated
         self.abort_requested = False
-        self.thread = None  # for fit_async
         self.finished = threading.Event()
         self.completed = False
         self.aborted = False
