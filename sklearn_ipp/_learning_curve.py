@@ -22,7 +22,7 @@ __all__ = ["learning_curve", "on_cluster", "validation_curve"]
 
 
 @contextlib.contextmanager
-def on_cluster(client, store_dir, retries, verbose, X):
+def on_cluster(client, store_dir, retries, X, sklearn_kwargs):
     """Run the ``Parallel`` calls of the block on the cluster.
 
     Parameters
@@ -33,18 +33,22 @@ def on_cluster(client, store_dir, retries, verbose, X):
         Parent directory of the store (see the searches' ``store_dir``).
     retries : int
         Times a fit is sent again when its engine dies.
-    verbose : int
-        Above 0, a progress bar shows at once (else after 10 s).
     X : array-like
         The data, to choose a store location with room for it.
+    sklearn_kwargs : dict
+        The keyword arguments for the scikit-learn function run in the
+        block. Their ``verbose`` above 0 shows a progress bar at once (else
+        after 10 s); ``n_jobs`` is removed from them, since the engines
+        decide the parallelism.
 
     Yields
     ------
     backend : ClusterBackend
     """
+    sklearn_kwargs.pop("n_jobs", None)
     with resolve_cluster(client) as connection:
         store = Store(store_dir, expected_nbytes=getattr(X, "nbytes", 0))
-        progress = FitProgress(verbose)
+        progress = FitProgress(sklearn_kwargs.get("verbose", 0))
         backend = ClusterBackend(
             connection, store, on_progress=progress.update, retries=retries
         )
@@ -109,8 +113,7 @@ def learning_curve(
     >>> sizes, train, test = sklearn_ipp.learning_curve(
     ...     GaussianNB(), X, y, cv=5)  # doctest: +SKIP
     """
-    kwargs.pop("n_jobs", None)
-    with on_cluster(client, store_dir, retries, kwargs.get("verbose", 0), X):
+    with on_cluster(client, store_dir, retries, X, kwargs):
         return model_selection.learning_curve(estimator, X, y, **kwargs)
 
 
@@ -160,8 +163,7 @@ def validation_curve(
     train_scores, test_scores : ndarray of shape (n_values, n_splits)
         As returned by :func:`sklearn.model_selection.validation_curve`.
     """
-    kwargs.pop("n_jobs", None)
-    with on_cluster(client, store_dir, retries, kwargs.get("verbose", 0), X):
+    with on_cluster(client, store_dir, retries, X, kwargs):
         return model_selection.validation_curve(
             estimator, X, y, param_name=param_name, param_range=param_range, **kwargs
         )

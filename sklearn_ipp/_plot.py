@@ -33,10 +33,14 @@ def _pyplot():
     return plt
 
 
-def _search_results(search_or_results):
-    """``(cv_results, metric)`` of a search (running or not) or a results dict."""
+def _search_results(search_or_results, metric):
+    """``(cv_results, metric)`` of a search (running or not) or a results dict.
+
+    ``metric`` None means the search's own (its ``refit`` metric), or the
+    only one of the results.
+    """
     if isinstance(search_or_results, dict):
-        return search_or_results, None
+        return search_or_results, _metric_of(search_or_results, metric)
     partial = getattr(search_or_results, "partial_results", None)
     results = partial() if partial is not None else None
     if results is None:
@@ -47,7 +51,9 @@ def _search_results(search_or_results):
             "first, or wait until some of its fits have finished."
         )
     report_metric = getattr(search_or_results, "_report_metric", None)
-    return results, report_metric() if report_metric is not None else None
+    if metric is None and report_metric is not None:
+        metric = report_metric()
+    return results, _metric_of(results, metric)
 
 
 def _metric_of(results, metric):
@@ -163,8 +169,7 @@ class ParameterBoxplotDisplay:
         -------
         display : ParameterBoxplotDisplay
         """
-        results, search_metric = _search_results(search)
-        metric = _metric_of(results, metric if metric is not None else search_metric)
+        results, metric = _search_results(search, metric)
         if display_train and f"split0_train_{metric}" not in results:
             raise ValueError(
                 "display_train=True needs train scores: fit the search with "
@@ -315,8 +320,7 @@ class ScoreHeatmapDisplay:
         -------
         display : ScoreHeatmapDisplay
         """
-        results, search_metric = _search_results(search)
-        metric = _metric_of(results, metric if metric is not None else search_metric)
+        results, metric = _search_results(search, metric)
         params = results["params"]
         varying = _varying_parameters(params)
         if x_param is None and y_param is None:
@@ -443,8 +447,7 @@ class LearningCurveDisplay(_SklearnLearningCurve):
         display : LearningCurveDisplay
         """
         _pyplot()
-        kwargs.pop("n_jobs", None)
-        with on_cluster(client, store_dir, retries, kwargs.get("verbose", 0), X):
+        with on_cluster(client, store_dir, retries, X, kwargs):
             return super().from_estimator(estimator, X, y, **kwargs)
 
 
@@ -497,8 +500,7 @@ class ValidationCurveDisplay(_SklearnValidationCurve):
         display : ValidationCurveDisplay
         """
         _pyplot()
-        kwargs.pop("n_jobs", None)
-        with on_cluster(client, store_dir, retries, kwargs.get("verbose", 0), X):
+        with on_cluster(client, store_dir, retries, X, kwargs):
             return super().from_estimator(
                 estimator,
                 X,
