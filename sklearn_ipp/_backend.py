@@ -48,7 +48,7 @@ from ._cluster import resolve_cluster
 from ._exceptions import EngineLostError
 from ._hosts import EngineRoster
 from ._pickling import dumps
-from ._remote import UNPICKLING_FAILED, run_batch
+from ._remote import INTERRUPTIBLE, UNPICKLING_FAILED, run_batch
 from ._store import MMAP_MIN_BYTES, RowRange, Store, content_hash
 
 __all__ = ["ClusterBackend"]
@@ -77,6 +77,9 @@ SMALL_FOLDS_BYTES = 256 * 2**20
 ENGINE_WAIT_SECONDS = 60.0
 # Times a task is sent again after its engine died.
 DEFAULT_RETRIES = 3
+# How long stopping waits for messages that have just reached their engines
+# to become interruptible, and for queued ones to come back aborted.
+STOP_WAIT_SECONDS = 2.0
 
 _FIT_AND_SCORE = _validation._fit_and_score
 _FIT_AND_SCORE_SIGNATURE = inspect.signature(_FIT_AND_SCORE)
@@ -999,9 +1002,14 @@ class _OwnedResources:
 def _stop_messages(async_results):
     """Abort messages still queued; interrupt the engines running the others.
 
-    The abort is not waited for: ipyparallel < 9 answers it only once the
-    engine has finished the task it runs, which is what is being stopped. The
-    signal is: sent late, it would interrupt whatever the engine runs next.
+    An engine is signalled only once its message has published
+    ``INTERRUPTIBLE`` (see ``run_batch``): a signal that reaches an engine as
+    it unpacks a message or sends a reply breaks that message, and the
+    controller then waits forever for its reply. A message that has just
+    reached its engine says so within milliseconds, so stopping waits up to
+    ``STOP_WAIT_SECONDS`` for the messages neither finished nor signalled,
+    which also lets the queued ones come back aborted. The signal is sent
+    blocking: sent late, it could reach the engine's next message.
     """
     pending = [
         async_result for async_result in async_results if not async_result.done()
@@ -1009,22 +1017,29 @@ def _stop_messages(async_results):
     if not pending:
         return
     client = pending[0]._client
-    # Only engines known to run a message of ours. A signal that reaches an
-    # engine as it receives a message, before run_batch runs, can leave the
-    # controller waiting for a reply forever (seen when signalling engines
-    # whose message had only just started): a message that started an
-    # instant before the interrupt may therefore run to its end.
-    running = sorted(
-        {ar.engine_id for ar in pending if getattr(ar, "engine_id", None) is not None}
-    )
     # Engines that are gone, or messages just finished: nothing left to stop.
     with contextlib.suppress(Exception):
         client.abort(pending, block=False)
-    if running:
-        # An engine between tasks ignores the signal; one running ours gets a
-        # KeyboardInterrupt, which run_batch returns at once.
-        with contextlib.suppress(Exception):
-            client.send_signal("SIGINT", targets=running, block=True)
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while pending:
+        running = [ar for ar in pending if _is_interruptible(ar)]
+        engines = sorted({ar.engine_id for ar in running})
+        if engines:
+            with contextlib.suppress(Exception):
+                client.send_signal("SIGINT", targets=engines, block=True)
+        pending = [ar for ar in pending if ar not in running and not ar.done()]
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+
+
+def _is_interruptible(async_result):
+    """Whether a message runs its tasks, on an engine the client knows."""
+    try:
+        data, engine_id = async_result.data, async_result.engine_id
+    except Exception:  # metadata of a message the client no longer tracks
+        return False
+    return bool(data.get(INTERRUPTIBLE)) and engine_id is not None
 
 
 def _is_engine_loss(exc):

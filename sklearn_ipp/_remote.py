@@ -10,7 +10,10 @@ import hashlib
 import os
 import pickle
 import shutil
+import signal
 import socket
+import sys
+import threading
 import time
 import traceback
 
@@ -26,6 +29,7 @@ from ._store import (
 )
 
 __all__ = [
+    "INTERRUPTIBLE",
     "READ_ONLY_HINT",
     "UNPICKLING_FAILED",
     "make_host_store",
@@ -46,6 +50,10 @@ READ_ONLY_HINT = (
     "it first (X = X.copy())."
 )
 _READ_ONLY_MESSAGES = ("read-only", "not writeable")
+
+# Published (ipyparallel's data_message) by run_batch once a SIGINT can only
+# interrupt its tasks: the client signals an engine only after seeing it.
+INTERRUPTIBLE = "sklearn_ipp_interruptible"
 
 
 def run_batch(payload):
@@ -72,24 +80,70 @@ def run_batch(payload):
             (UNPICKLING_FAILED, exc, traceback.format_exc(), socket.gethostname())
         )
     outcomes, seconds = [], []
-    for function, args, kwargs in tasks:
-        start = time.perf_counter()
-        try:
-            outcomes.append((True, _with_read_only_hint(function(*args, **kwargs))))
-        except KeyboardInterrupt as exc:
-            # The client interrupted its tasks: the rest of the batch is not
-            # wanted either.
-            text = traceback.format_exc()
-            outcomes += [(False, exc, text)] * (len(tasks) - len(outcomes))
-            seconds += [time.perf_counter() - start] * (len(tasks) - len(seconds))
-            break
-        except BaseException as exc:  # each task's error goes back on its own
-            outcomes.append((False, _with_read_only_hint(exc), traceback.format_exc()))
-        seconds.append(time.perf_counter() - start)
+    with _interrupts_only_the_tasks():
+        for function, args, kwargs in tasks:
+            start = time.perf_counter()
+            try:
+                result = function(*args, **kwargs)
+                outcomes.append((True, _with_read_only_hint(result)))
+            except KeyboardInterrupt as exc:
+                # The client interrupted its tasks: the rest of the batch is
+                # not wanted either.
+                text = traceback.format_exc()
+                outcomes += [(False, exc, text)] * (len(tasks) - len(outcomes))
+                seconds += [time.perf_counter() - start] * (len(tasks) - len(seconds))
+                break
+            except BaseException as exc:  # each task's error goes back on its own
+                error = _with_read_only_hint(exc)
+                outcomes.append((False, error, traceback.format_exc()))
+            seconds.append(time.perf_counter() - start)
     # Drop the references to the memory-mapped data before replying, so that a
     # fold file removed by the client frees its memory as soon as possible.
     del tasks
     return _dumps((outcomes, seconds, socket.gethostname()))
+
+
+@contextlib.contextmanager
+def _interrupts_only_the_tasks():
+    """Let a SIGINT interrupt the tasks, and nothing the engine does after.
+
+    An engine handles every message with Python's default SIGINT handler, so
+    a signal that arrives while it unpacks a message or sends a reply breaks
+    that message: no reply ever comes and the client waits forever. Here the
+    tasks run under a handler that raises only until they end, and it stays
+    in place (ignoring the signal) while the reply is sent; the engine puts
+    its own handler back once the message is handled. Only then is the
+    client told, with a data message, that the engine may be signalled.
+    """
+    shell = _engine_shell()
+    if shell is None:
+        # Not on an engine (run in the client's own process): nothing to do.
+        yield
+        return
+    tasks_running = True
+
+    def interrupt_tasks(signum, frame):
+        if tasks_running:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt_tasks)
+    with contextlib.suppress(Exception):
+        shell.data_pub.publish_data({INTERRUPTIBLE: True})
+    try:
+        yield
+    finally:
+        tasks_running = False
+
+
+def _engine_shell():
+    """Return the engine's shell when this runs in its main thread, else None."""
+    ipython = sys.modules.get("IPython")  # always loaded on an engine
+    shell = ipython.get_ipython() if ipython is not None else None
+    if getattr(shell, "data_pub", None) is None:
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return shell
 
 
 def _with_read_only_hint(outcome):

@@ -371,13 +371,14 @@ def test_interrupted_search_resumes_from_its_checkpoint(client, tmp_path):
     report = interrupted.report().splitlines()
     assert report[0].endswith(", stopped")
     assert report[1].startswith("Rank 1: validation: ")
-    # A message that started an instant before the interrupt may still end
-    # its fit (see _stop_messages): wait for it, so that it is not counted
-    # as a fit of the next run.
+    # The interrupted messages reply a moment later: wait for idle engines,
+    # and check that no fit ended after the interrupt.
+    finished = len(_logged_fits(log_dir))
     deadline = time.monotonic() + 20
     while _busy_engines(client):
         assert time.monotonic() < deadline, "engines still busy after the interrupt"
         time.sleep(0.1)
+    assert len(_logged_fits(log_dir)) == finished
     saved = len(os.listdir(checkpoint_dir))
     assert 3 <= saved < n_fits
     assert oct(checkpoint_dir.stat().st_mode & 0o777) == "0o700"

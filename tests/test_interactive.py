@@ -153,11 +153,11 @@ def test_abort_stops_the_fits_and_the_next_fit_runs_only_the_rest(client, tmp_pa
         for s in range(N_SPLITS)
     )
     assert n_kept >= 4
-    # The engines are free again. (The interrupt of running fits is tested
-    # with fits long enough to tell in test_failures.py; a fit whose message
-    # started an instant before the abort may still end.)
+    # The engines are free again, and the fits that were running when the
+    # abort came were interrupted: none ends after it.
     _until(lambda: not _busy_engines(client), timeout=20, what="idle engines")
     before = len(_logged_fits(log_dir))
+    assert before == finished
     search.fit(X, y)
     assert len(_logged_fits(log_dir)) - before == n_fits - n_kept
     reference = GridSearchCV(estimator, grid, cv=KFold(N_SPLITS)).fit(X, y)
