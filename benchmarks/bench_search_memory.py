@@ -8,6 +8,9 @@ run by
 - sklearn's GridSearchCV under ipyparallel's own joblib backend,
 - sklearn_ipp's IPyParallelGridSearchCV,
 - sklearn's GridSearchCV under sklearn_ipp's joblib backend,
+- sklearn's GridSearchCV under dask's joblib backend with ``scatter=[X, y]``
+  on a ``distributed.LocalCluster`` of one single-threaded worker process per
+  worker (only when dask.distributed is installed: ``pip install distributed``),
 
 each on 2 and 4 workers or engines, each in a fresh process, after a fit on
 600 rows has started the workers and imported scikit-learn in them (``--cold``
@@ -39,6 +42,7 @@ SYSTEMS = (
     "ipyparallel-builtin",
     "sklearn_ipp",
     "sklearn on sklearn_ipp backend",
+    "dask scatter=[X, y]",
 )
 
 # DESIGN.md, measured on the same kind of machine: (wall s, peak extra x X).
@@ -121,13 +125,29 @@ def _run_child(system, n_workers, n_samples, n_features, cold):
     grid = {"alpha": [1e-4, 1e-3, 1e-2, 1e-1]}
     cv = KFold(3)
     cluster = client = None
-    if system != "loky":
+    if system.startswith("dask"):
+        from distributed import Client, LocalCluster
+        from joblib import parallel_backend
+
+        cluster = LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True
+        )
+        client = Client(cluster)
+        search = GridSearchCV(estimator, grid, cv=cv, n_jobs=n_workers)
+
+        def run(X, y):
+            with parallel_backend("dask", scatter=[X, y]):
+                search.fit(X, y)
+
+    elif system != "loky":
         import ipyparallel as ipp
 
         os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
         cluster = ipp.Cluster(n=n_workers, log_level=40)
         client = cluster.start_and_connect_sync()
-    if system == "loky":
+    if system.startswith("dask"):
+        pass  # set up above
+    elif system == "loky":
         search = GridSearchCV(estimator, grid, cv=cv, n_jobs=n_workers)
         run = search.fit
     elif system in ("ipyparallel-builtin", "sklearn on sklearn_ipp backend"):
@@ -172,10 +192,21 @@ def _run_child(system, n_workers, n_samples, n_features, cold):
         "x_mb": X.nbytes / 1e6,
         "best_score": float(search.best_score_),
     }
-    if client is not None:
+    if system.startswith("dask"):
+        client.close()
+        cluster.close()
+    elif client is not None:
         client.close()
         cluster.stop_cluster_sync()
     print(json.dumps(result))
+
+
+def _dask_installed():
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _machine():
@@ -222,9 +253,13 @@ def main(argv=None):
         f"scikit-learn {sklearn.__version__}, joblib {joblib.__version__}, "
         f"ipyparallel {ipyparallel.__version__}, sklearn_ipp {sklearn_ipp.__version__}"
     )
+    systems = list(args.systems)
+    if "dask scatter=[X, y]" in systems and not _dask_installed():
+        systems.remove("dask scatter=[X, y]")
+        print("dask.distributed is not installed: its rows show the anchors only")
     rows = []
     for n_workers in args.workers:
-        for system in args.systems:
+        for system in systems:
             completed = subprocess.run(
                 [
                     sys.executable,
@@ -261,8 +296,9 @@ def main(argv=None):
             f"{row['system']:<31} {row['workers']:>7} {row['wall']:>8.1f} "
             f"{row['peak_extra_x']:>10.2f}x {row['best_score']:>10.4f}   {anchor_text}"
         )
+    measured = {(row["system"], row["workers"]) for row in rows}
     for (system, workers), (wall, memory) in ANCHORS.items():
-        if system.startswith("dask"):
+        if system.startswith("dask") and (system, workers) not in measured:
             print(
                 f"{system + ' (anchor only)':<31} {workers:>7} {'':>8} {'':>11} "
                 f"{'':>10}   {wall:>11.1f} {memory:>9.1f}x"

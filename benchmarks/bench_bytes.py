@@ -1,0 +1,287 @@
+"""Bytes sent per fit and per host as X grows, side by side.
+
+A grid search of 2 candidates x ``KFold(3)`` (6 fits) of ``DummyClassifier``
+(whose fit and predict cost nothing, so that only the data movement counts)
+on X of 10 MB, 100 MB and 1 GB (float64, 125 features), on a cluster of two
+hosts: the client's own, with ``--engines`` engines, and a fake host with as
+many, which has its own hostname and a private /tmp and /dev/shm, so it does
+not see the client's files (made with ``unshare``; needs root, else only the
+client's host is used). Systems:
+
+- sklearn_ipp's IPyParallelGridSearchCV,
+- sklearn's GridSearchCV under sklearn_ipp's joblib backend,
+- sklearn's GridSearchCV under ipyparallel's own joblib backend (up to
+  ``--builtin-max-mb``: it sends X with every task, and its controller keeps
+  every message in memory).
+
+Measured in one run, each system and size in a fresh cluster:
+
+- bytes per fit: the task messages the client sends (``apply_request``
+  buffers, without the data files sent to other hosts), over the fits;
+- bytes per host: what the engines of each host read from their sockets
+  (``rchar`` of ``/proc/PID/io``, summed over the host's engines; memory
+  mapped files are not read through ``read`` and do not count).
+
+    python benchmarks/bench_bytes.py --sizes-mb 10 100 1000
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import psutil
+
+SYSTEMS = (
+    "sklearn_ipp",
+    "sklearn on sklearn_ipp backend",
+    "ipyparallel-builtin",
+)
+N_FEATURES = 125
+N_SPLITS = 3
+GRID = {"strategy": ["prior", "stratified"]}
+
+# A fake host: its own hostname, a private /tmp and /dev/shm; the engines
+# connect to the controller over loopback. Directories under /tmp that the
+# engines need (a virtualenv) are bound back in through /mnt.
+_FAKE_HOST_SCRIPT = """
+set -e
+hostname "$FAKE_HOSTNAME"
+mount --rbind /tmp /mnt
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /dev/shm
+for kept in $FAKE_HOST_KEEP; do
+    mkdir -p "$kept"
+    mount --bind "/mnt/${kept#/tmp/}" "$kept"
+done
+printf '%s' "$FAKE_HOST_ENGINE_FILE" > /tmp/engine.json
+export IPYTHONDIR=/tmp/ipython
+for i in $(seq "$FAKE_HOST_ENGINES"); do
+    "$FAKE_HOST_PYTHON" -m ipyparallel.engine --file=/tmp/engine.json \\
+        --log-level=40 &
+done
+wait
+"""
+
+
+_UNSHARE = ["unshare", "--uts", "--mount", "--propagation", "private"]
+
+
+def _can_fake_hosts():
+    return (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["unshare", "--uts", "--mount", "true"], capture_output=True
+        ).returncode
+        == 0
+    )
+
+
+@contextlib.contextmanager
+def _fake_host(cluster, client, n_engines):
+    engine_file = os.path.join(
+        cluster.profile_dir,
+        "security",
+        f"ipcontroller-{cluster.cluster_id}-engine.json",
+    )
+    with open(engine_file) as f:
+        engine_file_content = f.read()
+    kept = sorted(
+        {
+            "/tmp/" + path.split("/")[2]
+            for path in map(os.path.realpath, [sys.prefix, os.getcwd()])
+            if path.startswith("/tmp/")
+        }
+    )
+    before = len(client.ids)
+    process = subprocess.Popen(
+        [*_UNSHARE, "sh", "-c", _FAKE_HOST_SCRIPT],
+        env=dict(
+            os.environ,
+            FAKE_HOSTNAME="fakehost",
+            FAKE_HOST_KEEP=" ".join(kept),
+            FAKE_HOST_ENGINE_FILE=engine_file_content,
+            FAKE_HOST_ENGINES=str(n_engines),
+            FAKE_HOST_PYTHON=sys.executable,
+        ),
+        start_new_session=True,
+    )
+    try:
+        client.wait_for_engines(before + n_engines, timeout=120)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+class _TaskBytes:
+    """Count the bytes of the client's ``apply_request`` messages."""
+
+    def __init__(self, session):
+        self.task_bytes = self.data_bytes = self.messages = 0
+        original = session.send
+
+        def send(stream, msg_or_type, *args, **kwargs):
+            buffers = kwargs.get("buffers") or []
+            if msg_or_type == "apply_request" and buffers:
+                nbytes = sum(memoryview(b).nbytes for b in buffers)
+                # The first buffer holds the pickled function.
+                if b"receive_chunk" in bytes(memoryview(buffers[0])[:4096]):
+                    self.data_bytes += nbytes
+                else:
+                    self.task_bytes += nbytes
+                    self.messages += 1
+            return original(stream, msg_or_type, *args, **kwargs)
+
+        session.send = send
+
+
+def _read_bytes(pid):
+    with open(f"/proc/{pid}/io") as f:
+        return int(next(line for line in f if line.startswith("rchar")).split()[1])
+
+
+def _run_child(system, size_mb, n_engines, fake_host):
+    import ipyparallel as ipp
+    from joblib import parallel_backend
+    from sklearn.dummy import DummyClassifier
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    import sklearn_ipp
+
+    n_samples = int(size_mb * 1e6 / (N_FEATURES * 8))
+    rng = np.random.RandomState(0)
+    X = rng.standard_normal((n_samples, N_FEATURES))
+    y = rng.randint(0, 2, size=n_samples)
+    os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
+    cluster = ipp.Cluster(n=n_engines, log_level=40)
+    client = cluster.start_and_connect_sync()
+    client.wait_for_engines(n_engines, timeout=120)
+    with contextlib.ExitStack() as stack:
+        if fake_host:
+            stack.enter_context(_fake_host(cluster, client, n_engines))
+        engines = client[:].apply_sync(lambda: (socket.gethostname(), os.getpid()))
+        # Import scikit-learn on every engine first: not part of the count.
+        client[:].apply_sync(__import__, "sklearn.model_selection")
+        estimator = DummyClassifier(random_state=0)
+        if system == "sklearn_ipp":
+            search = sklearn_ipp.IPyParallelGridSearchCV(
+                estimator, GRID, cv=KFold(N_SPLITS), refit=False, client=client
+            )
+            run = search.fit
+        else:
+            if system == "ipyparallel-builtin":
+                client.load_balanced_view().register_joblib_backend()
+            else:
+                sklearn_ipp.register_backend(client=client)
+            search = GridSearchCV(
+                estimator, GRID, cv=KFold(N_SPLITS), refit=False, n_jobs=-1
+            )
+
+            def run(X, y):
+                with parallel_backend("ipyparallel"):
+                    search.fit(X, y)
+
+        counter = _TaskBytes(client.session)
+        before = {pid: _read_bytes(pid) for _, pid in engines}
+        start = time.perf_counter()
+        run(X, y)
+        wall = time.perf_counter() - start
+        per_host = {}
+        for host, pid in engines:
+            per_host[host] = per_host.get(host, 0) + _read_bytes(pid) - before[pid]
+    n_fits = len(search.cv_results_["params"]) * N_SPLITS
+    client.close()
+    cluster.stop_cluster_sync()
+    print(
+        json.dumps(
+            {
+                "system": system,
+                "x_mb": X.nbytes / 1e6,
+                "fits": n_fits,
+                "messages": counter.messages,
+                "bytes_per_fit": counter.task_bytes / n_fits,
+                "data_sent": counter.data_bytes,
+                "client_host": per_host.pop(socket.gethostname(), 0),
+                "other_host": per_host.pop("fakehost", None),
+                "wall": wall,
+            }
+        )
+    )
+
+
+def _mb(nbytes):
+    return "-" if nbytes is None else f"{nbytes / 1e6:,.1f}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes-mb", type=float, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--engines", type=int, default=2, help="engines per host")
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument(
+        "--builtin-max-mb",
+        type=float,
+        default=100,
+        help="largest X for ipyparallel's own backend",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--fake-host", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _run_child(args.child, args.sizes_mb[0], args.engines, args.fake_host)
+        return
+
+    fake_host = _can_fake_hosts()
+    hosts = f" and {args.engines} on a fake host" if fake_host else " (one host)"
+    print(
+        f"{platform.node()}: {psutil.cpu_count()} CPUs, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python "
+        f"{platform.python_version()}; {args.engines} engines on the client's host"
+        + hosts
+    )
+    rows = []
+    for size_mb in args.sizes_mb:
+        for system in args.systems:
+            if system == "ipyparallel-builtin" and size_mb > args.builtin_max_mb:
+                continue
+            command = [sys.executable, __file__, "--child", system]
+            command += ["--sizes-mb", str(size_mb), "--engines", str(args.engines)]
+            command += ["--fake-host"] if fake_host else []
+            completed = subprocess.run(command, capture_output=True, text=True)
+            if completed.returncode != 0:
+                print(completed.stderr, file=sys.stderr)
+                raise SystemExit(f"{system} with X of {size_mb} MB failed")
+            rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+            print(f"  done: {system}, {size_mb} MB", file=sys.stderr)
+    print(
+        f"\n{'system':<31} {'X MB':>6} {'msgs':>5} {'KB per fit':>10} "
+        f"{'data sent MB':>12} {'client host MB':>14} {'other host MB':>13} "
+        f"{'wall s':>7}"
+    )
+    print("-" * 106)
+    for row in rows:
+        print(
+            f"{row['system']:<31} {row['x_mb']:>6.0f} {row['messages']:>5} "
+            f"{row['bytes_per_fit'] / 1e3:>10,.1f} {_mb(row['data_sent']):>12} "
+            f"{_mb(row['client_host']):>14} {_mb(row['other_host']):>13} "
+            f"{row['wall']:>7.1f}"
+        )
+    print(
+        "\ndata sent: the stored splits the client sends to hosts that do not see"
+        " its files; client/other host: what the engines of each host read from"
+        " their sockets"
+    )
+
+
+if __name__ == "__main__":
+    main()
