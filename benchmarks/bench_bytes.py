@@ -17,10 +17,12 @@ client's host is used). Systems:
 Measured in one run, each system and size in a fresh cluster:
 
 - bytes per fit: the task messages the client sends (``apply_request``
-  buffers, without the data files sent to other hosts), over the fits;
-- bytes per host: what the engines of each host read from their sockets
-  (``rchar`` of ``/proc/PID/io``, summed over the host's engines; memory
-  mapped files are not read through ``read`` and do not count).
+  buffers; not sklearn_ipp's data transfers, probes and clean-ups), over
+  the fits;
+- bytes per host: every byte that went to the fake host during ``fit``:
+  it has its own network namespace, joined to the client's host by a veth
+  pair whose counter is read before and after (data, task messages, and the
+  cluster's own traffic such as heartbeats).
 
     python benchmarks/bench_bytes.py --sizes-mb 10 100 1000
 """
@@ -31,7 +33,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -75,14 +76,46 @@ wait
 _UNSHARE = ["unshare", "--uts", "--mount", "--propagation", "private"]
 
 
+# The fake host's network: a namespace joined to the client's by a veth pair,
+# whose counters give the bytes that went to that host.
+_NETNS = "sklearn-ipp-bench"
+_HOST_SIDE, _FAKE_SIDE = "skipp-bench0", "skipp-bench1"
+_HOST_ADDRESS, _FAKE_ADDRESS = "10.213.7.1", "10.213.7.2"
+
+
 def _can_fake_hosts():
-    return (
-        os.geteuid() == 0
-        and subprocess.run(
-            ["unshare", "--uts", "--mount", "true"], capture_output=True
-        ).returncode
-        == 0
+    if os.geteuid() != 0:
+        return False
+    checks = (["unshare", "--uts", "--mount", "true"], ["ip", "netns", "list"])
+    return all(
+        subprocess.run(check, capture_output=True).returncode == 0 for check in checks
     )
+
+
+@contextlib.contextmanager
+def _fake_network():
+    """Make the fake host's network namespace; remove it afterwards."""
+    commands = [
+        f"ip netns add {_NETNS}",
+        f"ip link add {_HOST_SIDE} type veth peer name {_FAKE_SIDE}",
+        f"ip link set {_FAKE_SIDE} netns {_NETNS}",
+        f"ip addr add {_HOST_ADDRESS}/30 dev {_HOST_SIDE}",
+        f"ip link set {_HOST_SIDE} up",
+        f"ip netns exec {_NETNS} ip addr add {_FAKE_ADDRESS}/30 dev {_FAKE_SIDE}",
+        f"ip netns exec {_NETNS} ip link set {_FAKE_SIDE} up",
+        f"ip netns exec {_NETNS} ip link set lo up",
+    ]
+    try:
+        for command in commands:
+            subprocess.run(command.split(), check=True)
+        yield
+    finally:
+        subprocess.run(["ip", "netns", "del", _NETNS], capture_output=True)
+
+
+def _bytes_to_fake_host():
+    with open(f"/sys/class/net/{_HOST_SIDE}/statistics/tx_bytes") as f:
+        return int(f.read())
 
 
 @contextlib.contextmanager
@@ -103,7 +136,7 @@ def _fake_host(cluster, client, n_engines):
     )
     before = len(client.ids)
     process = subprocess.Popen(
-        [*_UNSHARE, "sh", "-c", _FAKE_HOST_SCRIPT],
+        ["ip", "netns", "exec", _NETNS, *_UNSHARE, "sh", "-c", _FAKE_HOST_SCRIPT],
         env=dict(
             os.environ,
             FAKE_HOSTNAME="fakehost",
@@ -131,13 +164,21 @@ class _TaskBytes:
         original = session.send
 
         def send(stream, msg_or_type, *args, **kwargs):
+            msg_type = (
+                msg_or_type.get("msg_type")
+                if isinstance(msg_or_type, dict)
+                else msg_or_type
+            )
             buffers = kwargs.get("buffers") or []
-            if msg_or_type == "apply_request" and buffers:
+            if msg_type == "apply_request" and buffers:
                 nbytes = sum(memoryview(b).nbytes for b in buffers)
-                # The first buffer holds the pickled function.
-                if b"receive_chunk" in bytes(memoryview(buffers[0])[:4096]):
+                # The first buffer holds the pickled function: sklearn_ipp's
+                # data transfers and its own probes and clean-ups are told
+                # apart from the tasks by its name.
+                function = bytes(memoryview(buffers[0])[:4096])
+                if b"receive_chunk" in function:
                     self.data_bytes += nbytes
-                else:
+                elif b"sklearn_ipp" not in function or b"run_batch" in function:
                     self.task_bytes += nbytes
                     self.messages += 1
             return original(stream, msg_or_type, *args, **kwargs)
@@ -145,9 +186,8 @@ class _TaskBytes:
         session.send = send
 
 
-def _read_bytes(pid):
-    with open(f"/proc/{pid}/io") as f:
-        return int(next(line for line in f if line.startswith("rchar")).split()[1])
+def _import_sklearn():
+    import sklearn.model_selection  # noqa: F401
 
 
 def _run_child(system, size_mb, n_engines, fake_host):
@@ -163,15 +203,26 @@ def _run_child(system, size_mb, n_engines, fake_host):
     X = rng.standard_normal((n_samples, N_FEATURES))
     y = rng.randint(0, 2, size=n_samples)
     os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
-    cluster = ipp.Cluster(n=n_engines, log_level=40)
+    stack = contextlib.ExitStack()
+    if fake_host:
+        # The controller listens on every address; engines reach it on the
+        # client's end of the fake host's network.
+        stack.enter_context(_fake_network())
+        cluster = ipp.Cluster(
+            n=n_engines,
+            log_level=40,
+            controller_ip="*",
+            controller_location=_HOST_ADDRESS,
+        )
+    else:
+        cluster = ipp.Cluster(n=n_engines, log_level=40)
     client = cluster.start_and_connect_sync()
     client.wait_for_engines(n_engines, timeout=120)
-    with contextlib.ExitStack() as stack:
+    with stack:
         if fake_host:
             stack.enter_context(_fake_host(cluster, client, n_engines))
-        engines = client[:].apply_sync(lambda: (socket.gethostname(), os.getpid()))
         # Import scikit-learn on every engine first: not part of the count.
-        client[:].apply_sync(__import__, "sklearn.model_selection")
+        client[:].apply_sync(_import_sklearn)
         estimator = DummyClassifier(random_state=0)
         if system == "sklearn_ipp":
             search = sklearn_ipp.IPyParallelGridSearchCV(
@@ -192,16 +243,14 @@ def _run_child(system, size_mb, n_engines, fake_host):
                     search.fit(X, y)
 
         counter = _TaskBytes(client.session)
-        before = {pid: _read_bytes(pid) for _, pid in engines}
+        before = _bytes_to_fake_host() if fake_host else None
         start = time.perf_counter()
         run(X, y)
         wall = time.perf_counter() - start
-        per_host = {}
-        for host, pid in engines:
-            per_host[host] = per_host.get(host, 0) + _read_bytes(pid) - before[pid]
-    n_fits = len(search.cv_results_["params"]) * N_SPLITS
-    client.close()
-    cluster.stop_cluster_sync()
+        to_fake_host = _bytes_to_fake_host() - before if fake_host else None
+        n_fits = len(search.cv_results_["params"]) * N_SPLITS
+        client.close()
+        cluster.stop_cluster_sync()
     print(
         json.dumps(
             {
@@ -211,12 +260,37 @@ def _run_child(system, size_mb, n_engines, fake_host):
                 "messages": counter.messages,
                 "bytes_per_fit": counter.task_bytes / n_fits,
                 "data_sent": counter.data_bytes,
-                "client_host": per_host.pop(socket.gethostname(), 0),
-                "other_host": per_host.pop("fakehost", None),
+                "other_host": to_fake_host,
                 "wall": wall,
             }
         )
     )
+
+
+def _plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (per_fit, per_host) = plt.subplots(1, 2, figsize=(10, 4))
+    for system in dict.fromkeys(row["system"] for row in rows):
+        mine = [row for row in rows if row["system"] == system]
+        sizes = [row["x_mb"] for row in mine]
+        kb_per_fit = [row["bytes_per_fit"] / 1e3 for row in mine]
+        per_fit.plot(sizes, kb_per_fit, "o-", label=system)
+        if mine[0]["other_host"] is not None:
+            received = [r["other_host"] / 1e6 for r in mine]
+            per_host.plot(sizes, received, "o-", label=system)
+    for ax, title in (
+        (per_fit, "task messages, KB per fit"),
+        (per_host, "received by a host without the store, MB"),
+    ):
+        ax.set(xscale="log", yscale="log", xlabel="size of X, MB", title=title)
+        ax.grid(True, which="both", alpha=0.3)
+    per_fit.legend()
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def _mb(nbytes):
@@ -234,6 +308,7 @@ def main(argv=None):
         default=100,
         help="largest X for ipyparallel's own backend",
     )
+    parser.add_argument("--plot", help="also draw the results into this PNG file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--fake-host", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -265,21 +340,23 @@ def main(argv=None):
             print(f"  done: {system}, {size_mb} MB", file=sys.stderr)
     print(
         f"\n{'system':<31} {'X MB':>6} {'msgs':>5} {'KB per fit':>10} "
-        f"{'data sent MB':>12} {'client host MB':>14} {'other host MB':>13} "
+        f"{'data sent MB':>12} {'to other host MB':>16} "
         f"{'wall s':>7}"
     )
-    print("-" * 106)
+    print("-" * 97)
     for row in rows:
         print(
             f"{row['system']:<31} {row['x_mb']:>6.0f} {row['messages']:>5} "
             f"{row['bytes_per_fit'] / 1e3:>10,.1f} {_mb(row['data_sent']):>12} "
-            f"{_mb(row['client_host']):>14} {_mb(row['other_host']):>13} "
+            f"{_mb(row['other_host']):>16} "
             f"{row['wall']:>7.1f}"
         )
+    if args.plot:
+        _plot(rows, args.plot)
     print(
         "\ndata sent: the stored splits the client sends to hosts that do not see"
-        " its files; client/other host: what the engines of each host read from"
-        " their sockets"
+        " its files; to other host: every byte that went over the other host's"
+        " network link during fit"
     )
 
 
