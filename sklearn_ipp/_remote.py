@@ -112,8 +112,9 @@ def _interrupts_only_the_tasks():
     that message: no reply ever comes and the client waits forever. Here the
     tasks run under a handler that raises only until they end, and it stays
     in place (ignoring the signal) while the reply is sent; the engine puts
-    its own handler back once the message is handled. Only then is the
-    client told, with a data message, that the engine may be signalled.
+    its own handler back once the message is handled. Once the handler is
+    in place, a data message tells the client that this engine may be
+    signalled: it signals no engine before.
     """
     shell = _engine_shell()
     if shell is None:
