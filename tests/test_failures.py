@@ -215,6 +215,9 @@ def test_engines_started_during_a_search_get_tasks(cluster, client, tmp_path):
     try:
         ours = IPyParallelGridSearchCV(estimator, grid, cv=4, client=client).fit(X, y)
         starter.join()
+        # The search can end as soon as one new engine did a fit, before the
+        # other has registered.
+        client.wait_for_engines(len(ids_before) + 2, timeout=60)
         new_ids = sorted(set(client.ids) - ids_before)
         assert len(new_ids) == 2
         new_pids = set(client[new_ids].apply_sync(os.getpid))
