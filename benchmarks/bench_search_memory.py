@@ -37,12 +37,13 @@ import time
 import numpy as np
 import psutil
 
+DASK = "dask scatter=[X, y]"
 SYSTEMS = (
     "loky",
     "ipyparallel-builtin",
     "sklearn_ipp",
     "sklearn on sklearn_ipp backend",
-    "dask scatter=[X, y]",
+    DASK,
 )
 
 # DESIGN.md, measured on the same kind of machine: (wall s, peak extra x X).
@@ -51,8 +52,8 @@ ANCHORS = {
     ("loky", 4): (14.0, 6.1),
     ("ipyparallel-builtin", 2): (46.2, 14.5),
     ("ipyparallel-builtin", 4): (53.9, 21.1),
-    ("dask scatter=[X, y]", 2): (9.9, 4.1),
-    ("dask scatter=[X, y]", 4): (14.6, 8.1),
+    (DASK, 2): (9.9, 4.1),
+    (DASK, 4): (14.6, 8.1),
 }
 TARGET = (
     "targets: sklearn_ipp <= 1.5 x X, its backend <= 2 x X, both flat in engines"
@@ -124,8 +125,7 @@ def _run_child(system, n_workers, n_samples, n_features, cold):
     estimator = SGDClassifier(max_iter=5, tol=None, random_state=0)
     grid = {"alpha": [1e-4, 1e-3, 1e-2, 1e-1]}
     cv = KFold(3)
-    cluster = client = None
-    if system.startswith("dask"):
+    if system == DASK:
         from distributed import Client, LocalCluster
         from joblib import parallel_backend
 
@@ -139,37 +139,45 @@ def _run_child(system, n_workers, n_samples, n_features, cold):
             with parallel_backend("dask", scatter=[X, y]):
                 search.fit(X, y)
 
-    elif system != "loky":
+        def stop_cluster():
+            client.close()
+            cluster.close()
+
+    elif system == "loky":
+        search = GridSearchCV(estimator, grid, cv=cv, n_jobs=n_workers)
+        run = search.fit
+        stop_cluster = None
+    else:
         import ipyparallel as ipp
 
         os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
         cluster = ipp.Cluster(n=n_workers, log_level=40)
         client = cluster.start_and_connect_sync()
-    if system.startswith("dask"):
-        pass  # set up above
-    elif system == "loky":
-        search = GridSearchCV(estimator, grid, cv=cv, n_jobs=n_workers)
-        run = search.fit
-    elif system in ("ipyparallel-builtin", "sklearn on sklearn_ipp backend"):
-        from joblib import parallel_backend
 
-        if system == "ipyparallel-builtin":
-            client.load_balanced_view().register_joblib_backend()
+        def stop_cluster():
+            client.close()
+            cluster.stop_cluster_sync()
+
+        if system == "sklearn_ipp":
+            from sklearn_ipp import IPyParallelGridSearchCV
+
+            search = IPyParallelGridSearchCV(estimator, grid, cv=cv, client=client)
+            run = search.fit
         else:
-            import sklearn_ipp  # registers its own "ipyparallel" backend
+            from joblib import parallel_backend
 
-            sklearn_ipp.register_backend(client=client)
-        search = GridSearchCV(estimator, grid, cv=cv, n_jobs=n_workers)
+            if system == "ipyparallel-builtin":
+                client.load_balanced_view().register_joblib_backend()
+            else:
+                import sklearn_ipp  # registers its own "ipyparallel" backend
 
-        def run(X, y):
-            with parallel_backend("ipyparallel"):
-                search.fit(X, y)
+                sklearn_ipp.register_backend(client=client)
+            search = GridSearchCV(estimator, grid, cv=cv, n_jobs=n_workers)
 
-    else:
-        from sklearn_ipp import IPyParallelGridSearchCV
+            def run(X, y):
+                with parallel_backend("ipyparallel"):
+                    search.fit(X, y)
 
-        search = IPyParallelGridSearchCV(estimator, grid, cv=cv, client=client)
-        run = search.fit
     if not cold:
         # Start worker pools and import scikit-learn everywhere first, so that
         # the numbers count what each system does with the data; a cold run
@@ -192,12 +200,8 @@ def _run_child(system, n_workers, n_samples, n_features, cold):
         "x_mb": X.nbytes / 1e6,
         "best_score": float(search.best_score_),
     }
-    if system.startswith("dask"):
-        client.close()
-        cluster.close()
-    elif client is not None:
-        client.close()
-        cluster.stop_cluster_sync()
+    if stop_cluster is not None:
+        stop_cluster()
     print(json.dumps(result))
 
 
@@ -254,8 +258,8 @@ def main(argv=None):
         f"ipyparallel {ipyparallel.__version__}, sklearn_ipp {sklearn_ipp.__version__}"
     )
     systems = list(args.systems)
-    if "dask scatter=[X, y]" in systems and not _dask_installed():
-        systems.remove("dask scatter=[X, y]")
+    if DASK in systems and not _dask_installed():
+        systems.remove(DASK)
         print("dask.distributed is not installed: its rows show the anchors only")
     rows = []
     for n_workers in args.workers:
@@ -298,7 +302,7 @@ def main(argv=None):
         )
     measured = {(row["system"], row["workers"]) for row in rows}
     for (system, workers), (wall, memory) in ANCHORS.items():
-        if system.startswith("dask") and (system, workers) not in measured:
+        if system == DASK and (system, workers) not in measured:
             print(
                 f"{system + ' (anchor only)':<31} {workers:>7} {'':>8} {'':>11} "
                 f"{'':>10}   {wall:>11.1f} {memory:>9.1f}x"
