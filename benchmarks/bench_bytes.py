@@ -203,22 +203,16 @@ def _run_child(system, size_mb, n_engines, fake_host):
     X = rng.standard_normal((n_samples, N_FEATURES))
     y = rng.randint(0, 2, size=n_samples)
     os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
-    stack = contextlib.ExitStack()
-    if fake_host:
-        # The controller listens on every address; engines reach it on the
-        # client's end of the fake host's network.
-        stack.enter_context(_fake_network())
-        cluster = ipp.Cluster(
-            n=n_engines,
-            log_level=40,
-            controller_ip="*",
-            controller_location=_HOST_ADDRESS,
-        )
-    else:
-        cluster = ipp.Cluster(n=n_engines, log_level=40)
-    client = cluster.start_and_connect_sync()
-    client.wait_for_engines(n_engines, timeout=120)
-    with stack:
+    with contextlib.ExitStack() as stack:
+        network = {}
+        if fake_host:
+            stack.enter_context(_fake_network())
+            # The controller listens on every address; engines reach it on
+            # the client's end of the fake host's network.
+            network = {"controller_ip": "*", "controller_location": _HOST_ADDRESS}
+        cluster = ipp.Cluster(n=n_engines, log_level=40, **network)
+        client = cluster.start_and_connect_sync()
+        client.wait_for_engines(n_engines, timeout=120)
         if fake_host:
             stack.enter_context(_fake_host(cluster, client, n_engines))
         # Import scikit-learn on every engine first: not part of the count.
