@@ -48,7 +48,7 @@ from ._cluster import resolve_cluster
 from ._exceptions import EngineLostError
 from ._hosts import EngineRoster
 from ._pickling import dumps
-from ._remote import INTERRUPTIBLE, UNPICKLING_FAILED, run_batch
+from ._remote import INTERRUPTIBLE, STOP_SIGNAL, UNPICKLING_FAILED, run_batch
 from ._store import MMAP_MIN_BYTES, RowRange, Store, content_hash
 
 __all__ = ["ClusterBackend"]
@@ -1000,16 +1000,18 @@ class _OwnedResources:
 
 
 def _stop_messages(async_results):
-    """Abort messages still queued; interrupt the engines running the others.
+    """Abort messages still queued; stop the tasks of those running.
 
-    An engine is signalled only once its message has published
-    ``INTERRUPTIBLE`` (see ``run_batch``): a signal that reaches an engine as
-    it unpacks a message or sends a reply breaks that message, and the
-    controller then waits forever for its reply. A message that has just
-    reached its engine says so within milliseconds, so stopping waits up to
-    ``STOP_WAIT_SECONDS`` for the messages neither finished nor signalled,
-    which also lets the queued ones come back aborted. The signal is sent
-    blocking: sent late, it could reach the engine's next message.
+    Every engine is told to abort the pending messages (ipyparallel's abort,
+    which records them on the engine), and once an engine has confirmed it,
+    the engines known to run one of them get ``STOP_SIGNAL``, whose handler
+    stops the tasks of aborted messages only (see ``run_batch``). The engine
+    of a message is known once the message has published ``INTERRUPTIBLE``:
+    one that has just reached its engine does so within milliseconds, so
+    stopping waits up to ``STOP_WAIT_SECONDS`` for the messages neither
+    finished nor signalled, which also lets the queued ones come back
+    aborted. It waits for the signals to be sent, so that no task of these
+    messages ends once it returns.
     """
     pending = [
         async_result for async_result in async_results if not async_result.done()
@@ -1017,16 +1019,25 @@ def _stop_messages(async_results):
     if not pending:
         return
     client = pending[0]._client
-    # Engines that are gone, or messages just finished: nothing left to stop.
-    with contextlib.suppress(Exception):
-        client.abort(pending, block=False)
     deadline = time.monotonic() + STOP_WAIT_SECONDS
+    aborted = {}
+    for engine_id in client.ids:
+        # An engine gone or going: nothing of these messages left to stop.
+        with contextlib.suppress(Exception):
+            aborted[engine_id] = client.abort(pending, targets=[engine_id], block=False)
     while pending:
-        running = [ar for ar in pending if _is_interruptible(ar)]
+        running = [
+            ar
+            for ar in pending
+            if _is_interruptible(ar)
+            and ar.engine_id in aborted
+            and aborted[ar.engine_id].done()
+        ]
         engines = sorted({ar.engine_id for ar in running})
         if engines:
             with contextlib.suppress(Exception):
-                client.send_signal("SIGINT", targets=engines, block=True)
+                sent = client.send_signal(STOP_SIGNAL, targets=engines, block=False)
+                sent.result(timeout=max(deadline - time.monotonic(), 0.1))
         pending = [ar for ar in pending if ar not in running and not ar.done()]
         if time.monotonic() > deadline:
             break

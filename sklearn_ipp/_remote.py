@@ -31,6 +31,7 @@ from ._store import (
 __all__ = [
     "INTERRUPTIBLE",
     "READ_ONLY_HINT",
+    "STOP_SIGNAL",
     "UNPICKLING_FAILED",
     "make_host_store",
     "receive_chunk",
@@ -51,9 +52,19 @@ READ_ONLY_HINT = (
 )
 _READ_ONLY_MESSAGES = ("read-only", "not writeable")
 
-# Published (ipyparallel's data_message) by run_batch once a SIGINT can only
-# interrupt its tasks: the client signals an engine only after seeing it.
+# Published (ipyparallel's data_message) by run_batch once its tasks can be
+# stopped: the client signals an engine only after seeing it.
 INTERRUPTIBLE = "sklearn_ipp_interruptible"
+
+# The signal that stops the tasks of an aborted message. Not SIGINT: ipykernel
+# sets Python's default SIGINT handler around every message it handles, so a
+# SIGINT that comes a moment late breaks the engine's next message, which then
+# never replies. ipykernel leaves this one alone, and the handler below, once
+# installed, stays for the life of the engine.
+STOP_SIGNAL = "SIGUSR1"
+
+# The message whose tasks run now, as (kernel, msg_id); None between tasks.
+_running_message = None
 
 
 def run_batch(payload):
@@ -72,6 +83,8 @@ def run_batch(payload):
         ``(False, exception, traceback_text)`` per task, the time each task
         took, and this engine's hostname; or ``(UNPICKLING_FAILED, exception,
         traceback_text, hostname)`` when the tasks could not be unpickled.
+        Tasks stopped because the client aborted this message end with a
+        ``KeyboardInterrupt``.
     """
     try:
         tasks = pickle.loads(payload)
@@ -80,14 +93,16 @@ def run_batch(payload):
             (UNPICKLING_FAILED, exc, traceback.format_exc(), socket.gethostname())
         )
     outcomes, seconds = [], []
-    with _interrupts_only_the_tasks():
+    with _stoppable_tasks() as aborted:
         for function, args, kwargs in tasks:
             start = time.perf_counter()
             try:
+                if aborted():
+                    raise KeyboardInterrupt("the client aborted these tasks")
                 result = function(*args, **kwargs)
                 outcomes.append((True, _with_read_only_hint(result)))
             except KeyboardInterrupt as exc:
-                # The client interrupted its tasks: the rest of the batch is
+                # The client stopped this message: the rest of its tasks are
                 # not wanted either.
                 text = traceback.format_exc()
                 outcomes += [(False, exc, text)] * (len(tasks) - len(outcomes))
@@ -104,47 +119,64 @@ def run_batch(payload):
 
 
 @contextlib.contextmanager
-def _interrupts_only_the_tasks():
-    """Let a SIGINT interrupt the tasks, and nothing the engine does after.
+def _stoppable_tasks():
+    """Let the client stop the tasks of this message, and nothing else.
 
-    An engine handles every message with Python's default SIGINT handler, so
-    a signal that arrives while it unpacks a message or sends a reply breaks
-    that message: no reply ever comes and the client waits forever. Here the
-    tasks run under a handler that raises only until they end, and it stays
-    in place (ignoring the signal) while the reply is sent; the engine puts
-    its own handler back once the message is handled. Once the handler is
-    in place, a data message tells the client that this engine may be
-    signalled: it signals no engine before.
+    The client stops a message by aborting it (ipyparallel's abort_request,
+    which the engine records in its kernel's ``aborted`` set) and then sending
+    ``STOP_SIGNAL``. The handler raises ``KeyboardInterrupt`` only while the
+    tasks of an aborted message run, so a signal that comes late, between
+    messages or during another message, does nothing. Yield a function that
+    tells whether this message was aborted, for the tasks not started yet.
     """
-    shell = _engine_shell()
-    if shell is None:
-        # Not on an engine (run in the client's own process): nothing to do.
-        yield
+    global _running_message
+    message = _this_message()
+    if message is None:
+        # Not on an engine, or no way to know: the tasks cannot be stopped.
+        yield lambda: False
         return
-    tasks_running = True
-
-    def interrupt_tasks(signum, frame):
-        if tasks_running:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt_tasks)
+    kernel, msg_id = message
+    signal.signal(getattr(signal, STOP_SIGNAL), _stop_aborted_tasks)
     with contextlib.suppress(Exception):
-        shell.data_pub.publish_data({INTERRUPTIBLE: True})
+        kernel.shell.data_pub.publish_data({INTERRUPTIBLE: True})
     try:
-        yield
+        _running_message = message
+        yield lambda: msg_id in kernel.aborted
     finally:
-        tasks_running = False
+        _running_message = None
+        # ipyparallel removes an aborted message's id from the set only when
+        # the message arrives; this one has arrived.
+        kernel.aborted.discard(msg_id)
 
 
-def _engine_shell():
-    """Return the engine's shell when this runs in its main thread, else None."""
-    ipython = sys.modules.get("IPython")  # always loaded on an engine
-    shell = ipython.get_ipython() if ipython is not None else None
-    if getattr(shell, "data_pub", None) is None:
-        return None
+def _stop_aborted_tasks(signum, frame):
+    message = _running_message
+    if message is not None and message[1] in message[0].aborted:
+        raise KeyboardInterrupt("the client aborted these tasks")
+
+
+def _this_message():
+    """Return ``(kernel, msg_id)`` of the message this engine runs, else None.
+
+    None when this does not run in an engine's main thread (for instance in
+    the client's own process), or when the engine cannot be signalled.
+    """
+    if not hasattr(signal, STOP_SIGNAL):
+        return None  # Windows
     if threading.current_thread() is not threading.main_thread():
         return None
-    return shell
+    ipython = sys.modules.get("IPython")  # always loaded on an engine
+    shell = ipython.get_ipython() if ipython is not None else None
+    kernel = getattr(shell, "kernel", None)
+    if getattr(shell, "data_pub", None) is None or kernel is None:
+        return None
+    if not isinstance(getattr(kernel, "aborted", None), set):
+        return None
+    try:
+        msg_id = kernel.get_parent("shell")["header"]["msg_id"]
+    except Exception:
+        return None
+    return kernel, msg_id
 
 
 def _with_read_only_hint(outcome):

@@ -232,6 +232,45 @@ def client(cluster):
     client.close()
 
 
+@pytest.fixture(autouse=True)
+def _engines_idle_after_test(request):
+    """Fail the test that leaves the controller waiting on a message.
+
+    A message whose reply never comes keeps its engine busy for the
+    load-balancing scheduler forever, and every later search waits on it:
+    the test that caused it must fail, not the ones that hang after it.
+    """
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    client = request.getfixturevalue("client")
+    yield
+    deadline = time.monotonic() + 30
+    while True:
+        status = client.queue_status()
+        # The controller keeps listing dead engines, with their last tasks.
+        busy = {
+            engine: counts
+            for engine, counts in status.items()
+            if engine in client.ids and (counts["queue"] or counts["tasks"])
+        }
+        if not busy and not status.get("unassigned"):
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    verbose = client.queue_status(verbose=True)
+    outstanding = {
+        engine: {"queue": value["queue"], "tasks": value["tasks"]}
+        for engine, value in verbose.items()
+        if engine in client.ids
+    }
+    pytest.fail(
+        "The controller still waits on messages 30 s after the test: "
+        f"{outstanding}, unassigned {verbose.get('unassigned')}"
+    )
+
+
 @pytest.fixture
 def lbview(client):
     """A load-balanced view over every engine of the session cluster."""

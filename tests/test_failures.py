@@ -6,12 +6,14 @@ cluster back to ``N_ENGINES`` engines before it ends.
 
 import json
 import os
+import pickle
 import signal
 import textwrap
 import threading
 import time
 import uuid
 
+import cloudpickle
 import numpy as np
 import psutil
 import pytest
@@ -22,6 +24,7 @@ from sklearn.model_selection import GridSearchCV
 
 from sklearn_ipp import EngineLostError, IPyParallelGridSearchCV
 from sklearn_ipp._backend import ClusterBackend
+from sklearn_ipp._remote import STOP_SIGNAL, run_batch
 
 from ._sklearn_compare import assert_same_search
 from .conftest import N_ENGINES
@@ -259,6 +262,23 @@ def _busy_engines(client):
         for engine_id, queue in status.items()
         if engine_id != "unassigned" and (queue["queue"] or queue["tasks"])
     }
+
+
+def test_a_stop_signal_stops_no_message_that_was_not_aborted(client):
+    # A stop signal can reach an engine late: after the message it was meant
+    # for has ended, as the engine unpacks its next message or replies. It
+    # must leave those messages alone, each of which must still reply.
+    engine = client.ids[0]
+    view = client[engine]
+    payload = cloudpickle.dumps([(time.sleep, (0.002,), {})])
+    view.apply_sync(run_batch, payload)  # the engine has its handler from now on
+    replies = []
+    for _ in range(100):
+        replies.append(view.apply_async(run_batch, payload))
+        client.send_signal(STOP_SIGNAL, targets=[engine], block=True)
+    for reply in replies:
+        outcomes, _, _ = pickle.loads(reply.get(timeout=30))
+        assert outcomes == [(True, None)]
 
 
 def test_keyboard_interrupt_stops_the_fits_and_frees_the_engines(client, tmp_path):
