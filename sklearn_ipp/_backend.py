@@ -48,7 +48,13 @@ from ._cluster import resolve_cluster
 from ._exceptions import EngineLostError
 from ._hosts import EngineRoster
 from ._pickling import dumps
-from ._remote import INTERRUPTIBLE, STOP_SIGNAL, UNPICKLING_FAILED, run_batch
+from ._remote import (
+    INTERRUPTIBLE,
+    STOP_SIGNAL,
+    STOPPED,
+    UNPICKLING_FAILED,
+    run_batch,
+)
 from ._store import MMAP_MIN_BYTES, RowRange, Store, content_hash
 
 __all__ = ["ClusterBackend"]
@@ -302,6 +308,7 @@ class ClusterBackend(ParallelBackendBase):
         self.n_submitted = 0
         self.n_done = 0
         self.n_retried = 0  # tasks sent again after their engine died
+        self.n_stopped = 0  # tasks sent again after a stray stop signal
         self.checkpoint_keys = set()  # keys of this backend's fit tasks
         self._condition = threading.Condition()
         self._completions = queue.SimpleQueue()
@@ -828,8 +835,20 @@ class ClusterBackend(ParallelBackendBase):
             if outcomes is None:
                 self._retry(tasks, async_result)
                 continue
+            stopped = [t for t, o in zip(tasks, outcomes, strict=True) if o is STOPPED]
+            if stopped:
+                # Stopped by a signal meant for a message that had just
+                # ended on that engine (another call's, or another
+                # client's): they never ran to their end, so they run again.
+                logger.info(
+                    "%d task(s) were stopped by mistake; sending them again.",
+                    len(stopped),
+                )
+                self.n_stopped += len(stopped)
+                self._requeue(stopped)
             for task, outcome in zip(tasks, outcomes, strict=True):
-                self._finish(task, outcome)
+                if outcome is not STOPPED:
+                    self._finish(task, outcome)
 
     def _resend_stranded(self):
         """Send again the messages that only engines now gone could run.
@@ -892,23 +911,30 @@ class ClusterBackend(ParallelBackendBase):
     def _outcomes(self, async_result, tasks):
         """Turn a reply into one ``(ok, result_or_exception)`` per task.
 
-        None when the engine died (or left) before replying.
+        ``STOPPED`` for the tasks a stop signal ended, and None when the
+        engine died (or left) before replying.
         """
         try:
             reply = cloudpickle.loads(async_result.get())
         except BaseException as exc:  # the engine died or the message failed
             if _is_engine_loss(exc):
                 return None
+            if isinstance(exc, ipp_error.RemoteError) and exc.ename == "_Stopped":
+                # The stop signal came as the first task was about to start.
+                return [STOPPED] * len(tasks)
             return [(False, exc)] * len(tasks)
         if reply[0] == UNPICKLING_FAILED:
             _, exc, text, hostname = reply
             error = _unloadable_task_error(exc, text, async_result, hostname)
             return [(False, error)] * len(tasks)
         outcomes, seconds, _ = reply
-        self._record_durations(tasks, seconds)
+        if STOPPED not in (outcome[0] for outcome in outcomes):
+            self._record_durations(tasks, seconds)
         return [
-            (True, outcome[1])
-            if outcome[0]
+            STOPPED
+            if outcome[0] == STOPPED
+            else (True, outcome[1])
+            if outcome[0] is True
             else (False, _with_remote_traceback(outcome[1], outcome[2]))
             for outcome in outcomes
         ]
@@ -1002,16 +1028,14 @@ class _OwnedResources:
 def _stop_messages(async_results):
     """Abort messages still queued; stop the tasks of those running.
 
-    Every engine is told to abort the pending messages (ipyparallel's abort,
-    which records them on the engine), and once an engine has confirmed it,
-    the engines known to run one of them get ``STOP_SIGNAL``, whose handler
-    stops the tasks of aborted messages only (see ``run_batch``). The engine
-    of a message is known once the message has published ``INTERRUPTIBLE``:
-    one that has just reached its engine does so within milliseconds, so
-    stopping waits up to ``STOP_WAIT_SECONDS`` for the messages neither
-    finished nor signalled, which also lets the queued ones come back
-    aborted. It waits for the signals to be sent, so that no task of these
-    messages ends once it returns.
+    The engines known to run one of the messages get ``STOP_SIGNAL``, which
+    stops the tasks they run (see ``run_batch``). The engine of a message is
+    known once the message has published ``INTERRUPTIBLE``: one that has just
+    reached its engine does so within milliseconds, so stopping waits up to
+    ``STOP_WAIT_SECONDS`` for the messages neither finished nor signalled,
+    which also lets the queued ones come back aborted. It waits for the
+    signals to be sent, so that no task of these messages ends once it
+    returns.
     """
     pending = [
         async_result for async_result in async_results if not async_result.done()
@@ -1019,20 +1043,12 @@ def _stop_messages(async_results):
     if not pending:
         return
     client = pending[0]._client
+    # Engines that are gone, or messages just finished: nothing left to stop.
+    with contextlib.suppress(Exception):
+        client.abort(pending, block=False)
     deadline = time.monotonic() + STOP_WAIT_SECONDS
-    aborted = {}
-    for engine_id in client.ids:
-        # An engine gone or going: nothing of these messages left to stop.
-        with contextlib.suppress(Exception):
-            aborted[engine_id] = client.abort(pending, targets=[engine_id], block=False)
     while pending:
-        running = [
-            ar
-            for ar in pending
-            if _is_interruptible(ar)
-            and ar.engine_id in aborted
-            and aborted[ar.engine_id].done()
-        ]
+        running = [ar for ar in pending if _is_interruptible(ar)]
         engines = sorted({ar.engine_id for ar in running})
         if engines:
             with contextlib.suppress(Exception):

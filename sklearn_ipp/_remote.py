@@ -31,6 +31,7 @@ from ._store import (
 __all__ = [
     "INTERRUPTIBLE",
     "READ_ONLY_HINT",
+    "STOPPED",
     "STOP_SIGNAL",
     "UNPICKLING_FAILED",
     "make_host_store",
@@ -56,15 +57,24 @@ _READ_ONLY_MESSAGES = ("read-only", "not writeable")
 # stopped: the client signals an engine only after seeing it.
 INTERRUPTIBLE = "sklearn_ipp_interruptible"
 
-# The signal that stops the tasks of an aborted message. Not SIGINT: ipykernel
-# sets Python's default SIGINT handler around every message it handles, so a
-# SIGINT that comes a moment late breaks the engine's next message, which then
-# never replies. ipykernel leaves this one alone, and the handler below, once
-# installed, stays for the life of the engine.
+# The outcome of a task that a stop signal kept from finishing.
+STOPPED = "sklearn_ipp_stopped"
+
+# The signal that stops the tasks an engine runs. Not SIGINT: ipykernel sets
+# Python's default SIGINT handler around every message it handles, so a SIGINT
+# that comes a moment late, as the engine unpacks its next message or replies,
+# breaks that message, which then never replies. ipykernel leaves this one
+# alone, and the handler below, once installed, stays for the life of the
+# engine: a late signal stops at most the tasks of the next message, which
+# reply STOPPED and are sent again by their client.
 STOP_SIGNAL = "SIGUSR1"
 
-# The message whose tasks run now, as (kernel, msg_id); None between tasks.
-_running_message = None
+# Whether run_batch runs tasks now: the signal stops nothing else.
+_tasks_running = False
+
+
+class _Stopped(KeyboardInterrupt):
+    """Raised in a task by ``STOP_SIGNAL``."""
 
 
 def run_batch(payload):
@@ -79,12 +89,12 @@ def run_batch(payload):
     Returns
     -------
     reply : bytes
-        Pickled ``(outcomes, seconds, hostname)``: one ``(True, result)`` or
-        ``(False, exception, traceback_text)`` per task, the time each task
-        took, and this engine's hostname; or ``(UNPICKLING_FAILED, exception,
-        traceback_text, hostname)`` when the tasks could not be unpickled.
-        Tasks stopped because the client aborted this message end with a
-        ``KeyboardInterrupt``.
+        Pickled ``(outcomes, seconds, hostname)``: one ``(True, result)``,
+        ``(False, exception, traceback_text)`` or ``(STOPPED,)`` per task,
+        the time each task took, and this engine's hostname; or
+        ``(UNPICKLING_FAILED, exception, traceback_text, hostname)`` when the
+        tasks could not be unpickled. A stop signal ends the running task and
+        the rest: they all come back ``(STOPPED,)``.
     """
     try:
         tasks = pickle.loads(payload)
@@ -93,19 +103,14 @@ def run_batch(payload):
             (UNPICKLING_FAILED, exc, traceback.format_exc(), socket.gethostname())
         )
     outcomes, seconds = [], []
-    with _stoppable_tasks() as aborted:
+    with _stoppable():
         for function, args, kwargs in tasks:
             start = time.perf_counter()
             try:
-                if aborted():
-                    raise KeyboardInterrupt("the client aborted these tasks")
                 result = function(*args, **kwargs)
                 outcomes.append((True, _with_read_only_hint(result)))
-            except KeyboardInterrupt as exc:
-                # The client stopped this message: the rest of its tasks are
-                # not wanted either.
-                text = traceback.format_exc()
-                outcomes += [(False, exc, text)] * (len(tasks) - len(outcomes))
+            except _Stopped:
+                outcomes += [(STOPPED,)] * (len(tasks) - len(outcomes))
                 seconds += [time.perf_counter() - start] * (len(tasks) - len(seconds))
                 break
             except BaseException as exc:  # each task's error goes back on its own
@@ -119,64 +124,44 @@ def run_batch(payload):
 
 
 @contextlib.contextmanager
-def _stoppable_tasks():
-    """Let the client stop the tasks of this message, and nothing else.
+def _stoppable():
+    """Let ``STOP_SIGNAL`` stop the tasks run in this block, and nothing else.
 
-    The client stops a message by aborting it (ipyparallel's abort_request,
-    which the engine records in its kernel's ``aborted`` set) and then sending
-    ``STOP_SIGNAL``. The handler raises ``KeyboardInterrupt`` only while the
-    tasks of an aborted message run, so a signal that comes late, between
-    messages or during another message, does nothing. Yield a function that
-    tells whether this message was aborted, for the tasks not started yet.
+    On an engine that can be signalled, install the handler and publish
+    ``INTERRUPTIBLE``, which tells the client the engine of this message.
     """
-    global _running_message
-    message = _this_message()
-    if message is None:
-        # Not on an engine, or no way to know: the tasks cannot be stopped.
-        yield lambda: False
+    global _tasks_running
+    shell = _engine_shell()
+    if shell is None:
+        # Not on an engine, or on one without the signal: nothing to stop.
+        yield
         return
-    kernel, msg_id = message
-    signal.signal(getattr(signal, STOP_SIGNAL), _stop_aborted_tasks)
+    signal.signal(getattr(signal, STOP_SIGNAL), _stop_tasks)
     with contextlib.suppress(Exception):
-        kernel.shell.data_pub.publish_data({INTERRUPTIBLE: True})
+        shell.data_pub.publish_data({INTERRUPTIBLE: True})
     try:
-        _running_message = message
-        yield lambda: msg_id in kernel.aborted
+        _tasks_running = True
+        yield
     finally:
-        _running_message = None
-        # ipyparallel removes an aborted message's id from the set only when
-        # the message arrives; this one has arrived.
-        kernel.aborted.discard(msg_id)
+        _tasks_running = False
 
 
-def _stop_aborted_tasks(signum, frame):
-    message = _running_message
-    if message is not None and message[1] in message[0].aborted:
-        raise KeyboardInterrupt("the client aborted these tasks")
+def _stop_tasks(signum, frame):
+    if _tasks_running:
+        raise _Stopped
 
 
-def _this_message():
-    """Return ``(kernel, msg_id)`` of the message this engine runs, else None.
-
-    None when this does not run in an engine's main thread (for instance in
-    the client's own process), or when the engine cannot be signalled.
-    """
+def _engine_shell():
+    """Return the engine's shell when this runs in its main thread, else None."""
     if not hasattr(signal, STOP_SIGNAL):
         return None  # Windows
     if threading.current_thread() is not threading.main_thread():
         return None
     ipython = sys.modules.get("IPython")  # always loaded on an engine
     shell = ipython.get_ipython() if ipython is not None else None
-    kernel = getattr(shell, "kernel", None)
-    if getattr(shell, "data_pub", None) is None or kernel is None:
+    if getattr(shell, "data_pub", None) is None:
         return None
-    if not isinstance(getattr(kernel, "aborted", None), set):
-        return None
-    try:
-        msg_id = kernel.get_parent("shell")["header"]["msg_id"]
-    except Exception:
-        return None
-    return kernel, msg_id
+    return shell
 
 
 def _with_read_only_hint(outcome):

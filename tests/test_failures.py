@@ -24,7 +24,7 @@ from sklearn.model_selection import GridSearchCV
 
 from sklearn_ipp import EngineLostError, IPyParallelGridSearchCV
 from sklearn_ipp._backend import ClusterBackend
-from sklearn_ipp._remote import STOP_SIGNAL, run_batch
+from sklearn_ipp._remote import STOP_SIGNAL, STOPPED, run_batch
 
 from ._sklearn_compare import assert_same_search
 from .conftest import N_ENGINES
@@ -264,21 +264,59 @@ def _busy_engines(client):
     }
 
 
-def test_a_stop_signal_stops_no_message_that_was_not_aborted(client):
+def _send_stop_signals(client, stop, seconds_between=0.003):
+    """Send ``STOP_SIGNAL`` to every engine until ``stop`` is set."""
+
+    def keep_signalling():
+        while not stop.is_set():
+            client.send_signal(STOP_SIGNAL, targets=client.ids, block=True)
+            time.sleep(seconds_between)
+
+    thread = threading.Thread(target=keep_signalling, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_stop_signals_that_come_late_break_no_message(client):
     # A stop signal can reach an engine late: after the message it was meant
-    # for has ended, as the engine unpacks its next message or replies. It
-    # must leave those messages alone, each of which must still reply.
+    # for has ended, as the engine unpacks its next message, runs it or
+    # replies. Every message must still reply, its tasks done or stopped.
     engine = client.ids[0]
     view = client[engine]
     payload = cloudpickle.dumps([(time.sleep, (0.002,), {})])
     view.apply_sync(run_batch, payload)  # the engine has its handler from now on
-    replies = []
-    for _ in range(100):
-        replies.append(view.apply_async(run_batch, payload))
-        client.send_signal(STOP_SIGNAL, targets=[engine], block=True)
-    for reply in replies:
-        outcomes, _, _ = pickle.loads(reply.get(timeout=30))
-        assert outcomes == [(True, None)]
+    stop = threading.Event()
+    signaller = _send_stop_signals(client, stop)
+    try:
+        replies = [view.apply_async(run_batch, payload) for _ in range(200)]
+        outcomes = [pickle.loads(reply.get(timeout=30))[0] for reply in replies]
+    finally:
+        stop.set()
+        signaller.join()
+    assert {tuple(o) for o in outcomes} <= {((True, None),), ((STOPPED,),)}
+    assert ((STOPPED,),) in {tuple(o) for o in outcomes}  # the signals did land
+
+
+def test_tasks_stopped_by_a_late_stop_signal_run_again(client):
+    stop = threading.Event()
+    signaller = _send_stop_signals(client, stop, seconds_between=0.3)
+    backend = ClusterBackend(client)
+    try:
+        with parallel_config(backend=backend):
+            squares = Parallel(n_jobs=-1)(
+                delayed(_sleep_then_square)(i) for i in range(100)
+            )
+    finally:
+        stop.set()
+        signaller.join()
+        backend.close()
+    assert backend.n_stopped >= 1
+    assert squares == [i * i for i in range(100)]
+
+
+def _sleep_then_square(i):
+    time.sleep(0.01)
+    return i * i
 
 
 def test_keyboard_interrupt_stops_the_fits_and_frees_the_engines(client, tmp_path):
