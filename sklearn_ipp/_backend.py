@@ -837,11 +837,12 @@ class ClusterBackend(ParallelBackendBase):
                 continue
             stopped = [t for t, o in zip(tasks, outcomes, strict=True) if o is STOPPED]
             if stopped:
-                # Stopped by a signal meant for a message that had just
-                # ended on that engine (another call's, or another
-                # client's): they never ran to their end, so they run again.
+                # A stop signal meant for another message (of another call
+                # or client), which had just ended on that engine, stopped
+                # them: they did not run to their end, so they run again.
                 logger.info(
-                    "%d task(s) were stopped by mistake; sending them again.",
+                    "%d task(s) were stopped by a signal meant for another "
+                    "message; sending them again.",
                     len(stopped),
                 )
                 self.n_stopped += len(stopped)
