@@ -53,6 +53,7 @@ from ._remote import (
     STOP_SIGNAL,
     STOPPED,
     UNPICKLING_FAILED,
+    TasksStopped,
     run_batch,
 )
 from ._store import MMAP_MIN_BYTES, RowRange, Store, content_hash
@@ -835,7 +836,12 @@ class ClusterBackend(ParallelBackendBase):
             if outcomes is None:
                 self._retry(tasks, async_result)
                 continue
-            stopped = [t for t, o in zip(tasks, outcomes, strict=True) if o is STOPPED]
+            stopped = []
+            for task, outcome in zip(tasks, outcomes, strict=True):
+                if outcome is STOPPED:
+                    stopped.append(task)
+                else:
+                    self._finish(task, outcome)
             if stopped:
                 # A stop signal meant for another message (of another call
                 # or client), which had just ended on that engine, stopped
@@ -847,9 +853,6 @@ class ClusterBackend(ParallelBackendBase):
                 )
                 self.n_stopped += len(stopped)
                 self._requeue(stopped)
-            for task, outcome in zip(tasks, outcomes, strict=True):
-                if outcome is not STOPPED:
-                    self._finish(task, outcome)
 
     def _resend_stranded(self):
         """Send again the messages that only engines now gone could run.
@@ -920,7 +923,10 @@ class ClusterBackend(ParallelBackendBase):
         except BaseException as exc:  # the engine died or the message failed
             if _is_engine_loss(exc):
                 return None
-            if isinstance(exc, ipp_error.RemoteError) and exc.ename == "_Stopped":
+            if (
+                isinstance(exc, ipp_error.RemoteError)
+                and exc.ename == TasksStopped.__name__
+            ):
                 # The stop signal came as the first task was about to start.
                 return [STOPPED] * len(tasks)
             return [(False, exc)] * len(tasks)

@@ -34,6 +34,7 @@ __all__ = [
     "STOPPED",
     "STOP_SIGNAL",
     "UNPICKLING_FAILED",
+    "TasksStopped",
     "make_host_store",
     "receive_chunk",
     "remove_host_files",
@@ -73,7 +74,7 @@ STOP_SIGNAL = "SIGUSR1"
 _tasks_running = False
 
 
-class _Stopped(KeyboardInterrupt):
+class TasksStopped(KeyboardInterrupt):
     """Raised in a task by ``STOP_SIGNAL``."""
 
 
@@ -109,7 +110,7 @@ def run_batch(payload):
             try:
                 result = function(*args, **kwargs)
                 outcomes.append((True, _with_read_only_hint(result)))
-            except _Stopped:
+            except TasksStopped:
                 outcomes += [(STOPPED,)] * (len(tasks) - len(outcomes))
                 seconds += [time.perf_counter() - start] * (len(tasks) - len(seconds))
                 break
@@ -148,7 +149,7 @@ def _stoppable():
 
 def _stop_tasks(signum, frame):
     if _tasks_running:
-        raise _Stopped
+        raise TasksStopped
 
 
 def _engine_shell():
