@@ -70,7 +70,7 @@ STOPPED = "sklearn_ipp_stopped"
 # reply STOPPED and are sent again by their client.
 STOP_SIGNAL = "SIGUSR1"
 
-# Whether run_batch runs tasks now: the signal stops nothing else.
+# Whether a task runs now, in _run_stoppable: the signal stops nothing else.
 _tasks_running = False
 
 
@@ -104,45 +104,53 @@ def run_batch(payload):
             (UNPICKLING_FAILED, exc, traceback.format_exc(), socket.gethostname())
         )
     outcomes, seconds = [], []
-    with _stoppable():
-        for function, args, kwargs in tasks:
-            start = time.perf_counter()
-            try:
-                result = function(*args, **kwargs)
-                outcomes.append((True, _with_read_only_hint(result)))
-            except TasksStopped:
-                outcomes += [(STOPPED,)] * (len(tasks) - len(outcomes))
-                seconds += [time.perf_counter() - start] * (len(tasks) - len(seconds))
-                break
-            except BaseException as exc:  # each task's error goes back on its own
-                error = _with_read_only_hint(exc)
-                outcomes.append((False, error, traceback.format_exc()))
-            seconds.append(time.perf_counter() - start)
+    _let_stop_signal_stop_tasks()
+    for function, args, kwargs in tasks:
+        start = time.perf_counter()
+        try:
+            result = _run_stoppable(function, args, kwargs)
+            outcomes.append((True, _with_read_only_hint(result)))
+        except TasksStopped:
+            outcomes += [(STOPPED,)] * (len(tasks) - len(outcomes))
+            seconds += [time.perf_counter() - start] * (len(tasks) - len(seconds))
+            break
+        except BaseException as exc:  # each task's error goes back on its own
+            error = _with_read_only_hint(exc)
+            outcomes.append((False, error, traceback.format_exc()))
+        seconds.append(time.perf_counter() - start)
     # Drop the references to the memory-mapped data before replying, so that a
     # fold file removed by the client frees its memory as soon as possible.
     del tasks
     return _dumps((outcomes, seconds, socket.gethostname()))
 
 
-@contextlib.contextmanager
-def _stoppable():
-    """Let ``STOP_SIGNAL`` stop the tasks run in this block, and nothing else.
+def _let_stop_signal_stop_tasks():
+    """On an engine that can be signalled, make ``STOP_SIGNAL`` stop tasks.
 
-    On an engine that can be signalled, install the handler and publish
-    ``INTERRUPTIBLE``, which tells the client the engine of this message.
+    Install the handler, which stops only a task run by ``_run_stoppable``,
+    and publish ``INTERRUPTIBLE``, which tells the client the engine of this
+    message.
     """
-    global _tasks_running
     shell = _engine_shell()
     if shell is None:
-        # Not on an engine, or on one without the signal: nothing to stop.
-        yield
-        return
+        return  # not on an engine, or on one without the signal
     signal.signal(getattr(signal, STOP_SIGNAL), _stop_tasks)
     with contextlib.suppress(Exception):
         shell.data_pub.publish_data({INTERRUPTIBLE: True})
+
+
+def _run_stoppable(function, args, kwargs):
+    """Call ``function``, which ``STOP_SIGNAL`` may stop with ``TasksStopped``.
+
+    The flag is raised only in here, and the caller calls this inside the
+    ``try`` that catches ``TasksStopped``: a signal that comes while the
+    caller records an outcome or handles an error, or between tasks, stops
+    nothing, so the stop can never escape ``run_batch``.
+    """
+    global _tasks_running
     try:
         _tasks_running = True
-        yield
+        return function(*args, **kwargs)
     finally:
         _tasks_running = False
 

@@ -265,11 +265,19 @@ def _busy_engines(client):
 
 
 def _send_stop_signals(client, stop, seconds_between=0.003):
-    """Send ``STOP_SIGNAL`` to every engine until ``stop`` is set."""
+    """Send ``STOP_SIGNAL`` to every engine until ``stop`` is set.
+
+    First give every engine its handler by running a batch there: an engine
+    that has never run one would die of the signal. Engines that join later
+    get no signal.
+    """
+    engines = list(client.ids)
+    client[engines].apply_sync(run_batch, cloudpickle.dumps([]))
 
     def keep_signalling():
         while not stop.is_set():
-            client.send_signal(STOP_SIGNAL, targets=client.ids, block=True)
+            sent = client.send_signal(STOP_SIGNAL, targets=engines, block=False)
+            sent.result(timeout=10)  # an engine that died ends the signalling
             time.sleep(seconds_between)
 
     thread = threading.Thread(target=keep_signalling, daemon=True)
@@ -284,7 +292,6 @@ def test_stop_signals_that_come_late_break_no_message(client):
     engine = client.ids[0]
     view = client[engine]
     payload = cloudpickle.dumps([(time.sleep, (0.002,), {})])
-    view.apply_sync(run_batch, payload)  # the engine has its handler from now on
     stop = threading.Event()
     signaller = _send_stop_signals(client, stop)
     try:
@@ -292,7 +299,7 @@ def test_stop_signals_that_come_late_break_no_message(client):
         outcomes = [pickle.loads(reply.get(timeout=30))[0] for reply in replies]
     finally:
         stop.set()
-        signaller.join()
+        signaller.join(timeout=30)
     assert {tuple(o) for o in outcomes} <= {((True, None),), ((STOPPED,),)}
     assert ((STOPPED,),) in {tuple(o) for o in outcomes}  # the signals did land
 
@@ -308,7 +315,7 @@ def test_tasks_stopped_by_a_late_stop_signal_run_again(client):
             )
     finally:
         stop.set()
-        signaller.join()
+        signaller.join(timeout=30)
         backend.close()
     assert backend.n_stopped >= 1
     assert squares == [i * i for i in range(100)]
