@@ -117,6 +117,7 @@ class _Task:
         "attempts",
         "call",
         "checkpoint_key",
+        "data_names",
         "fold",
         "function",
         "index",
@@ -125,6 +126,7 @@ class _Task:
         "kwargs",
         "n_train",
         "order",
+        "split_key",
     )
 
     def __init__(self, job, index, function, args, kwargs):
@@ -140,7 +142,9 @@ class _Task:
         self.n_train = None  # the fold's first rows this task trains on
         self.kind = None  # tasks of a kind take about as long as each other
         self.attempts = 0  # times sent to an engine that then died
-        self.checkpoint_key = None
+        self.split_key = None  # content of the data and split (_fit_and_score)
+        self.data_names = None  # arguments that split_key stands for
+        self.checkpoint_key = None  # see ClusterBackend._checkpoint_key
 
     @property
     def key(self):
@@ -311,6 +315,10 @@ class ClusterBackend(ParallelBackendBase):
         self.n_retried = 0  # tasks sent again after their engine died
         self.n_stopped = 0  # tasks sent again after a stray stop signal
         self.checkpoint_keys = set()  # keys of this backend's fit tasks
+        # Whether a fit task's key is computed when it is submitted, to look
+        # for a saved result, or only once it is done, to save it: decided at
+        # the first fit task, by whether the checkpoint holds anything.
+        self._lookup_saved = None
         self._condition = threading.Condition()
         self._completions = queue.SimpleQueue()
         self._waiting = OrderedDict()  # fold key (None: no fold) -> deque of tasks
@@ -393,7 +401,10 @@ class ClusterBackend(ParallelBackendBase):
             # Probed now, the engines import scikit-learn and report their
             # versions while the client prepares the first data.
             self._roster = self._owned.roster = EngineRoster(
-                self.connection, self.store, self.check_versions
+                self.connection,
+                self.store,
+                self.check_versions,
+                on_probe_reply=self._wake_scheduler,
             )
             self._roster.refresh()
         if self._thread is None:
@@ -540,11 +551,28 @@ class ClusterBackend(ParallelBackendBase):
             if self.candidate_positions is not None and candidate is not None:
                 position = self.candidate_positions[candidate[0]]
             if self.checkpoint is not None:
-                data_names = {"X", "y", "train", "test", *task.fold.aligned_params}
-                task.checkpoint_key = fit_key(split_key, task.arguments, data_names)
-                self.checkpoint_keys.add(task.checkpoint_key)
+                task.split_key = split_key
+                task.data_names = {"X", "y", "train", "test", *task.fold.aligned_params}
+                if self._lookup_saved is None:
+                    self._lookup_saved = len(self.checkpoint) > 0
+                if self._lookup_saved:
+                    self._checkpoint_key(task)
         task.order = (task.call, position, next(self._task_order))
         return task
+
+    def _checkpoint_key(self, task):
+        """Return the key of a fit task's result, computed once.
+
+        Hashing a task's arguments takes about as long as preparing the rest
+        of it: left for when the task is done unless a saved result may exist,
+        it does not delay the first messages of a search.
+        """
+        if task.checkpoint_key is None:
+            task.checkpoint_key = fit_key(
+                task.split_key, task.arguments, task.data_names
+            )
+            self.checkpoint_keys.add(task.checkpoint_key)
+        return task.checkpoint_key
 
     def _saved_result(self, task):
         if task.checkpoint_key is None:
@@ -818,6 +846,9 @@ class ClusterBackend(ParallelBackendBase):
     def _on_message_done(self, async_result):
         # Runs in ipyparallel's thread: hand over to the scheduling thread.
         self._completions.put(async_result)
+        self._wake_scheduler()
+
+    def _wake_scheduler(self):
         with self._condition:
             self._condition.notify_all()
 
@@ -972,10 +1003,10 @@ class ClusterBackend(ParallelBackendBase):
         if (
             ok
             and save
-            and task.checkpoint_key is not None
+            and task.split_key is not None
             and not (isinstance(value, dict) and value.get("fit_error"))
         ):
-            self.checkpoint.put(task.checkpoint_key, value)
+            self.checkpoint.put(self._checkpoint_key(task), value)
         if ok and task.arguments is not None and self.on_result is not None:
             self.on_result(task.call, task.arguments, value)
         with self._condition:

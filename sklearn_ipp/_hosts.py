@@ -61,12 +61,17 @@ class EngineRoster:
         Whether engines must run the client's package versions. A mismatch
         among the first engines is an error; an engine joining later with
         other versions is left out with a warning.
+    on_probe_reply : callable or None, default=None
+        Called with no argument, in ipyparallel's thread, when a probe's
+        engines answer: a scheduler that waits for ready engines wakes up
+        then rather than at its next poll.
     """
 
-    def __init__(self, connection, store, check_versions=True):
+    def __init__(self, connection, store, check_versions=True, on_probe_reply=None):
         self.connection = connection
         self.store = store
         self.check_versions = check_versions
+        self.on_probe_reply = on_probe_reply
         self.ready = {}  # engine id -> hostname
         self.hosts = {}  # hostname -> _Host
         self._seen = set()  # engine ids probed or being probed
@@ -95,7 +100,10 @@ class EngineRoster:
         new = sorted(ids - self._seen)
         if new:
             self._seen.update(new)
-            self._probes.append(start_probe(self.connection, new, self.store))
+            probe = start_probe(self.connection, new, self.store)
+            if self.on_probe_reply is not None:
+                probe.add_done_callback(lambda _: self.on_probe_reply())
+            self._probes.append(probe)
         for probe in [p for p in self._probes if p.ready()]:
             self._probes.remove(probe)
             changed |= self._admit(probe)
