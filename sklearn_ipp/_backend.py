@@ -53,7 +53,6 @@ from ._remote import (
     STOP_SIGNAL,
     STOPPED,
     UNPICKLING_FAILED,
-    TasksStopped,
     run_batch,
 )
 from ._store import MMAP_MIN_BYTES, RowRange, Store, content_hash
@@ -954,12 +953,6 @@ class ClusterBackend(ParallelBackendBase):
         except BaseException as exc:  # the engine died or the message failed
             if _is_engine_loss(exc):
                 return None
-            if (
-                isinstance(exc, ipp_error.RemoteError)
-                and exc.ename == TasksStopped.__name__
-            ):
-                # The stop signal came as the first task was about to start.
-                return [STOPPED] * len(tasks)
             return [(False, exc)] * len(tasks)
         if reply[0] == UNPICKLING_FAILED:
             _, exc, text, hostname = reply

@@ -34,7 +34,6 @@ __all__ = [
     "STOPPED",
     "STOP_SIGNAL",
     "UNPICKLING_FAILED",
-    "TasksStopped",
     "make_host_store",
     "receive_chunk",
     "remove_host_files",

@@ -86,8 +86,10 @@ def start_fake_ssh_host(keys):
 
 
 def stop_fake_ssh_host(sshd):
-    sshd.terminate()
-    sshd.wait(10)
+    """Stop sshd, if it started, and remove the fake host's network."""
+    if sshd is not None:
+        sshd.terminate()
+        sshd.wait(10)
     subprocess.run(["ip", "netns", "delete", NETNS], check=False)
     subprocess.run(["ip", "link", "delete", "vsship0"], check=False)
 
@@ -96,7 +98,6 @@ def main():
     keys = tempfile.mkdtemp(prefix="sklearn-ipp-ssh-", dir="/var/tmp")
     ipython_dir = tempfile.mkdtemp(prefix="sklearn-ipp-ssh-ipython-")
     os.environ["IPYTHONDIR"] = ipython_dir
-    sshd = start_fake_ssh_host(keys)
     ssh_options = ["-i", f"{keys}/client", "-o", "StrictHostKeyChecking=no"]
     ssh_options += ["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
     config = Config()
@@ -112,7 +113,9 @@ def main():
         profile_dir=os.path.join(ipython_dir, "profile_ssh"),
         log_level=40,
     )
+    sshd = None
     try:
+        sshd = start_fake_ssh_host(keys)
         start = time.perf_counter()
         client = cluster.start_and_connect_sync()
         client.wait_for_engines(N_ENGINES, timeout=120)
