@@ -62,8 +62,11 @@ __all__ = ["ClusterBackend"]
 logger = logging.getLogger("sklearn_ipp")
 
 # Seconds of work to pack into one message once task durations are known:
-# long enough to hide the per-message cost, short enough to balance the load.
-TARGET_MESSAGE_SECONDS = 0.2
+# long enough to hide the per-message cost (10 to 20 ms through the controller
+# and the engine's kernel on a busy host), short enough to balance the load.
+# Messages also shrink as the queue empties (see _message_size), so the last
+# ones carry one task each whatever this is.
+TARGET_MESSAGE_SECONDS = 0.5
 # Upper bound on tasks per message.
 MAX_TASKS_PER_MESSAGE = 500
 # Messages in flight per engine: one running, one queued, so that no engine
@@ -772,8 +775,8 @@ class ClusterBackend(ParallelBackendBase):
         """Return the next message's tasks, a fold to store first, or None.
 
         A fold waiting to be stored comes first if there is room for it (see
-        ``_may_store``); then the first task in order among those of stored
-        folds, then tasks without data.
+        ``_may_store``); then the first tasks in order among those of all
+        stored folds, then tasks without data.
         """
         keys = [key for key, tasks in self._waiting.items() if tasks]
         for key in self._unsorted.intersection(keys):
@@ -787,20 +790,29 @@ class ClusterBackend(ParallelBackendBase):
             fold = min(unstored, key=lambda f: f.sequence)
             if self._may_store(fold):
                 return fold
-        stored = [k for k in keys if k is not None and self._folds[k].refs is not None]
-        if stored:
-            key = min(stored, key=lambda k: self._waiting[k][0].order)
-        elif None in keys:
-            key = None
-        else:
+        # Tasks of all stored folds may share a message, so that short fits
+        # fill messages even when each fold has few tasks left per engine.
+        sendable = [k for k in keys if k is not None and self._folds[k].refs]
+        if not sendable and None in keys:
+            sendable = [None]
+        if not sendable:
             return None
-        waiting = self._waiting[key]
-        size = min(self._message_size(len(waiting)), len(waiting))
-        if size == 1 and self._seconds_by_kind:
-            self._longest_first(waiting)
-        tasks = [waiting.popleft() for _ in range(size)]
-        if not waiting:
-            del self._waiting[key]
+        queues = [self._waiting[key] for key in sendable]
+        n_waiting = sum(len(waiting) for waiting in queues)
+        size = min(self._message_size(n_waiting), n_waiting)
+        if size == 1:
+            first = min(queues, key=lambda waiting: waiting[0].order)
+            if self._seconds_by_kind:
+                self._longest_first(first)
+            tasks = [first.popleft()]
+        else:
+            tasks = [
+                min(filter(None, queues), key=lambda w: w[0].order).popleft()
+                for _ in range(size)
+            ]
+        for key in sendable:
+            if not self._waiting[key]:
+                del self._waiting[key]
         return tasks
 
     def _stored_folds(self):

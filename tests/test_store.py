@@ -112,6 +112,35 @@ def test_each_fold_is_written_once_for_all_candidates(client):
     assert not os.path.exists(store.path)
 
 
+class SleepingLogisticRegression(LogisticRegression):
+    """LogisticRegression whose fit also waits 20 ms, as a fit bound by latency."""
+
+    def fit(self, X, y, sample_weight=None):
+        time.sleep(0.02)
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
+def test_short_fits_share_messages_across_stored_folds(client, monkeypatch):
+    # 4 tasks per fold for 4 messages in flight: only messages spanning folds
+    # can carry several fits.
+    folds_per_message = []
+    send = ClusterBackend._send
+
+    def recording_send(backend, tasks):
+        folds_per_message.append({task.key for task in tasks})
+        return send(backend, tasks)
+
+    monkeypatch.setattr(ClusterBackend, "_send", recording_send)
+    X, y = make_classification(n_samples=300, random_state=0)
+    grid = {"C": [0.01, 0.1, 1.0, 10.0]}
+    ours = IPyParallelGridSearchCV(SleepingLogisticRegression(), grid, client=client)
+    reference = GridSearchCV(SleepingLogisticRegression(), grid)
+    fit_both(ours, reference, X, y)
+    assert_same_search(ours, reference, X)
+    assert len(folds_per_message) < len(grid["C"]) * 5
+    assert max(len(folds) for folds in folds_per_message) > 1
+
+
 @pytest.mark.parametrize("grow", ["features", "samples"])
 def test_task_messages_do_not_grow_with_the_data(client, grow):
     sizes = {}
