@@ -121,8 +121,9 @@ class SleepingLogisticRegression(LogisticRegression):
 
 
 def test_short_fits_share_messages_across_stored_folds(client, monkeypatch):
-    # 4 tasks per fold for 4 messages in flight: only messages spanning folds
-    # can carry several fits.
+    # As many candidates as messages in flight (2 per engine): a fold's tasks
+    # alone give one task per message, so only messages spanning folds can
+    # carry several fits.
     folds_per_message = []
     send = ClusterBackend._send
 
@@ -132,12 +133,15 @@ def test_short_fits_share_messages_across_stored_folds(client, monkeypatch):
 
     monkeypatch.setattr(ClusterBackend, "_send", recording_send)
     X, y = make_classification(n_samples=300, random_state=0)
-    grid = {"C": [0.01, 0.1, 1.0, 10.0]}
-    ours = IPyParallelGridSearchCV(SleepingLogisticRegression(), grid, client=client)
-    reference = GridSearchCV(SleepingLogisticRegression(), grid)
+    n_candidates, n_splits = 2 * len(client.ids), 5
+    grid = {"C": list(np.logspace(-2, 2, n_candidates))}
+    ours = IPyParallelGridSearchCV(
+        SleepingLogisticRegression(), grid, cv=n_splits, client=client
+    )
+    reference = GridSearchCV(SleepingLogisticRegression(), grid, cv=n_splits)
     fit_both(ours, reference, X, y)
     assert_same_search(ours, reference, X)
-    assert len(folds_per_message) < len(grid["C"]) * 5
+    assert len(folds_per_message) < n_candidates * n_splits
     assert max(len(folds) for folds in folds_per_message) > 1
 
 
