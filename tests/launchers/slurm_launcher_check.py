@@ -26,12 +26,7 @@ import textwrap
 import time
 
 import ipyparallel as ipp
-import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import GridSearchCV
-from sklearn.svm import SVC
-
-import sklearn_ipp
+from _digits_search import search_equals_sklearn
 
 N_ENGINES = 2
 # Not Slurm's default ports, so that a Slurm already on the machine is left
@@ -173,19 +168,7 @@ def main():
             print(f"Slurm's queue: {_jobs()}")
             jobs = client[:].apply_sync(_slurm_job_id)
             print(f"engines' Slurm job: {jobs}")
-            X, y = load_digits(return_X_y=True)
-            grid = {"C": [0.1, 1, 10], "gamma": [1e-3, 1e-4]}
-            search = sklearn_ipp.IPyParallelGridSearchCV(
-                SVC(), grid, cv=3, client=client
-            )
-            search.fit(X, y)
-            reference = GridSearchCV(SVC(), grid, cv=3).fit(X, y)
-            equal = np.allclose(
-                search.cv_results_["mean_test_score"],
-                reference.cv_results_["mean_test_score"],
-            )
-            print(f"best {search.best_params_} at {search.best_score_:.5f}")
-            print(f"cv_results_ equal to scikit-learn's: {equal}")
+            equal = search_equals_sklearn(client)
         finally:
             cluster.stop_cluster_sync()
         # scancel ends the job; the daemons take a moment to record it.

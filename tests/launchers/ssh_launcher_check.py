@@ -24,10 +24,7 @@ import textwrap
 import time
 
 import ipyparallel as ipp
-import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import GridSearchCV
-from sklearn.svm import SVC
+from _digits_search import search_equals_sklearn
 from traitlets.config import Config
 
 import sklearn_ipp
@@ -126,17 +123,7 @@ def main():
             for engine_id, facts in sklearn_ipp.engine_facts(client).items()
         }
         print(f"engines' hosts: {hosts}; the client's: {socket.gethostname()}")
-        X, y = load_digits(return_X_y=True)
-        grid = {"C": [0.1, 1, 10], "gamma": [1e-3, 1e-4]}
-        search = sklearn_ipp.IPyParallelGridSearchCV(SVC(), grid, cv=3, client=client)
-        search.fit(X, y)
-        reference = GridSearchCV(SVC(), grid, cv=3).fit(X, y)
-        equal = np.allclose(
-            search.cv_results_["mean_test_score"],
-            reference.cv_results_["mean_test_score"],
-        )
-        print(f"best {search.best_params_} at {search.best_score_:.5f}")
-        print(f"cv_results_ equal to scikit-learn's: {equal}")
+        equal = search_equals_sklearn(client)
         ok = equal and set(hosts.values()) == {REMOTE_HOSTNAME}
     finally:
         cluster.stop_cluster_sync()
