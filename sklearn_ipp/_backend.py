@@ -792,7 +792,9 @@ class ClusterBackend(ParallelBackendBase):
                 return fold
         # Tasks of all stored folds may share a message, so that short fits
         # fill messages even when each fold has few tasks left per engine.
-        sendable = [k for k in keys if k is not None and self._folds[k].refs]
+        sendable = [
+            k for k in keys if k is not None and self._folds[k].refs is not None
+        ]
         if not sendable and None in keys:
             sendable = [None]
         if not sendable:
@@ -800,16 +802,12 @@ class ClusterBackend(ParallelBackendBase):
         queues = [self._waiting[key] for key in sendable]
         n_waiting = sum(len(waiting) for waiting in queues)
         size = min(self._message_size(n_waiting), n_waiting)
-        if size == 1:
-            first = min(queues, key=lambda waiting: waiting[0].order)
-            if self._seconds_by_kind:
+        tasks = []
+        for _ in range(size):
+            first = min(filter(None, queues), key=lambda waiting: waiting[0].order)
+            if size == 1 and self._seconds_by_kind:
                 self._longest_first(first)
-            tasks = [first.popleft()]
-        else:
-            tasks = [
-                min(filter(None, queues), key=lambda w: w[0].order).popleft()
-                for _ in range(size)
-            ]
+            tasks.append(first.popleft())
         for key in sendable:
             if not self._waiting[key]:
                 del self._waiting[key]

@@ -300,8 +300,9 @@ def test_stop_signals_that_come_late_break_no_message(client):
     finally:
         stop.set()
         signaller.join(timeout=30)
-    assert {tuple(o) for o in outcomes} <= {((True, None),), ((STOPPED,),)}
-    assert ((STOPPED,),) in {tuple(o) for o in outcomes}  # the signals did land
+    kinds = {tuple(o) for o in outcomes}
+    assert kinds <= {((True, None),), ((STOPPED,),)}
+    assert ((STOPPED,),) in kinds  # the signals did land
 
 
 def test_tasks_stopped_by_a_late_stop_signal_run_again(client):
