@@ -15,6 +15,7 @@ import sys
 from ._cluster import DEFAULT_TIMEOUT, resolve_cluster
 from ._engines import _client_versions, check_engines
 from ._exceptions import ClusterNotFoundError, EngineTimeoutError, EngineVersionError
+from ._threads import threads_per_engine
 
 _MISMATCH_FIELDS = ("engine", "hostname", "package", "engine_version", "client_version")
 
@@ -33,8 +34,9 @@ def cluster_info(client=None, *, timeout=DEFAULT_TIMEOUT):
     -------
     info : dict
         Keys ``client`` (this process's host and versions), ``cluster`` (where
-        it came from), ``n_engines``, ``hosts`` (engine ids, available and
-        total MB per hostname), ``engines`` (per engine id) and
+        it came from), ``n_engines``, ``hosts`` (per hostname: engine ids,
+        CPUs, the BLAS and OpenMP threads each engine's fits get, available
+        and total MB), ``engines`` (per engine id) and
         ``version_mismatches`` (empty when every engine matches the client).
     """
     with resolve_cluster(client, timeout=timeout) as connection:
@@ -53,11 +55,17 @@ def cluster_info(client=None, *, timeout=DEFAULT_TIMEOUT):
             fact["hostname"],
             {
                 "engines": [],
+                "n_cpus": fact["n_cpus"],
                 "available_mb": round(fact["host_available_mb"], 1),
                 "total_mb": round(fact["host_total_mb"], 1),
             },
         )
         host["engines"].append(engine_id)
+    for host in hosts.values():
+        # The BLAS and OpenMP threads each engine's fits get there.
+        host["threads_per_engine"] = threads_per_engine(
+            host["n_cpus"], len(host["engines"])
+        )
     return {
         "client": {"hostname": socket.gethostname(), "versions": _client_versions()},
         "cluster": source,

@@ -268,9 +268,16 @@ class ClusterBackend(ParallelBackendBase):
         Seconds to wait for an engine when the cluster has none left before
         failing with EngineLostError; None means ``ENGINE_WAIT_SECONDS``
         (60).
+    **backend_kwargs
+        joblib's: ``inner_max_num_threads``, the BLAS and OpenMP threads of
+        each engine while it runs tasks (``parallel_config(backend=...,
+        inner_max_num_threads=N)`` sets it). None: the CPUs of the engine's
+        host divided by the cluster's engines there, at least 1, as loky
+        does for its workers.
     """
 
     supports_retrieve_callback = True
+    supports_inner_max_num_threads = True
     supports_timeout = True
     supports_sharedmem = False
     default_n_jobs = -1
@@ -754,9 +761,10 @@ class ClusterBackend(ParallelBackendBase):
         # Only to engines whose host holds the data, which excludes engines
         # that joined but are not probed yet.
         targets = sorted(self._roster.ready)
+        limits = self._roster.thread_limits(self.inner_max_num_threads)
         try:
             with self._view.temp_flags(targets=targets):
-                async_result = self._view.apply_async(run_batch, payload)
+                async_result = self._view.apply_async(run_batch, payload, limits)
         except KeyError:
             # An engine left since the roster was last refreshed, and
             # ipyparallel no longer knows its id: send again without it.

@@ -29,8 +29,10 @@ import psutil
 from ipyparallel.client.view import View
 from IPython.paths import get_ipython_dir
 from joblib import cpu_count
+from traitlets.config import Config
 
 from ._exceptions import ClusterNotFoundError, EngineTimeoutError
+from ._threads import thread_environment
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -454,7 +456,13 @@ def _start_local_cluster(n_engines, timeout):
     cluster = None
     logger.info("Starting a local ipyparallel cluster with %d engines", n_engines)
     try:
-        cluster = ipp.Cluster(n=n_engines, profile_dir=profile_dir, log=logger)
+        # Libraries an engine loads after its last message, or that run
+        # before the first one, size their pools from these (see _threads).
+        config = Config()
+        config.EngineLauncher.environment = thread_environment(n_engines)
+        cluster = ipp.Cluster(
+            n=n_engines, profile_dir=profile_dir, log=logger, config=config
+        )
         cluster.start_cluster_sync()
         client = cluster.connect_client_sync()
     except BaseException:

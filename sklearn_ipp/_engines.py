@@ -63,10 +63,16 @@ def _probe(packages, marker_path=None, marker_token=None):
                 sees_store = f.read() == marker_token
         except OSError:
             pass
+    try:
+        # What loky counts: CPUs this process may use (affinity, cgroups).
+        from joblib import cpu_count
+    except ImportError:
+        cpu_count = os.cpu_count
     process = psutil.Process(os.getpid())
     return {
         "sees_store": sees_store,
         "hostname": socket.gethostname(),
+        "n_cpus": cpu_count() or 1,
         "pid": process.pid,
         "rss_mb": process.memory_info().rss / 1e6,
         "host_available_mb": psutil.virtual_memory().available / 1e6,
@@ -103,10 +109,11 @@ def engine_facts(client=None, *, timeout=DEFAULT_TIMEOUT):
     Returns
     -------
     facts : dict
-        ``{engine_id: {"hostname", "pid", "rss_mb", "host_available_mb",
-        "host_total_mb", "python", "versions"}}`` where ``versions`` maps each
-        package of :data:`CHECKED_PACKAGES` to its version on that engine (None
-        when missing).
+        ``{engine_id: {"hostname", "n_cpus", "pid", "rss_mb",
+        "host_available_mb", "host_total_mb", "python", "versions"}}`` where
+        ``n_cpus`` is the number of CPUs the engine may use and ``versions``
+        maps each package of :data:`CHECKED_PACKAGES` to its version on that
+        engine (None when missing).
     """
     with resolve_cluster(client, timeout=timeout) as connection:
         return start_probe(connection).get_dict(timeout=timeout)

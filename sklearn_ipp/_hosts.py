@@ -26,6 +26,7 @@ from ._remote import (
     remove_host_stores,
 )
 from ._store import _this_process, process_is_alive
+from ._threads import threads_per_engine
 
 __all__ = ["EngineRoster"]
 
@@ -38,9 +39,10 @@ TRANSFERS_IN_FLIGHT = 4
 
 
 class _Host:
-    def __init__(self, hostname, shared):
+    def __init__(self, hostname, shared, n_cpus):
         self.hostname = hostname
         self.shared = shared  # reads the client's store directly
+        self.n_cpus = n_cpus
         self.directory = None  # its own store, when not shared
         self.engines = set()
         self.n_files = 0  # files sent to it, and their bytes
@@ -142,7 +144,7 @@ class EngineRoster:
             host = self.hosts.get(fact["hostname"])
             if host is None:
                 host = self.hosts[fact["hostname"]] = _Host(
-                    fact["hostname"], fact["sees_store"]
+                    fact["hostname"], fact["sees_store"], fact["n_cpus"]
                 )
             if not host.shared and host.directory is None:
                 self._open_host_store(host, engine_id)
@@ -150,6 +152,25 @@ class EngineRoster:
             self.ready[engine_id] = host.hostname
             logger.info("Engine %s on %s takes tasks.", engine_id, host.hostname)
         return True
+
+    def thread_limits(self, n_threads=None):
+        """Return the BLAS and OpenMP threads of an engine, per hostname.
+
+        Parameters
+        ----------
+        n_threads : int or None, default=None
+            joblib's ``inner_max_num_threads``, which every engine gets when
+            given. None: ``threads_per_engine`` of the host's CPUs and of its
+            ready engines, which changes as engines join and leave.
+
+        Returns
+        -------
+        limits : dict of str to int
+        """
+        return {
+            hostname: n_threads or threads_per_engine(host.n_cpus, len(host.engines))
+            for hostname, host in self.hosts.items()
+        }
 
     # Data on hosts without the client's filesystem --------------------------
 

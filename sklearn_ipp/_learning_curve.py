@@ -11,6 +11,7 @@ per train size or per task.
 import contextlib
 
 from joblib import parallel_config
+from joblib.parallel import get_active_backend
 from sklearn import model_selection
 
 from ._backend import DEFAULT_RETRIES, ClusterBackend
@@ -46,11 +47,19 @@ def on_cluster(client, store_dir, retries, X, sklearn_kwargs):
     backend : ClusterBackend
     """
     sklearn_kwargs.pop("n_jobs", None)
+    caller_backend, _ = get_active_backend()
     with resolve_cluster(client) as connection:
         store = Store(store_dir, expected_nbytes=getattr(X, "nbytes", 0))
         progress = FitProgress(sklearn_kwargs.get("verbose", 0))
         backend = ClusterBackend(
-            connection, store, on_progress=progress.update, retries=retries
+            connection,
+            store,
+            on_progress=progress.update,
+            retries=retries,
+            # parallel_config(inner_max_num_threads=N) applies, as with loky.
+            inner_max_num_threads=getattr(
+                caller_backend, "inner_max_num_threads", None
+            ),
         )
         try:
             with parallel_config(backend=backend):

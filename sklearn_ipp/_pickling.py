@@ -17,6 +17,7 @@ which unpickles on the engine as a read-only memory map.
 import io
 import pickle
 import types
+from collections import ChainMap
 
 import cloudpickle
 import numpy as np
@@ -67,8 +68,32 @@ class _ReferencePickler(pickle.Pickler):
         return NotImplemented if reduction is None else reduction
 
 
+def _code_reduce(code):
+    """Reduce a code object as cloudpickle does, keeping its file name.
+
+    cloudpickle 3.1 and later write ``<dynamic-code>`` instead, so that the
+    tracebacks of code sent by value (a FitFailedWarning's, an estimator's
+    error) would no longer name the user's file; the line numbers travel
+    either way.
+    """
+    constructor, args = _CLOUDPICKLE_CODE_REDUCE(code)
+    return _code_with_filename, (constructor, args, code.co_filename)
+
+
+def _code_with_filename(constructor, args, filename):
+    code = constructor(*args)
+    return code if code.co_filename == filename else code.replace(co_filename=filename)
+
+
+_CLOUDPICKLE_CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
 class _StoringCloudPickler(cloudpickle.Pickler):
     """cloudpickle, with large arrays swapped for store references."""
+
+    dispatch_table = ChainMap(
+        {types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table
+    )
 
     def __init__(self, file, persist, min_nbytes):
         super().__init__(file, protocol=_PROTOCOL)

@@ -27,6 +27,7 @@ from ._store import (
     make_store_directory,
     stale_stores,
 )
+from ._threads import limited_threads
 
 __all__ = [
     "INTERRUPTIBLE",
@@ -77,7 +78,7 @@ class TasksStopped(KeyboardInterrupt):
     """Raised in a task by ``STOP_SIGNAL``."""
 
 
-def run_batch(payload):
+def run_batch(payload, thread_limits=None):
     """Run the pickled ``[(function, args, kwargs), ...]`` of ``payload``.
 
     Parameters
@@ -85,6 +86,10 @@ def run_batch(payload):
     payload : bytes
         The tasks, pickled by the client with cloudpickle. Data arguments are
         references that unpickle as read-only memory maps of the store.
+    thread_limits : dict of str to int or None, default=None
+        ``{hostname: n_threads}``: the BLAS and OpenMP pools of this engine
+        are limited to its host's number while the tasks run, and restored
+        after. None, or a host not in it, leaves them as they are.
 
     Returns
     -------
@@ -96,12 +101,22 @@ def run_batch(payload):
         tasks could not be unpickled. A stop signal ends the running task and
         the rest: they all come back ``(STOPPED,)``.
     """
+    hostname = socket.gethostname()
     try:
         tasks = pickle.loads(payload)
     except BaseException as exc:  # reported to the client, which raises it
-        return _dumps(
-            (UNPICKLING_FAILED, exc, traceback.format_exc(), socket.gethostname())
-        )
+        return _dumps((UNPICKLING_FAILED, exc, traceback.format_exc(), hostname))
+    n_threads = (thread_limits or {}).get(hostname)
+    with limited_threads(n_threads):
+        outcomes, seconds = _run_tasks(tasks)
+    # Drop the references to the memory-mapped data before replying, so that a
+    # fold file removed by the client frees its memory as soon as possible.
+    del tasks
+    return _dumps((outcomes, seconds, hostname))
+
+
+def _run_tasks(tasks):
+    """Return the outcomes of ``tasks`` and the seconds each took."""
     outcomes, seconds = [], []
     _let_stop_signal_stop_tasks()
     for function, args, kwargs in tasks:
@@ -117,10 +132,7 @@ def run_batch(payload):
             error = _with_read_only_hint(exc)
             outcomes.append((False, error, traceback.format_exc()))
         seconds.append(time.perf_counter() - start)
-    # Drop the references to the memory-mapped data before replying, so that a
-    # fold file removed by the client frees its memory as soon as possible.
-    del tasks
-    return _dumps((outcomes, seconds, socket.gethostname()))
+    return outcomes, seconds
 
 
 def _let_stop_signal_stop_tasks():

@@ -195,6 +195,11 @@ class _ClusterSearchMixin:
             on_progress=on_progress,
             retries=self.retries,
             checkpoint=checkpoint,
+            # As loky would: parallel_config(inner_max_num_threads=N) around
+            # the fit sets the threads of the engines' BLAS and OpenMP pools.
+            inner_max_num_threads=getattr(
+                caller_backend, "inner_max_num_threads", None
+            ),
         )
         backend.on_result = run.live.add
         with run.lock:

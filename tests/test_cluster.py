@@ -21,6 +21,7 @@ from sklearn_ipp import (
     get_client,
     resolve_cluster,
 )
+from sklearn_ipp._threads import THREAD_VARIABLES
 
 from .conftest import N_ENGINES, last_json_line, run_python
 
@@ -205,6 +206,7 @@ _OWNED_CLUSTER_SCRIPT = textwrap.dedent(
         "engine_pids": [fact["pid"] for fact in facts.values()],
         "controller_pid": cluster.controller.process.pid,
         "profile_dir": cluster.profile_dir,
+        "engine_environ": first[:].apply_sync(lambda: dict(__import__("os").environ)),
     }))
     """
 )
@@ -213,10 +215,21 @@ _OWNED_CLUSTER_SCRIPT = textwrap.dedent(
 def test_none_starts_an_owned_local_cluster_stopped_at_exit(tmp_path, cluster):
     # A fresh IPYTHONDIR has no running cluster: sklearn_ipp starts its own,
     # reuses it, and stops it when the interpreter exits.
-    report = _run_without_cluster(_OWNED_CLUSTER_SCRIPT, tmp_path)
+    # A thread variable the user set is kept; the others are set for engines.
+    report = last_json_line(
+        run_python(
+            "-c", _OWNED_CLUSTER_SCRIPT, IPYTHONDIR=str(tmp_path), OMP_NUM_THREADS="3"
+        )
+    )
     assert report["same_client"]
     assert report["source"] == "local cluster started by sklearn_ipp"
-    assert len(report["engine_pids"]) == sklearn_ipp._cluster.cpu_count()
+    n_engines = sklearn_ipp._cluster.cpu_count()
+    assert len(report["engine_pids"]) == n_engines
+    expected = {name: os.environ.get(name, "1") for name in THREAD_VARIABLES}
+    expected["OMP_NUM_THREADS"] = "3"
+    for environ in report["engine_environ"]:
+        assert {name: environ.get(name) for name in THREAD_VARIABLES} == expected
+        assert environ["TBB_ENABLE_IPC"] == os.environ.get("TBB_ENABLE_IPC", "1")
     pids = [report["controller_pid"], *report["engine_pids"]]
     deadline = time.monotonic() + 10
     while any(psutil.pid_exists(pid) for pid in pids) and time.monotonic() < deadline:

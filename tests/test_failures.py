@@ -305,24 +305,45 @@ def test_stop_signals_that_come_late_break_no_message(client):
     assert ((STOPPED,),) in kinds  # the signals did land
 
 
-def test_tasks_stopped_by_a_late_stop_signal_run_again(client):
-    stop = threading.Event()
-    signaller = _send_stop_signals(client, stop, seconds_between=0.3)
+def test_tasks_stopped_by_a_late_stop_signal_run_again(client, tmp_path):
+    # A stop signal meant for another message, which has just ended on that
+    # engine, stops the tasks of this call: they must run again, not fail.
+    # The signal is sent while a task of this call is sure to run: task 0
+    # writes its process id and waits for the signal, the first time only.
+    started = tmp_path / "started"
+    signalled = threading.Event()
+
+    def signal_the_engine_running_task_0():
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(int(started.read_text()), getattr(signal, STOP_SIGNAL))
+        signalled.set()
+
+    signaller = threading.Thread(target=signal_the_engine_running_task_0)
+    signaller.start()
     backend = ClusterBackend(client)
     try:
         with parallel_config(backend=backend):
             squares = Parallel(n_jobs=-1)(
-                delayed(_sleep_then_square)(i) for i in range(100)
+                delayed(_square_once_stopped)(i, str(started)) for i in range(20)
             )
     finally:
-        stop.set()
-        signaller.join(timeout=30)
+        signaller.join(timeout=90)
         backend.close()
+    assert signalled.is_set()
     assert backend.n_stopped >= 1
-    assert squares == [i * i for i in range(100)]
+    assert squares == [i * i for i in range(20)]
 
 
-def _sleep_then_square(i):
+def _square_once_stopped(i, started):
+    """Return ``i * i``; task 0 first waits to be stopped by a signal."""
+    if i == 0 and not os.path.exists(started):
+        with open(started + ".part", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(started + ".part", started)
+        time.sleep(60)  # ended by the stop signal
+        raise AssertionError("The stop signal did not stop the task.")
     time.sleep(0.01)
     return i * i
 
