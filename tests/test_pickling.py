@@ -3,6 +3,7 @@
 import pickle
 import sys
 import textwrap
+import traceback
 
 import cloudpickle
 
@@ -44,3 +45,37 @@ def test_importable_objects_go_by_reference():
     payload = dumps([pickle.dumps])
     assert pickle.loads(payload) == [pickle.dumps]
     assert b"_pickle" in payload and len(payload) < 100
+
+
+def test_code_sent_by_value_keeps_its_file_and_lines(tmp_path, monkeypatch):
+    source = tmp_path / "usermodels.py"
+    source.write_text(
+        textwrap.dedent(
+            """
+            def fails(n):
+                values = [i for i in range(n)]
+                raise ValueError(values)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import usermodels
+
+    cloudpickle.register_pickle_by_value(usermodels)
+    try:
+        payload = dumps([usermodels.fails])
+    finally:
+        cloudpickle.unregister_pickle_by_value(usermodels)
+    monkeypatch.delitem(sys.modules, "usermodels")
+    (fails,) = pickle.loads(payload)
+    assert fails is not usermodels.fails  # sent by value
+    code = fails.__code__
+    nested = [c for c in code.co_consts if isinstance(c, type(code))]
+    # The comprehension's own code object on Pythons that have one.
+    assert {c.co_filename for c in [code, *nested]} == {str(source)}
+    try:
+        fails(2)
+    except ValueError:
+        text = traceback.format_exc()
+    assert f'File "{source}", line 4, in fails' in text
+    assert "raise ValueError(values)" in text
