@@ -38,6 +38,12 @@ _ipython_dir = None
 
 
 def pytest_configure(config):
+    # A run started in the background by a non-interactive shell (``cmd &``
+    # in a script) inherits SIGINT ignored, and passes it on to every process
+    # it starts: the tests of Ctrl-C could not interrupt anything. They run
+    # as in a terminal, where SIGINT raises KeyboardInterrupt.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # Before anything resolves a profile: engines and subprocesses inherit it.
     global _saved_ipythondir, _ipython_dir
     _saved_ipythondir = os.environ.get("IPYTHONDIR")
