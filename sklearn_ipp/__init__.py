@@ -5,8 +5,7 @@ work on the engines of an ipyparallel cluster and moves the data once per host,
 where every engine memory-maps one read-only copy.
 """
 
-__version__ = "0.1.0.dev0"
-
+from ._backend import register_backend
 from ._cluster import (
     ClusterConnection,
     get_client,
@@ -34,8 +33,8 @@ from ._plot import (
     ScoreHeatmapDisplay,
     ValidationCurveDisplay,
 )
-from ._registration import register_backend
 from ._search import IPyParallelGridSearchCV, IPyParallelRandomizedSearchCV
+from ._version import __version__  # noqa: F401  (the package version)
 
 __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     # Model selection on the cluster

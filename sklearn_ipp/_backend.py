@@ -23,6 +23,10 @@ content, and sent as references (see ``_pickling.dumps``).
 Messages go to the engines that ``_hosts.EngineRoster`` has admitted: engines
 joining during a call get tasks once probed (and their host holds the data);
 tasks of an engine that dies are sent again, up to ``retries`` times.
+
+``on_cluster`` wires a store, a progress bar and a backend around a block of
+scikit-learn code (the curves and their displays); ``register_backend``
+names the backend for ``parallel_backend``.
 """
 
 import contextlib
@@ -39,7 +43,8 @@ from contextlib import contextmanager
 import cloudpickle
 import numpy as np
 from ipyparallel import error as ipp_error
-from joblib.parallel import ParallelBackendBase
+from joblib import parallel_config, register_parallel_backend
+from joblib.parallel import ParallelBackendBase, get_active_backend
 from sklearn.model_selection import _validation
 from sklearn.utils.validation import _num_samples
 
@@ -48,16 +53,17 @@ from ._cluster import resolve_cluster
 from ._exceptions import EngineLostError
 from ._hosts import EngineRoster
 from ._pickling import dumps
-from ._remote import (
+from ._progress import FitProgress
+from ._store import MMAP_MIN_BYTES, RowRange, Store, content_hash
+from ._worker import (
     INTERRUPTIBLE,
     STOP_SIGNAL,
     STOPPED,
     UNPICKLING_FAILED,
     run_batch,
 )
-from ._store import MMAP_MIN_BYTES, RowRange, Store, content_hash
 
-__all__ = ["ClusterBackend"]
+__all__ = ["ClusterBackend", "on_cluster", "register_backend"]
 
 logger = logging.getLogger("sklearn_ipp")
 
@@ -1051,6 +1057,105 @@ class ClusterBackend(ParallelBackendBase):
             self._in_flight.clear()
         for task in tasks:
             self._finish(task, (False, exc))
+
+
+# Wiring and registration ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def on_cluster(client, store_dir, retries, X, sklearn_kwargs):
+    """Run the ``Parallel`` calls of the block on the cluster.
+
+    Parameters
+    ----------
+    client : anything :func:`sklearn_ipp.resolve_cluster` accepts
+        Where to run.
+    store_dir : str, path or None
+        Parent directory of the store (see the searches' ``store_dir``).
+    retries : int
+        Times a fit is sent again when its engine dies.
+    X : array-like
+        The data, to choose a store location with room for it.
+    sklearn_kwargs : dict
+        The keyword arguments for the scikit-learn function run in the
+        block. Their ``verbose`` above 0 shows a progress bar at once (else
+        after 10 s); ``n_jobs`` is removed from them, since the engines
+        decide the parallelism.
+
+    Yields
+    ------
+    backend : ClusterBackend
+    """
+    sklearn_kwargs.pop("n_jobs", None)
+    caller_backend, _ = get_active_backend()
+    with resolve_cluster(client) as connection:
+        store = Store(store_dir, expected_nbytes=getattr(X, "nbytes", 0))
+        progress = FitProgress(sklearn_kwargs.get("verbose", 0))
+        backend = ClusterBackend(
+            connection,
+            store,
+            on_progress=progress.update,
+            retries=retries,
+            # parallel_config(inner_max_num_threads=N) applies, as with loky.
+            inner_max_num_threads=getattr(
+                caller_backend, "inner_max_num_threads", None
+            ),
+        )
+        try:
+            with parallel_config(backend=backend):
+                yield backend
+        finally:
+            backend.close()
+            progress.close()
+            store.close()
+
+
+def register_backend(name="ipyparallel", client=None, make_default=False, **options):
+    """Register sklearn_ipp's joblib backend under ``name``.
+
+    Importing sklearn_ipp registers it as ``'ipyparallel'``, replacing
+    ipyparallel's own backend of that name, which sends the data with every
+    task. Inside ``with parallel_backend('ipyparallel'):`` or
+    ``parallel_config(backend='ipyparallel')``, unchanged scikit-learn code
+    runs on the cluster: arrays of at least ``max_nbytes`` in the tasks are
+    written once per ``with`` block into a private store that the engines
+    memory-map read-only, and sklearn's cross-validation tasks use the fold
+    store of :class:`IPyParallelGridSearchCV`.
+
+    Parameters
+    ----------
+    name : str, default="ipyparallel"
+        The name to use in ``parallel_backend(name)``.
+    client : None, str, ipyparallel.Client, View or Cluster, default=None
+        The cluster, as in :func:`sklearn_ipp.resolve_cluster`, resolved when
+        the backend is first used. A backend this package connected or
+        started is closed with it; a cluster it did not start is never
+        stopped.
+    make_default : bool, default=False
+        Make it joblib's default backend.
+    **options
+        ``store_dir`` and ``max_nbytes`` of the backend (see
+        :class:`sklearn_ipp._backend.ClusterBackend`); ``parallel_backend``
+        can pass them too.
+
+    Examples
+    --------
+    >>> from joblib import parallel_backend
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.model_selection import cross_val_score
+    >>> from sklearn.svm import SVC
+    >>> import sklearn_ipp  # registers 'ipyparallel'
+    >>> X, y = load_iris(return_X_y=True)
+    >>> with parallel_backend("ipyparallel"):  # doctest: +SKIP
+    ...     cross_val_score(SVC(), X, y, n_jobs=-1)
+    """
+    defaults = {"client": client, **options}
+
+    def factory(**backend_params):
+        # parallel_backend(name, client=...) overrides what was registered.
+        return ClusterBackend(**{**defaults, **backend_params})
+
+    register_parallel_backend(name, factory, make_default=make_default)
 
 
 def _order(task):

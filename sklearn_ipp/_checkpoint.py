@@ -21,8 +21,8 @@ import cloudpickle
 import joblib
 import sklearn
 
-from . import __version__
 from ._store import FOLDER_PERMISSIONS, check_private_directory
+from ._version import __version__
 
 __all__ = ["DirectoryCheckpoint", "MemoryCheckpoint", "fit_key"]
 

@@ -10,22 +10,30 @@ whatever the number of its engines; the engines of that host read that copy.
 
 An engine receives tasks only once its host holds the data; engines that
 leave (or die) are dropped as the client sees them go.
+
+The functions that make, fill and remove a host's copy on its engines are at
+the end of this module.
 """
 
+import contextlib
 import hashlib
 import logging
 import os
+import shutil
+import socket
 import warnings
 
 from ._engines import check_versions, start_probe
 from ._exceptions import EngineVersionError
-from ._remote import (
-    make_host_store,
-    receive_chunk,
-    remove_host_files,
-    remove_host_stores,
+from ._store import (
+    COPY_CHUNK_BYTES,
+    _this_process,
+    check_private_directory,
+    default_parent,
+    make_store_directory,
+    process_is_alive,
+    stale_stores,
 )
-from ._store import _this_process, process_is_alive
 from ._threads import threads_per_engine
 
 __all__ = ["EngineRoster"]
@@ -253,3 +261,75 @@ class EngineRoster:
     def transfers(self):
         """Files and bytes sent to each host, ``{hostname: (files, bytes)}``."""
         return {name: (host.n_files, host.nbytes) for name, host in self.hosts.items()}
+
+
+# On the engines of hosts without the client's filesystem ------------------
+#
+# Run there by reference: the client sends each stored file once to one engine
+# of such a host, which writes it into a store directory of its own; the other
+# engines of the host read the same copy.
+
+
+def make_host_store(expected_nbytes, owner):
+    """Make this host's copy of a client's store; return its path and others.
+
+    Parameters
+    ----------
+    expected_nbytes : int
+        Size of the largest data expected, to choose the location.
+    owner : dict
+        The client process, recorded in the store so that a later client of
+        the same host can tell whether it still runs.
+
+    Returns
+    -------
+    path : str
+        The new directory (mode 0700).
+    others : dict
+        ``{path: owner}`` of this user's other stores here made by processes
+        of the client's host, for the client to remove those of dead ones.
+    """
+    parent = default_parent(expected_nbytes)
+    others = stale_stores(parent, hostname=owner["hostname"])
+    return make_store_directory(parent, owner), others
+
+
+def receive_chunk(directory, name, offset, data, sha256=None):
+    """Write ``data`` at ``offset`` of ``name`` in a host store.
+
+    The file is written under a temporary name; with the last chunk comes the
+    SHA-256 of the whole file, which is checked before the file is renamed
+    into place, so that engines never read a partial or corrupted copy.
+    """
+    check_private_directory(directory)
+    path = os.path.join(directory, name)
+    part = path + ".part"
+    with open(part, "r+b" if offset else "wb") as f:
+        f.seek(offset)
+        f.write(data)
+    if sha256 is None:
+        return
+    digest = hashlib.sha256()
+    with open(part, "rb") as f:
+        while chunk := f.read(COPY_CHUNK_BYTES):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        os.remove(part)
+        raise OSError(
+            f"The copy of {name} on host {socket.gethostname()!r} does not match "
+            "the client's file (SHA-256 differs): it was corrupted on the way."
+        )
+    os.rename(part, path)
+
+
+def remove_host_files(directory, names):
+    """Remove files from a host store (engines that map them keep them)."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, name))
+
+
+def remove_host_stores(paths):
+    """Remove whole host stores."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)

@@ -8,66 +8,11 @@ view of the same stored split (see ``_backend._Fold``): no copy of the data
 per train size or per task.
 """
 
-import contextlib
-
-from joblib import parallel_config
-from joblib.parallel import get_active_backend
 from sklearn import model_selection
 
-from ._backend import DEFAULT_RETRIES, ClusterBackend
-from ._cluster import resolve_cluster
-from ._progress import FitProgress
-from ._store import Store
+from ._backend import DEFAULT_RETRIES, on_cluster
 
-__all__ = ["learning_curve", "on_cluster", "validation_curve"]
-
-
-@contextlib.contextmanager
-def on_cluster(client, store_dir, retries, X, sklearn_kwargs):
-    """Run the ``Parallel`` calls of the block on the cluster.
-
-    Parameters
-    ----------
-    client : anything :func:`sklearn_ipp.resolve_cluster` accepts
-        Where to run.
-    store_dir : str, path or None
-        Parent directory of the store (see the searches' ``store_dir``).
-    retries : int
-        Times a fit is sent again when its engine dies.
-    X : array-like
-        The data, to choose a store location with room for it.
-    sklearn_kwargs : dict
-        The keyword arguments for the scikit-learn function run in the
-        block. Their ``verbose`` above 0 shows a progress bar at once (else
-        after 10 s); ``n_jobs`` is removed from them, since the engines
-        decide the parallelism.
-
-    Yields
-    ------
-    backend : ClusterBackend
-    """
-    sklearn_kwargs.pop("n_jobs", None)
-    caller_backend, _ = get_active_backend()
-    with resolve_cluster(client) as connection:
-        store = Store(store_dir, expected_nbytes=getattr(X, "nbytes", 0))
-        progress = FitProgress(sklearn_kwargs.get("verbose", 0))
-        backend = ClusterBackend(
-            connection,
-            store,
-            on_progress=progress.update,
-            retries=retries,
-            # parallel_config(inner_max_num_threads=N) applies, as with loky.
-            inner_max_num_threads=getattr(
-                caller_backend, "inner_max_num_threads", None
-            ),
-        )
-        try:
-            with parallel_config(backend=backend):
-                yield backend
-        finally:
-            backend.close()
-            progress.close()
-            store.close()
+__all__ = ["learning_curve", "validation_curve"]
 
 
 def learning_curve(

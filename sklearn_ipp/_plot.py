@@ -10,8 +10,7 @@ import numpy as np
 from sklearn.model_selection import LearningCurveDisplay as _SklearnLearningCurve
 from sklearn.model_selection import ValidationCurveDisplay as _SklearnValidationCurve
 
-from ._backend import DEFAULT_RETRIES
-from ._learning_curve import on_cluster
+from ._backend import DEFAULT_RETRIES, on_cluster
 from ._report import split_scores
 
 __all__ = [

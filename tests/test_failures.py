@@ -24,7 +24,7 @@ from sklearn.model_selection import GridSearchCV
 
 from sklearn_ipp import EngineLostError, IPyParallelGridSearchCV
 from sklearn_ipp._backend import ClusterBackend
-from sklearn_ipp._remote import STOP_SIGNAL, STOPPED, run_batch
+from sklearn_ipp._worker import STOP_SIGNAL, STOPPED, run_batch
 
 from ._sklearn_compare import assert_same_search
 from .conftest import N_ENGINES

@@ -386,7 +386,7 @@ def test_data_is_never_read_from_a_directory_others_can_write(tmp_path):
 def test_a_corrupted_copy_is_refused(tmp_path):
     import hashlib
 
-    from sklearn_ipp._remote import receive_chunk
+    from sklearn_ipp._hosts import receive_chunk
 
     directory = tmp_path / "host-store"
     directory.mkdir(mode=0o700)

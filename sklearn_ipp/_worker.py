@@ -6,10 +6,7 @@ serialisation the ipyparallel client is set to use.
 """
 
 import contextlib
-import hashlib
-import os
 import pickle
-import shutil
 import signal
 import socket
 import sys
@@ -20,13 +17,6 @@ import traceback
 import cloudpickle
 
 from ._pickling import dumps
-from ._store import (
-    COPY_CHUNK_BYTES,
-    check_private_directory,
-    default_parent,
-    make_store_directory,
-    stale_stores,
-)
 from ._threads import limited_threads
 
 __all__ = [
@@ -35,10 +25,6 @@ __all__ = [
     "STOPPED",
     "STOP_SIGNAL",
     "UNPICKLING_FAILED",
-    "make_host_store",
-    "receive_chunk",
-    "remove_host_files",
-    "remove_host_stores",
     "run_batch",
 ]
 
@@ -229,75 +215,3 @@ def _picklable_reply(reply):
 
 def _describe(exc):
     return RuntimeError(f"{type(exc).__name__}: {exc} (not picklable)")
-
-
-# Hosts without the client's filesystem ---------------------------------------
-#
-# The client sends each stored file once to one engine of such a host, which
-# writes it into a store directory of its own; the other engines of the host
-# read the same copy.
-
-
-def make_host_store(expected_nbytes, owner):
-    """Make this host's copy of a client's store; return its path and others.
-
-    Parameters
-    ----------
-    expected_nbytes : int
-        Size of the largest data expected, to choose the location.
-    owner : dict
-        The client process, recorded in the store so that a later client of
-        the same host can tell whether it still runs.
-
-    Returns
-    -------
-    path : str
-        The new directory (mode 0700).
-    others : dict
-        ``{path: owner}`` of this user's other stores here made by processes
-        of the client's host, for the client to remove those of dead ones.
-    """
-    parent = default_parent(expected_nbytes)
-    others = stale_stores(parent, hostname=owner["hostname"])
-    return make_store_directory(parent, owner), others
-
-
-def receive_chunk(directory, name, offset, data, sha256=None):
-    """Write ``data`` at ``offset`` of ``name`` in a host store.
-
-    The file is written under a temporary name; with the last chunk comes the
-    SHA-256 of the whole file, which is checked before the file is renamed
-    into place, so that engines never read a partial or corrupted copy.
-    """
-    check_private_directory(directory)
-    path = os.path.join(directory, name)
-    part = path + ".part"
-    with open(part, "r+b" if offset else "wb") as f:
-        f.seek(offset)
-        f.write(data)
-    if sha256 is None:
-        return
-    digest = hashlib.sha256()
-    with open(part, "rb") as f:
-        while chunk := f.read(COPY_CHUNK_BYTES):
-            digest.update(chunk)
-    if digest.hexdigest() != sha256:
-        os.remove(part)
-        raise OSError(
-            f"The copy of {name} on host {socket.gethostname()!r} does not match "
-            "the client's file (SHA-256 differs): it was corrupted on the way."
-        )
-    os.rename(part, path)
-
-
-def remove_host_files(directory, names):
-    """Remove files from a host store (engines that map them keep them)."""
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(directory, name))
-
-
-def remove_host_stores(paths):
-    """Remove whole host stores."""
-    for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
