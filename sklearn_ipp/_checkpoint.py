@@ -24,7 +24,13 @@ import sklearn
 from ._store import FOLDER_PERMISSIONS, check_private_directory
 from ._version import __version__
 
-__all__ = ["DirectoryCheckpoint", "MemoryCheckpoint", "fit_key"]
+__all__ = [
+    "KEPT_RESULTS_NOTE",
+    "DirectoryCheckpoint",
+    "MemoryCheckpoint",
+    "SavedFits",
+    "fit_key",
+]
 
 # Arguments of _fit_and_score that do not change its result: progress
 # messages, and the callback context and caller of scikit-learn >= 1.9.
@@ -37,6 +43,12 @@ _IGNORED_ARGUMENTS = {
 }
 _SUFFIX = ".result"
 
+# Added to the errors that end a call whose finished fits are kept.
+KEPT_RESULTS_NOTE = (
+    " The results of the fits that finished are kept, so running it "
+    "again with the same data and parameters runs only the rest."
+)
+
 
 def fit_key(fold_key, arguments, data_names):
     """Return the key of one (candidate, split) fit.
@@ -44,7 +56,7 @@ def fit_key(fold_key, arguments, data_names):
     Parameters
     ----------
     fold_key : tuple
-        Content hashes of the data and split (see ``_backend._Fold``).
+        Content hashes of the data and split (see ``FoldIndex.fold_of``).
     arguments : dict
         ``_fit_and_score``'s arguments by name.
     data_names : set of str
@@ -153,3 +165,57 @@ class DirectoryCheckpoint:
             if name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] not in keys:
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(self.path, name))
+
+
+class SavedFits:
+    """A backend's use of a checkpoint: fits looked up, and saved as they end.
+
+    Parameters
+    ----------
+    checkpoint : DirectoryCheckpoint or MemoryCheckpoint
+        Where the results are.
+    """
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint
+        self.keys = set()  # keys of the fits seen, saved or not
+        # Whether a fit's key is computed when it is submitted, to look for
+        # a saved result, or only once it is done, to save it: decided at
+        # the first fit, by whether the checkpoint holds anything. Hashing a
+        # fit's arguments takes about as long as preparing the rest of it,
+        # and would otherwise delay the first messages of a search.
+        self._look_up = None
+
+    def look_up(self, task):
+        """Return ``(True, result)`` if the fit task's result is saved."""
+        if self._look_up is None:
+            self._look_up = len(self.checkpoint) > 0
+        if not self._look_up:
+            return False, None
+        return self.checkpoint.get(self._key(task))
+
+    def save(self, task, result):
+        """Save a fit task's result; failed fits are fitted again next time.
+
+        The failure of a fit (``fit_error``) may not be the candidate's, such
+        as an engine out of memory.
+        """
+        if isinstance(result, dict) and result.get("fit_error"):
+            return
+        try:
+            self.checkpoint.put(self._key(task), result)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"Cannot save the result of a fit in the checkpoint directory "
+                f"{getattr(self.checkpoint, 'path', '')!r}: {exc.strerror or exc}. "
+                "The results saved so far are kept: free space there, or pass "
+                "checkpoint_dir= another directory, and fit again.",
+            ) from exc
+
+    def _key(self, task):
+        if task.checkpoint_key is None:
+            data_names = {"X", "y", "train", "test", *task.fold.aligned_params}
+            task.checkpoint_key = fit_key(task.split_key, task.arguments, data_names)
+            self.keys.add(task.checkpoint_key)
+        return task.checkpoint_key

@@ -30,8 +30,6 @@ CHECKED_PACKAGES = {
     "sklearn_ipp": "sklearn_ipp",
 }
 
-_MB = 1e6  # megabytes as the tutorial counts them (psutil reports bytes)
-
 
 def _probe(packages, marker_path=None, marker_token=None):
     """Describe the engine process this runs in.

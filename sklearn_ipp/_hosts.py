@@ -21,10 +21,11 @@ import logging
 import os
 import shutil
 import socket
+import time
 import warnings
 
 from ._engines import check_versions, start_probe
-from ._exceptions import EngineVersionError
+from ._exceptions import EngineLostError, EngineVersionError
 from ._store import (
     COPY_CHUNK_BYTES,
     _this_process,
@@ -36,7 +37,7 @@ from ._store import (
 )
 from ._threads import threads_per_engine
 
-__all__ = ["EngineRoster"]
+__all__ = ["ENGINE_WAIT_SECONDS", "EngineLosses", "EngineRoster"]
 
 logger = logging.getLogger("sklearn_ipp")
 
@@ -44,6 +45,9 @@ logger = logging.getLogger("sklearn_ipp")
 # neither side holds a whole large file in memory as a message.
 TRANSFER_CHUNK_BYTES = 32 * 2**20
 TRANSFERS_IN_FLIGHT = 4
+# How long a call waits for engines when the cluster has none left, before
+# it fails (the finished results are kept, see EngineLostError).
+ENGINE_WAIT_SECONDS = 60.0
 
 
 class _Host:
@@ -92,21 +96,13 @@ class EngineRoster:
     # Engines ---------------------------------------------------------------
 
     def refresh(self):
-        """Probe new engines, admit probed ones, drop engines that left.
-
-        Returns
-        -------
-        changed : bool
-            Whether the set of ready engines changed.
-        """
+        """Probe new engines, admit probed ones, drop engines that left."""
         ids = set(self.connection.engine_ids)
-        changed = False
         for engine_id in list(self.ready):
             if engine_id not in ids:
                 hostname = self.ready.pop(engine_id)
                 self.hosts[hostname].engines.discard(engine_id)
                 logger.info("Engine %s on %s left the cluster.", engine_id, hostname)
-                changed = True
         new = sorted(ids - self._seen)
         if new:
             self._seen.update(new)
@@ -116,18 +112,12 @@ class EngineRoster:
             self._probes.append(probe)
         for probe in [p for p in self._probes if p.ready()]:
             self._probes.remove(probe)
-            changed |= self._admit(probe)
-        return changed
+            self._admit(probe)
 
     @property
     def probing(self):
         """Whether engines are being probed and may soon be ready."""
         return bool(self._probes)
-
-    def wait_for_probe(self, timeout):
-        """Wait until the oldest probe answers (or ``timeout`` seconds)."""
-        if self._probes:
-            self._probes[0].wait(timeout)
 
     def _admit(self, probe):
         first, self._first_probe = self._first_probe, False
@@ -137,7 +127,7 @@ class EngineRoster:
             # An engine that died while probed: the others are probed again.
             logger.info("Probing engines failed (%s); probing again.", exc)
             self._seen.difference_update(probe.engine_id or [])
-            return False
+            return
         if self.check_versions:
             try:
                 check_versions(facts)
@@ -147,7 +137,7 @@ class EngineRoster:
                 warnings.warn(
                     f"{exc} These engines get no tasks.", RuntimeWarning, stacklevel=2
                 )
-                return False
+                return
         for engine_id, fact in sorted(facts.items()):
             host = self.hosts.get(fact["hostname"])
             if host is None:
@@ -159,7 +149,6 @@ class EngineRoster:
             host.engines.add(engine_id)
             self.ready[engine_id] = host.hostname
             logger.info("Engine %s on %s takes tasks.", engine_id, host.hostname)
-        return True
 
     def thread_limits(self, n_threads=None):
         """Return the BLAS and OpenMP threads of an engine, per hostname.
@@ -268,6 +257,83 @@ class EngineRoster:
 # Run there by reference: the client sends each stored file once to one engine
 # of such a host, which writes it into a store directory of its own; the other
 # engines of the host read the same copy.
+
+
+class EngineLosses:
+    """What happens to tasks when engines die: retries, then errors.
+
+    Parameters
+    ----------
+    roster : EngineRoster
+        Whose ready and probing engines count.
+    retries : int
+        Times a task is sent again after the engine running it died.
+    engine_wait : float or None
+        Seconds to wait for an engine when none is left; None:
+        ``ENGINE_WAIT_SECONDS``.
+    kept_results_note : str
+        Added to the errors, to say what is kept.
+    """
+
+    def __init__(self, roster, retries, engine_wait, kept_results_note):
+        self._roster = roster
+        self.retries = retries
+        self.engine_wait = ENGINE_WAIT_SECONDS if engine_wait is None else engine_wait
+        self._note = kept_results_note
+        self._since = None
+
+    def sort(self, tasks, engine_id, n_done, n_submitted):
+        """Count an attempt for the tasks of a dead engine.
+
+        Returns the tasks to send again and ``(task, EngineLostError)`` for
+        those that used up their retries.
+        """
+        logger.warning(
+            "Engine %s died while running %d task(s); sending them again.",
+            engine_id,
+            len(tasks),
+        )
+        again, lost = [], []
+        for task in tasks:
+            task.attempts += 1
+            if task.attempts <= self.retries:
+                again.append(task)
+                continue
+            error = EngineLostError(
+                f"A task was running on an engine that died, {task.attempts} "
+                f"times (retries={self.retries}), the last time engine "
+                f"{engine_id}. The task itself may be what kills its engine, "
+                "for example by running out of memory: check the engines' "
+                "logs and memory (sklearn_ipp.hosts_free_memory())." + self._note,
+                n_done=n_done,
+                n_submitted=n_submitted,
+            )
+            lost.append((task, error))
+        return again, lost
+
+    def check_engines_left(self, busy, n_done, n_submitted):
+        """Raise EngineLostError once tasks waited ``engine_wait`` s for engines."""
+        if self._roster.ready or self._roster.probing:
+            self._since = None
+            return
+        if not busy:
+            return
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+            logger.warning(
+                "No engine left; waiting up to %.0f s for engines.", self.engine_wait
+            )
+        if now - self._since >= self.engine_wait:
+            raise EngineLostError(
+                f"Every engine of the cluster is gone, and none came back within "
+                f"{self.engine_wait:.0f} s: {n_done} of {n_submitted} tasks "
+                "finished. Start engines (for example `ipcluster engines "
+                "--n=4` or cluster.start_engines()) and run the call again."
+                + self._note,
+                n_done=n_done,
+                n_submitted=n_submitted,
+            )
 
 
 def make_host_store(expected_nbytes, owner):

@@ -67,7 +67,14 @@ def learning_curve(
     >>> sizes, train, test = sklearn_ipp.learning_curve(
     ...     GaussianNB(), X, y, cv=5)  # doctest: +SKIP
     """
-    with on_cluster(client, store_dir, retries, X, kwargs):
+    kwargs.pop("n_jobs", None)  # the engines decide the parallelism
+    with on_cluster(
+        client,
+        X,
+        store_dir=store_dir,
+        retries=retries,
+        verbose=kwargs.get("verbose", 0),
+    ):
         return model_selection.learning_curve(estimator, X, y, **kwargs)
 
 
@@ -117,7 +124,14 @@ def validation_curve(
     train_scores, test_scores : ndarray of shape (n_values, n_splits)
         As returned by :func:`sklearn.model_selection.validation_curve`.
     """
-    with on_cluster(client, store_dir, retries, X, kwargs):
+    kwargs.pop("n_jobs", None)  # the engines decide the parallelism
+    with on_cluster(
+        client,
+        X,
+        store_dir=store_dir,
+        retries=retries,
+        verbose=kwargs.get("verbose", 0),
+    ):
         return model_selection.validation_curve(
             estimator, X, y, param_name=param_name, param_range=param_range, **kwargs
         )

@@ -11,7 +11,7 @@ from sklearn.model_selection import LearningCurveDisplay as _SklearnLearningCurv
 from sklearn.model_selection import ValidationCurveDisplay as _SklearnValidationCurve
 
 from ._backend import DEFAULT_RETRIES, on_cluster
-from ._report import split_scores
+from ._results import split_scores
 
 __all__ = [
     "LearningCurveDisplay",
@@ -122,7 +122,7 @@ class ParameterBoxplotDisplay:
         For each parameter, its values (one box each).
     test_scores : list of list of ndarray
         For each parameter and value, the validation scores.
-    train_scores : list of list of ndarray or None
+    train_scores : list of list of ndarray or None, default=None
         Likewise for the train scores; None to leave them out.
     score_name : str, default="score"
         The y-axis label.
@@ -139,7 +139,13 @@ class ParameterBoxplotDisplay:
     """
 
     def __init__(
-        self, param_names, param_values, test_scores, train_scores, score_name="score"
+        self,
+        *,
+        param_names,
+        param_values,
+        test_scores,
+        train_scores=None,
+        score_name="score",
     ):
         self.param_names = param_names
         self.param_values = param_values
@@ -194,7 +200,11 @@ class ParameterBoxplotDisplay:
             if train is not None:
                 train_scores.append([train[r].compressed() for r in rows])
         display = cls(
-            names, values, test_scores, train_scores if display_train else None, metric
+            param_names=names,
+            param_values=values,
+            test_scores=test_scores,
+            train_scores=train_scores if display_train else None,
+            score_name=metric,
         )
         return display.plot(ax=ax)
 
@@ -288,7 +298,7 @@ class ScoreHeatmapDisplay:
     """
 
     def __init__(
-        self, scores, x_param, y_param, x_values, y_values, score_name="score"
+        self, *, scores, x_param, y_param, x_values, y_values, score_name="score"
     ):
         self.scores = scores
         self.x_param, self.y_param = x_param, y_param
@@ -354,7 +364,14 @@ class ScoreHeatmapDisplay:
                 elif matching:
                     # Other parameters vary too: the best over them.
                     scores[row, column] = np.nanmax(matching)
-        display = cls(scores, x_param, y_param, x_values, y_values, metric)
+        display = cls(
+            scores=scores,
+            x_param=x_param,
+            y_param=y_param,
+            x_values=x_values,
+            y_values=y_values,
+            score_name=metric,
+        )
         return display.plot(ax=ax, cmap=cmap)
 
     def plot(self, ax=None, cmap="viridis"):
@@ -402,7 +419,28 @@ class ScoreHeatmapDisplay:
         return self
 
 
-class LearningCurveDisplay(_SklearnLearningCurve):
+class _ClusterCurveDisplay:
+    """What the curve displays add to scikit-learn's: fits on the cluster."""
+
+    @staticmethod
+    def _on_cluster(client, X, store_dir, retries, kwargs):
+        """Return the context that runs the curve's fits on the cluster.
+
+        Fails at once without matplotlib; ``n_jobs`` is removed from the
+        display's ``kwargs``, since the engines decide the parallelism.
+        """
+        _pyplot()
+        kwargs.pop("n_jobs", None)
+        return on_cluster(
+            client,
+            X,
+            store_dir=store_dir,
+            retries=retries,
+            verbose=kwargs.get("verbose", 0),
+        )
+
+
+class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):
     """scikit-learn's LearningCurveDisplay, computed on the cluster.
 
     :meth:`from_estimator` runs :func:`sklearn_ipp.learning_curve`; the rest
@@ -445,12 +483,11 @@ class LearningCurveDisplay(_SklearnLearningCurve):
         -------
         display : LearningCurveDisplay
         """
-        _pyplot()
-        with on_cluster(client, store_dir, retries, X, kwargs):
+        with cls._on_cluster(client, X, store_dir, retries, kwargs):
             return super().from_estimator(estimator, X, y, **kwargs)
 
 
-class ValidationCurveDisplay(_SklearnValidationCurve):
+class ValidationCurveDisplay(_ClusterCurveDisplay, _SklearnValidationCurve):
     """scikit-learn's ValidationCurveDisplay, computed on the cluster.
 
     :meth:`from_estimator` runs :func:`sklearn_ipp.validation_curve`; the
@@ -498,8 +535,7 @@ class ValidationCurveDisplay(_SklearnValidationCurve):
         -------
         display : ValidationCurveDisplay
         """
-        _pyplot()
-        with on_cluster(client, store_dir, retries, X, kwargs):
+        with cls._on_cluster(client, X, store_dir, retries, kwargs):
             return super().from_estimator(
                 estimator,
                 X,

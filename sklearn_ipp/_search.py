@@ -5,30 +5,22 @@ backend: sklearn still builds ``cv_results_``, picks the best candidate and
 refits it, and only the evaluation of the candidates moves to the cluster.
 """
 
-import contextlib
 import inspect
 import logging
 import os
 import pickle
-import threading
 from numbers import Integral
 
 import cloudpickle
 import joblib
 import numpy as np
-from joblib import parallel_config
 from joblib.parallel import get_active_backend
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 from sklearn.utils._param_validation import Interval
 
-from ._backend import ClusterBackend
-from ._checkpoint import DirectoryCheckpoint, MemoryCheckpoint
 from ._cluster import resolve_cluster
-from ._live import LiveResults
-from ._progress import FitProgress
-from ._report import best_first, format_progress, format_top_candidates
-from ._store import Store
+from ._search_run import SearchRun, WatchedSearchMixin
 
 __all__ = ["IPyParallelGridSearchCV", "IPyParallelRandomizedSearchCV"]
 
@@ -80,7 +72,7 @@ _RUN_SEARCH_TAKES_CALLBACKS = (
 )
 
 
-class _ClusterSearchMixin:
+class _ClusterSearchMixin(WatchedSearchMixin):
     """``fit`` on the cluster, plus what makes the search a good estimator."""
 
     def fit(self, X, y=None, **params):
@@ -108,19 +100,9 @@ class _ClusterSearchMixin:
         --------
         fit_async : Start the same fit and return at once.
         """
-        self._check_not_running()
-        # scikit-learn's own checks first, so that its errors come as usual.
-        self._validate_params()
-        self._check_picklable()
-        # The refit runs in this process under the caller's joblib settings,
-        # as in scikit-learn (see _run_search).
-        caller = get_active_backend()
-        run = self._run = _SearchRun(self)
-        try:
-            with resolve_cluster(self.client) as connection:
-                self._fit_on(connection, caller, run, X, y, params)
-        finally:
-            run.finished.set()
+        caller = self._check_fit()
+        run = self._run = SearchRun(self, caller, previous=self._run)
+        run.run(self.client, super().fit, X, y, params)
         return self
 
     def fit_async(self, X, y=None, **params):
@@ -145,274 +127,32 @@ class _ClusterSearchMixin:
             The search, not fitted until :meth:`done`: fitted attributes of an
             earlier fit are removed.
         """
-        self._check_not_running()
-        self._validate_params()
-        self._check_picklable()
-        caller = get_active_backend()
+        caller = self._check_fit()
         connection = resolve_cluster(self.client)  # errors come at once
+        try:
+            run = SearchRun(self, caller, previous=self._run)
+        except BaseException:
+            connection.close()
+            raise
         for name in [k for k in vars(self) if k.endswith("_") and k[0] != "_"]:
             delattr(self, name)  # not fitted until this fit is done
-        run = self._run = _SearchRun(self)
-
-        def fit_in_background():
-            try:
-                with connection:
-                    self._fit_on(connection, caller, run, X, y, params)
-            except _Aborted:
-                run.aborted = True
-            except BaseException as exc:
-                run.error = exc
-                logger.warning(
-                    "The search failed: %s: %s (wait() raises it).",
-                    type(exc).__name__,
-                    exc,
-                )
-            finally:
-                run.finished.set()
-
-        threading.Thread(
-            target=fit_in_background, name="sklearn_ipp-search", daemon=True
-        ).start()
+        self._run = run
+        run.run_in_background(connection, super().fit, X, y, params)
         return self
 
-    def _fit_on(self, connection, caller, run, X, y, params):
-        if self.checkpoint_dir is not None:
-            checkpoint = DirectoryCheckpoint(self.checkpoint_dir)
-        else:
-            # Kept on the search only if this fit does not complete.
-            checkpoint = self.__dict__.get("_unfinished_fits") or MemoryCheckpoint()
-        caller_backend, caller_n_jobs = caller
-        store = Store(self.store_dir, expected_nbytes=getattr(X, "nbytes", 0))
-        progress = FitProgress(self.verbose)
-
-        def on_progress(n_done, n_submitted):
-            run.live.set_progress(n_done, n_submitted)
-            progress.update(n_done, n_submitted)
-
-        backend = ClusterBackend(
-            connection,
-            store,
-            on_progress=on_progress,
-            retries=self.retries,
-            checkpoint=checkpoint,
-            # As loky would: parallel_config(inner_max_num_threads=N) around
-            # the fit sets the threads of the engines' BLAS and OpenMP pools.
-            inner_max_num_threads=getattr(
-                caller_backend, "inner_max_num_threads", None
-            ),
-        )
-        backend.on_result = run.live.add
-        with run.lock:
-            run.backend = backend
-            if run.abort_requested:
-                backend.cancel(_Aborted())
-        try:
-            with (
-                parallel_config(backend=backend),
-                contextlib.ExitStack() as after_search,
-            ):
-                self._after_search = (after_search, caller_backend, caller_n_jobs)
-                super().fit(X, y, **params)
-        except BaseException:
-            if isinstance(checkpoint, MemoryCheckpoint) and len(checkpoint):
-                self._unfinished_fits = checkpoint
-            raise
-        finally:
-            with run.lock:
-                run.backend = None
-            self.__dict__.pop("_after_search", None)
-            backend.close()
-            progress.close()
-            store.close()
-        self.__dict__.pop("_unfinished_fits", None)
-        if isinstance(checkpoint, DirectoryCheckpoint):
-            checkpoint.keep_only(backend.checkpoint_keys)
-        run.completed = True
-
-    # While it runs ---------------------------------------------------------
-
-    def done(self):
-        """Whether no fit of this search is running.
-
-        Returns
-        -------
-        done : bool
-            True once a fit started with :meth:`fit_async` has ended: fitted,
-            aborted or failed (:meth:`wait` raises the error). True as well
-            when no fit was started.
-        """
-        run = self.__dict__.get("_run")
-        return run is None or run.finished.is_set()
-
-    def wait(self, timeout=None):
-        """Wait for a fit started with :meth:`fit_async` to end.
-
-        Parameters
-        ----------
-        timeout : float or None, default=None
-            Seconds to wait at most; None waits for the end.
-
-        Returns
-        -------
-        done : bool
-            False if the fit is still running after ``timeout``.
-
-        Raises
-        ------
-        Exception
-            The error that ended the fit, if it failed (not if aborted).
-        """
-        run = self.__dict__.get("_run")
-        if run is None:
-            return True
-        if not run.finished.wait(timeout):
-            return False
-        if run.error is not None:
-            raise run.error
-        return True
-
-    def abort(self):
-        """Stop a running fit; keep the results of the fits finished so far.
-
-        Queued fits are dropped and running ones interrupted on their
-        engines. The search is then not fitted, but :meth:`report` and
-        :meth:`partial_results` show what finished, and the next ``fit`` of
-        this search runs only the fits that did not. When every fit has
-        already finished, the refit completes and the search is fitted.
-        Returns once the fit has stopped.
-        """
-        run = self.__dict__.get("_run")
-        if run is None or run.finished.is_set():
-            return
-        with run.lock:
-            run.abort_requested = True
-            backend = run.backend
-        if backend is not None:
-            backend.cancel(_Aborted())
-        run.finished.wait()
-
-    def progress(self):
-        """Return the fits finished and the fits of the search so far.
-
-        Returns
-        -------
-        n_done : int
-            Finished fits, including results reused from a checkpoint.
-        n_total : int
-            Fits of the search (candidates times splits); 0 before the search
-            has handed them over.
-        """
-        run = self.__dict__.get("_run")
-        if run is None:
-            if not hasattr(self, "cv_results_"):
-                return 0, 0
-            n_fits = len(self.cv_results_["params"]) * self.n_splits_
-            return n_fits, n_fits
-        return run.live.n_done, run.live.n_total
-
-    def partial_results(self):
-        """Return the ``cv_results_`` of the fits finished so far.
-
-        Usable while the search runs, after :meth:`abort` and after a
-        failed or interrupted fit. The keys are those of ``cv_results_``,
-        for the candidates with at least one finished split, in the search's
-        order; split scores of unfinished splits are masked
-        (``numpy.ma``), and means, standard deviations and ranks are over
-        the finished splits. Once the search is fitted, its ``cv_results_``.
-
-        Returns
-        -------
-        results : dict or None
-            None while no fit has finished.
-        """
-        run = self.__dict__.get("_run")
-        if (run is None or run.completed) and hasattr(self, "cv_results_"):
-            return self.cv_results_
-        return None if run is None else run.live.cv_results()
-
-    def find_bests(self, n_top=5):
-        """Return the best candidates so far, as the tutorial's ``find_bests``.
-
-        Parameters
-        ----------
-        n_top : int, default=5
-            How many candidates to return.
-
-        Returns
-        -------
-        bests : list of (float, dict)
-            ``(mean validation score, parameters)``, best first, over the
-            finished splits of each candidate (for a multi-metric search,
-            the ``refit`` metric).
-        """
-        results = self.partial_results()
-        if results is None:
-            return []
-        means = np.asarray(results[f"mean_test_{self._report_metric()}"], dtype=float)
-        best = best_first(means)[:n_top]
-        return [(float(means[i]), results["params"][i]) for i in best]
-
-    def report(self, n_top=5):
-        """Return the tutorial's text report of the best candidates.
-
-        Usable while the search runs and after it ended: a progress line,
-        then for each of the ``n_top`` best candidates the mean validation
-        (and train, with ``return_train_score=True``) score ± its standard
-        error over the finished splits, and its parameters::
-
-            Progress: 100% (100/100)
-            Rank 1: validation: 0.99022 (+/-0.00151) train: 0.99896 (+/-0.00038):
-            {'C': 1.0, 'gamma': 0.001}
-
-        Parameters
-        ----------
-        n_top : int, default=5
-            How many candidates to show.
-
-        Returns
-        -------
-        report : str
-        """
-        lines = [format_progress(*self.progress(), self._status())]
-        results = self.partial_results()
-        if results is not None:
-            lines.append(format_top_candidates(results, n_top, self._report_metric()))
-        return "\n".join(lines)
-
-    def __sklearn_is_fitted__(self):
-        # Not while a fit runs (or after it was aborted or failed), even if
-        # scikit-learn has set some fitted attributes already.
-        run = self.__dict__.get("_run")
-        if run is not None and not run.completed:
-            return False
-        return hasattr(self, "cv_results_")
-
-    def _status(self):
-        run = self.__dict__.get("_run")
-        if run is None or run.completed:
-            return None
-        if not run.finished.is_set():
-            return "running"
-        if run.aborted:
-            return "aborted"
-        error = run.error
-        if error is None:  # a blocking fit that raised: the caller has seen it
-            return "stopped"
-        return f"failed: {type(error).__name__}: {error}"
-
-    def _report_metric(self):
-        if callable(self.scoring) or not isinstance(self.scoring, (list, tuple, dict)):
-            return "score"
-        if isinstance(self.refit, str):
-            return self.refit
-        return sorted(self.scoring)[0]
-
-    def _check_not_running(self):
+    def _check_fit(self):
+        """Check what can be before a fit; return the caller's joblib settings."""
         if not self.done():
             raise RuntimeError(
                 "This search is still fitting (started with fit_async): call "
                 "wait() or abort() before fitting it again."
             )
+        # scikit-learn's own checks first, so that its errors come as usual.
+        self._validate_params()
+        self._check_picklable()
+        # The refit runs in this process under the caller's joblib settings,
+        # as in scikit-learn (see _run_search).
+        return get_active_backend()
 
     def _evaluation_order(self, candidate_params):
         """Positions in which to run the candidates; None: the search's order."""
@@ -421,9 +161,7 @@ class _ClusterSearchMixin:
     def _ordered(self, evaluate_candidates):
         def evaluate(candidate_params, *args, **kwargs):
             candidate_params = list(candidate_params)
-            backend = self._run.backend
-            if backend is not None:
-                backend.candidate_positions = self._evaluation_order(candidate_params)
+            self._run.positions = self._evaluation_order(candidate_params)
             return evaluate_candidates(candidate_params, *args, **kwargs)
 
         return evaluate
@@ -434,24 +172,13 @@ class _ClusterSearchMixin:
             super()._run_search(
                 self._ordered(evaluate_candidates), callback_ctx=callback_ctx
             )
-            self._leave_cluster_for_refit()
+            self._run.leave_cluster_for_refit()
 
     else:
 
         def _run_search(self, evaluate_candidates):
             super()._run_search(self._ordered(evaluate_candidates))
-            self._leave_cluster_for_refit()
-
-    def _leave_cluster_for_refit(self):
-        # The candidates are evaluated. What follows, the refit of the best
-        # one, runs in this process: the estimator's own Parallel calls
-        # (n_jobs=None means "the active backend") must not go to the cluster
-        # and send the data there again, but run as they would in
-        # scikit-learn. The stack is left before the cluster backend is.
-        after_search, caller_backend, caller_n_jobs = self._after_search
-        after_search.enter_context(
-            parallel_config(backend=caller_backend, n_jobs=caller_n_jobs)
-        )
+            self._run.leave_cluster_for_refit()
 
     def _check_picklable(self):
         """Fail before any task is sent if something cannot reach the engines."""
@@ -471,33 +198,11 @@ class _ClusterSearchMixin:
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: the search keeps its client
-        for name in ("_unfinished_fits", "_run", "_after_search"):
-            state.pop(name, None)
+        state.pop("_run", None)
         if not (state.get("client") is None or isinstance(state["client"], str)):
             # A connection cannot be pickled: the fitted model can, without it.
             state["client"] = None
         return state
-
-
-class _Aborted(Exception):
-    """Ends a fit stopped by ``abort()``."""
-
-    def __init__(self):
-        super().__init__("The search was aborted.")
-
-
-class _SearchRun:
-    """One fit of a search: its results so far, and how to stop it."""
-
-    def __init__(self, search):
-        self.live = LiveResults(search.return_train_score, search.error_score)
-        self.lock = threading.Lock()
-        self.backend = None  # while the candidates are evaluated
-        self.abort_requested = False
-        self.finished = threading.Event()
-        self.completed = False
-        self.aborted = False
-        self.error = None
 
 
 def _check_picklable(obj, name):

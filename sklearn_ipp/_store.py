@@ -426,12 +426,9 @@ def process_is_alive(owner):
 
 def remove_stale_stores(parent):
     """Remove this user's stores in ``parent`` left by dead processes here."""
-    removed = []
     for path, owner in stale_stores(parent).items():
         if not process_is_alive(owner):
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
 
 
 def _is_plain_array(obj):

@@ -161,7 +161,7 @@ def test_losing_every_engine_keeps_the_finished_fits(
     cluster, client, tmp_path, monkeypatch
 ):
     # No engine comes back within 3 s: the search fails...
-    monkeypatch.setattr("sklearn_ipp._backend.ENGINE_WAIT_SECONDS", 3.0)
+    monkeypatch.setattr("sklearn_ipp._hosts.ENGINE_WAIT_SECONDS", 3.0)
     log_dir = tmp_path / "fits"
     log_dir.mkdir()
     X, y = _data()

@@ -13,8 +13,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import make_classification
 from sklearn.model_selection import GridSearchCV, KFold, ParameterGrid, cross_validate
 
-from sklearn_ipp._live import LiveResults
-from sklearn_ipp._report import format_progress, format_top_candidates
+from sklearn_ipp._results import LiveResults, format_progress, format_top_candidates
 
 N_SPLITS = 4
 

@@ -14,7 +14,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, KFold
 
 from sklearn_ipp import IPyParallelGridSearchCV, resolve_cluster
-from sklearn_ipp._backend import SMALL_FOLDS_BYTES, ClusterBackend
+from sklearn_ipp._backend import ClusterBackend
+from sklearn_ipp._folds import SMALL_FOLDS_BYTES
+from sklearn_ipp._messages import Messenger
 from sklearn_ipp._store import MMAP_MIN_BYTES, RowRangeArray, Store, StoreError
 
 from ._sklearn_compare import assert_same_search, fit_both
@@ -125,13 +127,13 @@ def test_short_fits_share_messages_across_stored_folds(client, monkeypatch):
     # alone give one task per message, so only messages spanning folds can
     # carry several fits.
     folds_per_message = []
-    send = ClusterBackend._send
+    send = Messenger.send
 
-    def recording_send(backend, tasks):
+    def recording_send(messenger, tasks):
         folds_per_message.append({task.key for task in tasks})
-        return send(backend, tasks)
+        return send(messenger, tasks)
 
-    monkeypatch.setattr(ClusterBackend, "_send", recording_send)
+    monkeypatch.setattr(Messenger, "send", recording_send)
     X, y = make_classification(n_samples=300, random_state=0)
     n_candidates, n_splits = 2 * len(client.ids), 5
     grid = {"C": list(np.logspace(-2, 2, n_candidates))}

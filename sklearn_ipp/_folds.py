@@ -1,0 +1,398 @@
+"""scikit-learn's fit-and-score tasks, and the folds their data is stored in.
+
+A task that is sklearn's ``_fit_and_score`` takes the *fold path*: the data of
+its cross-validation split (X, y and the sample-aligned fit and score
+parameters) is written once into the store as ``[train rows | test rows]``,
+and the task is rewritten to carry a reference to it plus
+``train=RowRange(0, n_train), test=RowRange(n_train, n)``, which the stored
+arrays answer with zero-copy memory-mapped views. A task whose ``train`` is a
+prefix of a stored split's (learning curves) uses that split's files too.
+
+``FoldIndex`` finds the fold of a task by the content of its data and split,
+and decides when folds are stored: small folds all at once, so that tasks run
+in the order they came, larger data fold by fold, so that at most
+``max_live_folds`` folds take memory at a time.
+"""
+
+import inspect
+import itertools
+import threading
+import weakref
+
+import numpy as np
+from sklearn.model_selection import _validation
+from sklearn.utils.validation import _num_samples
+
+from ._store import RowRange, content_hash
+
+__all__ = [
+    "SMALL_FOLDS_BYTES",
+    "Fold",
+    "FoldIndex",
+    "fit_and_score_arguments",
+]
+
+# Folds are stored together while they take at most this many bytes; larger
+# data is stored one fold at a time (or ``max_live_folds``), which keeps the
+# memory of a big search near one copy of the data while small searches
+# never wait for a fold to be written.
+SMALL_FOLDS_BYTES = 256 * 2**20
+
+_FIT_AND_SCORE = _validation._fit_and_score
+_FIT_AND_SCORE_SIGNATURE = inspect.signature(_FIT_AND_SCORE)
+
+
+def fit_and_score_arguments(function, args, kwargs):
+    """Return the arguments by name of a ``_fit_and_score`` task, else None.
+
+    scikit-learn wraps the functions it hands to joblib in ``_FuncWrapper``
+    (to carry its config to the workers); the wrapped function is compared.
+    """
+    target = getattr(function, "function", function)
+    if target is not _FIT_AND_SCORE:
+        return None
+    return _FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
+
+
+class Fold:
+    """One cross-validation split of one dataset, and its stored files.
+
+    Parameters
+    ----------
+    key : tuple
+        Content hashes of the data and of the first split seen.
+    sequence : int
+        Folds are stored in the order they came.
+    X, y, aligned_params, train, test
+        The data and the split; ``aligned_params`` are the fit and score
+        parameters with one value per sample, split as X is.
+    pairwise : bool
+        Whether X is a precomputed kernel, whose columns are split too.
+    """
+
+    def __init__(self, key, sequence, X, y, aligned_params, train, test, pairwise):
+        self.key = key
+        self.sequence = sequence
+        self.X, self.y, self.aligned_params = X, y, aligned_params
+        self.test, self.pairwise = test, pairwise
+        self.refs = None  # name -> StoredData, while the fold is stored
+        self.storing = False  # chosen to be stored: its rows are final
+        self.n_outstanding = 0  # tasks queued or running (the scheduler's)
+        self._set_train(train)
+
+    @property
+    def stored(self):
+        return self.refs is not None
+
+    def _set_train(self, train):
+        self.train = train
+        n_rows = len(train) + len(self.test)
+        self.nbytes = _nbytes(self.X, n_rows, n_rows if self.pairwise else None)
+
+    def _relation(self, train):
+        """How ``train`` relates to the fold's train rows.
+
+        "prefix" when it starts them, "extends" when it continues them, else
+        None.
+        """
+        n_own, n_other = len(self.train), len(train)
+        if n_other <= n_own and np.array_equal(self.train[:n_other], train):
+            return "prefix"
+        if n_other > n_own and np.array_equal(train[:n_own], self.train):
+            return "extends"
+        return None
+
+    def materialise(self, write):
+        """Store the fold with ``write(obj, rows=None, columns=None)``."""
+        rows = np.concatenate([self.train, self.test])
+        # A precomputed kernel stays square, as sklearn checks it is.
+        columns = rows if self.pairwise else None
+        refs = {"X": write(self.X, rows, columns)}
+        if self.y is not None:
+            refs["y"] = write(self.y, rows)
+        for name, value in self.aligned_params.items():
+            refs["param:" + name] = write(value, rows)
+        self.refs = refs
+
+    def release(self, remove):
+        """Remove the fold's files with ``remove(ref)``."""
+        refs, self.refs = self.refs, None
+        for ref in refs.values():
+            remove(ref)
+
+    def rewrite(self, arguments, n_train):
+        """Return ``(args, kwargs)`` of a task pointed at the stored fold.
+
+        Parameters
+        ----------
+        arguments : dict
+            The task's ``_fit_and_score`` arguments by name.
+        n_train : int
+            The task trains on the fold's first ``n_train`` rows.
+        """
+        arguments = dict(arguments)
+        arguments["X"] = self.refs["X"]
+        if self.y is not None:
+            arguments["y"] = self.refs["y"]
+        # Contiguous ranges, which stored arrays answer with views; sent as
+        # two numbers, not as n_samples indices.
+        arguments["train"] = RowRange(0, n_train)
+        arguments["test"] = RowRange(len(self.train), len(self.train) + len(self.test))
+        if not getattr(arguments.get("callback_ctx"), "_callbacks", True):
+            # scikit-learn >= 1.9 gives every task a callback context and the
+            # whole search (fitted attributes included) for its callbacks;
+            # with no callback registered both do nothing, so they stay here
+            # instead of being pickled into every message.
+            arguments["callback_ctx"] = None
+            arguments["caller"] = None
+        for group in ("fit_params", "score_params"):
+            params = arguments.get(group)
+            if params:
+                arguments[group] = {
+                    name: self.refs.get("param:" + name, value)
+                    for name, value in params.items()
+                }
+        return _split_arguments(arguments)
+
+
+class FoldIndex:
+    """The folds of a backend's tasks, found by content, and when to store them.
+
+    Thread-safe: tasks are indexed in the caller's thread while the
+    scheduling thread stores and releases folds.
+
+    Parameters
+    ----------
+    write : callable
+        ``write(obj, rows=None, columns=None) -> StoredData``: store the
+        given rows (and columns) of data on every host.
+    remove : callable
+        ``remove(ref)``: remove stored data.
+    max_live_folds : int, default=1
+        How many folds may be stored at once when they take more than
+        ``small_folds_bytes`` together.
+    small_folds_bytes : int, default=SMALL_FOLDS_BYTES
+        Folds are all stored at once while they take at most this much.
+    """
+
+    def __init__(
+        self, write, remove, max_live_folds=1, small_folds_bytes=SMALL_FOLDS_BYTES
+    ):
+        self._write, self._remove = write, remove
+        self.max_live_folds = max_live_folds
+        self.small_folds_bytes = small_folds_bytes
+        self.max_stored_bytes = 0  # the most that was stored at once
+        self._lock = threading.Lock()
+        self._folds = {}  # fold key -> Fold
+        # Content of a task's split -> its fold; several when train sets are
+        # prefixes of one another (learning curves).
+        self._fold_of_split = {}
+        self._folds_by_data = {}  # everything but train -> [Fold]
+        self._sequence = itertools.count()
+        self._hash = _ContentHashes()
+
+    def fold_of(self, arguments):
+        """Return ``(split_key, fold, n_train)`` of a ``_fit_and_score`` task.
+
+        ``split_key`` names the content of the task's data and split; the
+        task trains on the first ``n_train`` rows of ``fold``.
+        """
+        X, y = arguments["X"], arguments["y"]
+        train = np.asarray(arguments["train"])
+        test = np.asarray(arguments["test"])
+        n_samples = _num_samples(X)
+        aligned = {}
+        for group in ("fit_params", "score_params"):
+            for name, value in (arguments.get(group) or {}).items():
+                if _is_sample_aligned(value, n_samples):
+                    aligned[name] = value
+        pairwise = _is_pairwise(arguments["estimator"], arguments["parameters"], X)
+        data_key = (
+            self._hash(X),
+            None if y is None else self._hash(y),
+            tuple((name, self._hash(value)) for name, value in sorted(aligned.items())),
+            self._hash(test),
+            pairwise,
+        )
+        split_key = (*data_key, self._hash(train))
+        with self._lock:
+            fold = self._fold_of_split.get(split_key)
+            if fold is None and not pairwise:
+                fold = self._fold_sharing_rows(data_key, train)
+            if fold is None:
+                sequence = next(self._sequence)
+                fold = Fold(split_key, sequence, X, y, aligned, train, test, pairwise)
+                self._folds[split_key] = fold
+                self._folds_by_data.setdefault(data_key, []).append(fold)
+            self._fold_of_split[split_key] = fold
+        return split_key, fold, len(train)
+
+    def _fold_sharing_rows(self, data_key, train):
+        # sklearn's learning curves train on prefixes of each split's train
+        # set: they all use one stored fold, the longest, instead of a copy
+        # of the data per train size.
+        for fold in self._folds_by_data.get(data_key, ()):
+            relation = fold._relation(train)
+            if relation == "prefix":
+                return fold
+            if relation == "extends" and not fold.storing:
+                fold._set_train(train)
+                return fold
+        return None
+
+    def hash(self, obj):
+        """Return the content hash of ``obj``, computed once per object."""
+        return self._hash(obj)
+
+    def to_store(self, keys):
+        """Return the next fold among ``keys`` to store now, or None.
+
+        The earliest unstored fold, while the stored ones leave room for it:
+        folds are stored together while they are small, so that tasks can
+        run in their order across folds (a candidate's splits one after
+        another); larger ones ``max_live_folds`` at a time.
+        """
+        with self._lock:
+            waiting = [self._folds[key] for key in keys if key is not None]
+            unstored = [fold for fold in waiting if not fold.storing]
+            if not unstored:
+                return None
+            fold = min(unstored, key=lambda f: f.sequence)
+            stored = [f for f in self._folds.values() if f.storing]
+            room = (
+                not stored
+                or sum(f.nbytes for f in stored) + fold.nbytes <= self.small_folds_bytes
+                or len(stored) < self.max_live_folds
+            )
+            if not room:
+                return None
+            fold.storing = True
+            return fold
+
+    def store(self, fold):
+        """Write a fold chosen by :meth:`to_store`."""
+        fold.materialise(self._write)
+        with self._lock:
+            stored = sum(f.nbytes for f in self._folds.values() if f.stored)
+            self.max_stored_bytes = max(self.max_stored_bytes, stored)
+
+    def release_idle(self):
+        """Remove the files of stored folds that no task needs any more."""
+        with self._lock:
+            idle = [
+                fold
+                for fold in self._folds.values()
+                if fold.stored and fold.n_outstanding == 0
+            ]
+            for fold in idle:
+                fold.storing = False
+        for fold in idle:
+            fold.release(self._remove)
+
+    def clear(self):
+        """Remove every stored fold and forget them all."""
+        with self._lock:
+            folds = list(self._folds.values())
+            self._folds.clear()
+            self._fold_of_split.clear()
+            self._folds_by_data.clear()
+            self._hash = _ContentHashes()
+        for fold in folds:
+            if fold.stored:
+                fold.release(self._remove)
+
+
+class _ContentHashes:
+    """Content hashes of the objects seen, forgotten when they are.
+
+    The same arrays come back in every task of a search: they are hashed
+    once. Entries are keyed by ``id()`` and dropped by a weak reference's
+    callback when the object is freed, so that a new object at the same
+    address is never taken for it and no array is kept alive for the hash
+    (as joblib's ``_WeakArrayKeyMap``). Objects without weak references
+    (lists) are kept until the index is cleared.
+    """
+
+    def __init__(self):
+        self._entries = {}  # id(obj) -> (reference, hash)
+
+    def __call__(self, obj):
+        entry = self._entries.get(id(obj))
+        if entry is not None and entry[0]() is obj:
+            return entry[1]
+        value = content_hash(obj)
+        entries, key = self._entries, id(obj)
+        try:
+            ref = weakref.ref(obj, lambda _: entries.pop(key, None))
+        except TypeError:
+            ref = _StrongReference(obj)
+        entries[key] = (ref, value)
+        return value
+
+
+class _StrongReference:
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __call__(self):
+        return self.obj
+
+
+def _split_arguments(arguments):
+    """``_fit_and_score``'s arguments by name, back to ``(args, kwargs)``."""
+    args, kwargs = [], {}
+    for name, parameter in _FIT_AND_SCORE_SIGNATURE.parameters.items():
+        if name not in arguments:
+            continue
+        if parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
+            args.append(arguments[name])
+        elif parameter.kind is parameter.VAR_KEYWORD:
+            kwargs.update(arguments[name])
+        else:
+            kwargs[name] = arguments[name]
+    return tuple(args), kwargs
+
+
+def _nbytes(X, n_rows, n_columns=None):
+    """Bytes a fold of ``n_rows`` rows of X takes (an estimate for non-arrays)."""
+    shape = getattr(X, "shape", None)
+    itemsize = getattr(getattr(X, "dtype", None), "itemsize", 8)
+    if shape is None or len(shape) == 0 or not shape[0]:
+        return 0
+    row_items = n_columns if n_columns is not None else int(np.prod(shape[1:]))
+    if hasattr(X, "nnz"):  # sparse: stored entries only
+        return int(X.nnz / shape[0] * n_rows * (itemsize + 4))
+    return int(n_rows * row_items * itemsize)
+
+
+def _is_sample_aligned(value, n_samples):
+    # The rule sklearn's _check_method_params uses to split fit parameters.
+    if not hasattr(value, "__len__") and not hasattr(value, "shape"):
+        return False
+    if np.isscalar(value) or isinstance(value, (str, bytes, dict)):
+        return False
+    try:
+        return _num_samples(value) == n_samples
+    except TypeError:
+        return False
+
+
+def _is_pairwise(estimator, parameters, X):
+    """Whether sklearn will index X as a precomputed kernel for this task."""
+    shape = getattr(X, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
+        return False  # only a square X can be pairwise: skip the clone below
+    candidate = estimator
+    if parameters:
+        from sklearn.base import clone
+
+        candidate = clone(estimator).set_params(**clone(parameters, safe=False))
+    try:
+        from sklearn.utils import get_tags  # scikit-learn >= 1.6
+    except ImportError:
+        from sklearn.utils._tags import _safe_tags
+
+        return bool(_safe_tags(candidate, key="pairwise"))
+    return bool(get_tags(candidate).input_tags.pairwise)

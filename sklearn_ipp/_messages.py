@@ -1,0 +1,261 @@
+"""The client side of the wire: messages of tasks out, outcomes back.
+
+A message is one ``run_batch`` call on a load-balanced view, carrying the
+tasks pickled by sklearn_ipp itself (see ``_pickling.dumps``, which writes
+large arrays to the store and sends references); its reply is one outcome per
+task. ``Messenger`` keeps the messages in flight, reads their replies into
+``(ok, result_or_exception)`` outcomes with the engine's traceback attached,
+finds the messages left without an engine, and stops messages: queued ones
+are aborted, running ones get ``STOP_SIGNAL``.
+"""
+
+import contextlib
+import logging
+import threading
+import time
+
+import cloudpickle
+from ipyparallel import error as ipp_error
+
+from ._pickling import dumps
+from ._worker import INTERRUPTIBLE, STOP_SIGNAL, STOPPED, UNPICKLING_FAILED, run_batch
+
+__all__ = ["ENGINE_LOST", "STOPPED", "Messenger", "RemoteTraceback"]
+
+logger = logging.getLogger("sklearn_ipp")
+
+# How long stopping waits for messages that have just reached their engines
+# to become interruptible, and for queued ones to come back aborted.
+STOP_WAIT_SECONDS = 2.0
+
+# What reading a reply gives when the message's engine died or left.
+ENGINE_LOST = "sklearn_ipp_engine_lost"
+
+
+class Messenger:
+    """Send tasks to the ready engines and read what comes back.
+
+    Parameters
+    ----------
+    connection : ClusterConnection
+        Whose load-balanced view carries the messages.
+    roster : EngineRoster
+        The engines ready for tasks, the only ones messages may go to, and
+        the thread limits of their hosts.
+    n_threads : int or None
+        The BLAS and OpenMP threads of every engine while it runs tasks;
+        None: its host's CPUs divided by its engines there.
+    persist : callable
+        ``persist(array) -> StoredData``: how large arrays of a task are
+        stored, to be sent as references.
+    max_nbytes : int
+        Arrays at least this large are persisted.
+    on_reply : callable
+        Called with a message's handle, in ipyparallel's thread, when its
+        reply (or failure) arrives.
+    """
+
+    def __init__(self, connection, roster, n_threads, persist, max_nbytes, on_reply):
+        self._connection = connection
+        self._roster = roster
+        self._n_threads = n_threads
+        self._persist = persist
+        self._max_nbytes = max_nbytes
+        self._on_reply = on_reply
+        self._view = None
+        self._lock = threading.Lock()
+        # message id -> (AsyncResult, tasks, the engines it may run on)
+        self._in_flight = {}
+        # What crossed the network, for tests and benchmarks: none of it
+        # grows with the data.
+        self.n_tasks_sent = 0
+        self.n_fold_tasks_sent = 0  # of which sklearn's _fit_and_score
+        self.payload_bytes = 0
+
+    def __len__(self):
+        """Messages in flight."""
+        return len(self._in_flight)
+
+    def send(self, tasks):
+        """Send one message of ``tasks`` to one of the ready engines.
+
+        Returns False, sending nothing, when a ready engine is already
+        unknown to ipyparallel (it left since the roster was refreshed).
+        """
+        # Only to engines whose host holds the data, which excludes engines
+        # that joined but are not probed yet.
+        targets = sorted(self._roster.ready)
+        thread_limits = self._roster.thread_limits(self._n_threads)
+        items = [task.message_item() for task in tasks]
+        payload = dumps(items, persist=self._persist, min_nbytes=self._max_nbytes)
+        if self._view is None:
+            self._view = self._connection.load_balanced_view()
+        try:
+            with self._view.temp_flags(targets=targets):
+                async_result = self._view.apply_async(run_batch, payload, thread_limits)
+        except KeyError:
+            return False
+        self.n_tasks_sent += len(tasks)
+        self.n_fold_tasks_sent += sum(task.fold is not None for task in tasks)
+        self.payload_bytes += len(payload)
+        with self._lock:
+            self._in_flight[async_result.msg_ids[0]] = (async_result, tasks, targets)
+        async_result.add_done_callback(self._on_reply)
+        return True
+
+    def take(self, async_result):
+        """Return the tasks of a message that replied; None if it was dropped."""
+        with self._lock:
+            entry = self._in_flight.pop(async_result.msg_ids[0], None)
+        return None if entry is None else entry[1]
+
+    def take_stranded(self):
+        """Return the task lists of the messages no living engine may run.
+
+        A message waits in ipyparallel's scheduler until one of its target
+        engines is free; if they all died before it started, ipyparallel
+        neither runs nor fails it.
+        """
+        alive = set(self._connection.engine_ids)
+        with self._lock:
+            stranded = [
+                msg_id
+                for msg_id, (_, _, targets) in self._in_flight.items()
+                if not alive.intersection(targets)
+            ]
+            stranded = [self._in_flight.pop(msg_id)[1] for msg_id in stranded]
+        for tasks in stranded:
+            logger.info(
+                "The engines a message was sent to are gone; sending its %d "
+                "task(s) again.",
+                len(tasks),
+            )
+        return stranded
+
+    def take_all(self):
+        """Forget every message in flight; return their handles and tasks."""
+        with self._lock:
+            entries = list(self._in_flight.values())
+            self._in_flight.clear()
+        return [async_result for async_result, _, _ in entries], [
+            task for _, tasks, _ in entries for task in tasks
+        ]
+
+    @staticmethod
+    def read(async_result, n_tasks):
+        """Turn a reply into ``(outcomes, seconds)``.
+
+        One outcome per task: ``(ok, result_or_exception)``, or ``STOPPED``
+        for a task a stop signal ended. ``(ENGINE_LOST, None)`` when the
+        engine died (or left) before replying; ``seconds``, the tasks'
+        durations, is None when they are not known.
+        """
+        try:
+            reply = cloudpickle.loads(async_result.get())
+        except BaseException as exc:  # the engine died or the message failed
+            if _is_engine_loss(exc):
+                return ENGINE_LOST, None
+            return [(False, exc)] * n_tasks, None
+        if reply[0] == UNPICKLING_FAILED:
+            _, exc, text, hostname = reply
+            error = _unloadable_task_error(exc, text, async_result, hostname)
+            return [(False, error)] * n_tasks, None
+        outcomes, seconds, _ = reply
+        if STOPPED in (outcome[0] for outcome in outcomes):
+            seconds = None  # cut short: not how long the tasks take
+        return [
+            STOPPED
+            if outcome[0] == STOPPED
+            else (True, outcome[1])
+            if outcome[0] is True
+            else (False, _with_remote_traceback(outcome[1], outcome[2]))
+            for outcome in outcomes
+        ], seconds
+
+    @staticmethod
+    def stop(async_results):
+        """Abort messages still queued; stop the tasks of those running.
+
+        The engines known to run one of the messages get ``STOP_SIGNAL``,
+        which stops the tasks they run (see ``run_batch``). The engine of a
+        message is known once the message has published ``INTERRUPTIBLE``:
+        one that has just reached its engine does so within milliseconds, so
+        stopping waits up to ``STOP_WAIT_SECONDS`` for the messages neither
+        finished nor signalled, which also lets the queued ones come back
+        aborted. It waits for the signals to be sent, so that no task of
+        these messages ends once it returns.
+        """
+        pending = [ar for ar in async_results if not ar.done()]
+        if not pending:
+            return
+        client = pending[0]._client
+        # Engines that are gone, or messages just finished: nothing to stop.
+        with contextlib.suppress(Exception):
+            client.abort(pending, block=False)
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        while pending:
+            running = [ar for ar in pending if _is_interruptible(ar)]
+            engines = sorted({ar.engine_id for ar in running})
+            if engines:
+                with contextlib.suppress(Exception):
+                    sent = client.send_signal(STOP_SIGNAL, targets=engines, block=False)
+                    sent.result(timeout=max(deadline - time.monotonic(), 0.1))
+            pending = [ar for ar in pending if ar not in running and not ar.done()]
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+
+
+def _is_interruptible(async_result):
+    """Whether a message runs its tasks, on an engine the client knows."""
+    try:
+        data, engine_id = async_result.data, async_result.engine_id
+    except Exception:  # metadata of a message the client no longer tracks
+        return False
+    return bool(data.get(INTERRUPTIBLE)) and engine_id is not None
+
+
+def _is_engine_loss(exc):
+    """Whether a message failed because its engine died or left."""
+    if isinstance(exc, ipp_error.EngineError):
+        return True
+    return isinstance(exc, ipp_error.RemoteError) and exc.ename == "EngineError"
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised on an engine."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+def _with_remote_traceback(exc, text):
+    exc.__cause__ = RemoteTraceback(f"\n\nTraceback on the engine:\n{text}")
+    return exc
+
+
+def _unloadable_task_error(exc, text, async_result, hostname):
+    engine = getattr(async_result, "engine_id", None)
+    where = f"engine {engine} on host {hostname!r}"
+    if isinstance(exc, ImportError):
+        module = getattr(exc, "name", None) or str(exc)
+        error = ModuleNotFoundError(
+            f"The task could not be loaded on {where}: module {module!r} is not "
+            f"installed there ({exc}). Install it on that host (`pip install "
+            "...`) in the environment the engines run in, then restart them.",
+            name=getattr(exc, "name", None),
+        )
+    elif isinstance(exc, FileNotFoundError) and "sklearn_ipp-" in str(exc):
+        error = FileNotFoundError(
+            exc.errno,
+            f"The data store is not visible on {where}: {exc.filename} does not "
+            "exist there. Engines must see the client's store directory: pass "
+            "store_dir= a directory on a filesystem that every engine host "
+            "mounts at the same path (such as NFS).",
+            exc.filename,
+        )
+    else:
+        error = RuntimeError(
+            f"The task could not be loaded on {where}: {type(exc).__name__}: {exc}"
+        )
+    return _with_remote_traceback(error, text)

@@ -1,0 +1,528 @@
+"""Which tasks go to the engines when, in how many messages, and again.
+
+joblib's batches become ``Task`` objects waiting in one queue per fold (and
+one for tasks without a fold). A scheduling thread stores folds as the fold
+policy allows (``FoldIndex.to_store``), packs the first tasks in order among
+the stored folds into messages sized to hide the per-message cost, keeps
+``MESSAGES_PER_ENGINE`` messages in flight per engine, and turns replies into
+finished tasks: sent again when their engine died (up to ``retries`` times)
+or a stray stop signal cut them short, failed when no engine is left for
+``engine_wait`` seconds. A ``Job`` is joblib's handle on one batch.
+"""
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+
+import numpy as np
+
+from ._messages import ENGINE_LOST, STOPPED
+
+__all__ = ["Job", "Scheduler", "Task", "TaskQueues"]
+
+logger = logging.getLogger("sklearn_ipp")
+
+# Seconds of work to pack into one message once task durations are known:
+# long enough to hide the per-message cost (10 to 20 ms through the controller
+# and the engine's kernel on a busy host), short enough to balance the load.
+# Messages also shrink as the queue empties (see _message_size), so the last
+# ones carry one task each whatever this is.
+TARGET_MESSAGE_SECONDS = 0.5
+# Upper bound on tasks per message.
+MAX_TASKS_PER_MESSAGE = 500
+# Messages in flight per engine: one running, one queued, so that no engine
+# waits for the client between two messages.
+MESSAGES_PER_ENGINE = 2
+# joblib hands over its first batches before it waits for results (see
+# ClusterBackend.retrieval_context); should it ever not say so, tasks left
+# this long with nothing new submitted are sent anyway.
+HOLD_SECONDS = 0.2
+
+
+class Job:
+    """joblib's handle on one submitted batch: done when all its tasks are."""
+
+    def __init__(self, n_tasks, callback):
+        self.results = [None] * n_tasks
+        self.n_remaining = n_tasks
+        self.callback = callback
+        self.exception = None
+        self.done = threading.Event()
+
+    def get(self, timeout=None):
+        """Return the batch's results, or raise its first error."""
+        if not self.done.wait(timeout):
+            raise TimeoutError("The task did not finish in time.")
+        if self.exception is not None:
+            raise self.exception
+        return self.results
+
+
+class Task:
+    """One ``(function, args, kwargs)`` of a joblib batch.
+
+    A task of sklearn's ``_fit_and_score`` has its ``arguments`` by name, the
+    ``fold`` its data is stored in and the ``split_key`` naming the content
+    of its data and split; other tasks have None for all three.
+    """
+
+    __slots__ = (
+        "args",
+        "arguments",
+        "attempts",
+        "call",
+        "checkpoint_key",
+        "finished",
+        "fold",
+        "function",
+        "index",
+        "job",
+        "kwargs",
+        "order",
+        "position",
+        "saved",
+        "split_key",
+    )
+
+    def __init__(self, job, index, function, args, kwargs):
+        self.job, self.index = job, index
+        self.function, self.args, self.kwargs = function, args, kwargs
+        self.arguments = self.fold = self.split_key = None
+        self.position = 0  # of its candidate in the search's running order
+        self.call = 0  # which Parallel call of the backend submitted it
+        self.order = None  # tasks are sent in this order, fold permitting
+        self.attempts = 0  # times sent to an engine that then died
+        self.saved = False  # its result came from a checkpoint
+        self.finished = False  # its job has its outcome
+        self.checkpoint_key = None  # see SavedFits
+
+    @property
+    def key(self):
+        """The queue the task waits in: its fold's, or None (no fold)."""
+        return None if self.fold is None else self.fold.key
+
+    @property
+    def kind(self):
+        """Tasks of a kind take about as long: a candidate, on every split."""
+        return None if self.arguments is None else id(self.arguments["parameters"])
+
+    def message_item(self):
+        """Return ``(function, args, kwargs)`` as the engine runs it."""
+        if self.fold is None:
+            return self.function, self.args, self.kwargs
+        args, kwargs = self.fold.rewrite(self.arguments, len(self.arguments["train"]))
+        return self.function, args, kwargs
+
+
+class TaskQueues:
+    """The tasks waiting to be sent: one queue per fold, and their order.
+
+    Not thread-safe: the scheduler holds its lock around every call.
+    Tasks go in the order (call, candidate position, submission) as far as
+    their folds allow; a message takes the first tasks among the queues of
+    the stored folds, as many as hide the per-message cost given the
+    durations measured so far.
+    """
+
+    def __init__(self):
+        self._waiting = OrderedDict()  # fold key (None: no fold) -> deque
+        self._unsorted = set()  # fold keys whose queue is out of order
+        self._seconds_per_task = None
+        self._seconds_by_kind = {}
+
+    def __bool__(self):
+        return any(self._waiting.values())
+
+    def keys(self):
+        """Return the keys of the queues with tasks, in the order they came."""
+        return [key for key, tasks in self._waiting.items() if tasks]
+
+    def add(self, task):
+        waiting = self._waiting.setdefault(task.key, deque())
+        if waiting and waiting[-1].order > task.order:
+            self._unsorted.add(task.key)
+        waiting.append(task)
+
+    def requeue(self, tasks):
+        """Put tasks back at the front of their queues, in their order."""
+        for task in reversed(tasks):
+            self._waiting.setdefault(task.key, deque()).appendleft(task)
+
+    def clear(self):
+        """Empty every queue; return the tasks that were waiting."""
+        tasks = [task for waiting in self._waiting.values() for task in waiting]
+        self._waiting.clear()
+        return tasks
+
+    def next_message(self, n_in_flight_max):
+        """Take the next message's tasks; none while no fold is stored.
+
+        The first tasks in order among those of all stored folds, which may
+        share a message so that short fits fill messages even when each fold
+        has few tasks left per engine; then tasks without data.
+        """
+        keys = self.keys()
+        for key in self._unsorted.intersection(keys):
+            self._waiting[key] = deque(sorted(self._waiting[key], key=_order))
+        self._unsorted.clear()
+        sendable = [
+            key for key in keys if key is not None and self._waiting[key][0].fold.stored
+        ]
+        if not sendable and None in keys:
+            sendable = [None]
+        if not sendable:
+            return []
+        queues = [self._waiting[key] for key in sendable]
+        n_waiting = sum(len(waiting) for waiting in queues)
+        size = min(self._message_size(n_waiting, n_in_flight_max), n_waiting)
+        tasks = []
+        for _ in range(size):
+            first = min(filter(None, queues), key=lambda waiting: waiting[0].order)
+            if size == 1 and self._seconds_by_kind:
+                self._longest_first(first)
+            tasks.append(first.popleft())
+        for key in sendable:
+            if not self._waiting[key]:
+                del self._waiting[key]
+        return tasks
+
+    def _longest_first(self, waiting):
+        """Move the task expected to take longest to the front.
+
+        Started first, long tasks do not leave the other engines idle at the
+        end of a fold; durations come from the same candidate on earlier folds.
+        """
+        expected = [self._seconds_by_kind.get(task.kind, -1.0) for task in waiting]
+        longest = int(np.argmax(expected))
+        if longest:
+            waiting.rotate(-longest)
+            task = waiting.popleft()
+            waiting.rotate(longest)
+            waiting.appendleft(task)
+
+    def _message_size(self, n_waiting, n_in_flight_max):
+        """Tasks per message: enough work to hide the message cost, balanced."""
+        balanced = -(-n_waiting // n_in_flight_max)
+        if self._seconds_per_task is None:
+            return 1
+        by_time = int(TARGET_MESSAGE_SECONDS / max(self._seconds_per_task, 1e-6))
+        return max(1, min(balanced, by_time, MAX_TASKS_PER_MESSAGE))
+
+    def record_durations(self, tasks, seconds):
+        """Learn how long tasks take from a message's reply."""
+        for task, duration in zip(tasks, seconds, strict=True):
+            if task.kind is not None:
+                self._seconds_by_kind[task.kind] = duration
+        mean = sum(seconds) / len(seconds)
+        if self._seconds_per_task is None:
+            self._seconds_per_task = mean
+        else:
+            self._seconds_per_task = 0.7 * self._seconds_per_task + 0.3 * mean
+
+
+class Scheduler:
+    """Send queued tasks to the engines from a thread of its own.
+
+    Parameters
+    ----------
+    roster : EngineRoster
+        The engines ready for tasks (``refresh()``, ``ready``, ``probing``).
+    messenger : Messenger
+        Sends messages and reads their replies.
+    folds : FoldIndex
+        Decides when the folds of waiting tasks are stored, and stores them.
+    losses : EngineLosses
+        Which tasks of a dead engine are sent again, and how long to wait
+        when no engine is left.
+    on_done : callable
+        ``on_done(task, ok, value)`` before a task's job hears of it; an
+        exception it raises fails the task instead.
+    on_progress : callable or None
+        ``on_progress(n_done, n_submitted)`` after every finished task.
+    """
+
+    def __init__(
+        self,
+        roster,
+        messenger,
+        folds,
+        losses,
+        *,
+        on_done,
+        on_progress=None,
+    ):
+        self._roster, self._messenger, self._folds = roster, messenger, folds
+        self._losses = losses
+        self._on_done, self._on_progress = on_done, on_progress
+        self.n_submitted = self.n_done = 0
+        self.n_retried = 0  # tasks sent again after their engine died
+        self.n_stopped = 0  # tasks sent again after a stray stop signal
+        self._condition = threading.Condition()
+        self._queues = TaskQueues()
+        self._saved = deque()  # (task, result) of checkpointed tasks to hand back
+        self._replies = queue.SimpleQueue()
+        self._handling = []  # the tasks of the reply being handled
+        self._order = itertools.count()
+        self._n_calls = 0
+        self._sending = False
+        self._last_submit = time.monotonic()
+        self._cancelled = None
+        self._stopping = False
+        self._thread = None
+
+    # What the backend calls -------------------------------------------------
+
+    def start(self):
+        """Start the scheduling thread, if it is not running."""
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(
+                target=self._run, name="sklearn_ipp-scheduler", daemon=True
+            )
+            self._thread.start()
+
+    def start_call(self):
+        """Hold sending until the new call's first tasks are all submitted."""
+        with self._condition:
+            self._sending = False
+            self._n_calls += 1
+
+    def release(self):
+        """Send the tasks held since ``start_call``."""
+        with self._condition:
+            self._sending = True
+            self._condition.notify_all()
+
+    def submit(self, tasks, saved):
+        """Queue ``tasks``; ``saved`` are ``(task, result)`` not to run."""
+        with self._condition:
+            if self._cancelled is not None:
+                raise self._cancelled
+            for task in itertools.chain(tasks, (task for task, _ in saved)):
+                task.call = self._n_calls
+                task.order = (task.call, task.position, next(self._order))
+                if task.fold is not None:
+                    task.fold.n_outstanding += 1  # until _finish
+            for task in tasks:
+                self._queues.add(task)
+            # Handed back by the scheduling thread: joblib's callback must
+            # not run inside its own dispatch.
+            self._saved.extend(saved)
+            self.n_submitted += len(tasks) + len(saved)
+            self._last_submit = time.monotonic()
+            self._condition.notify_all()
+
+    def message_done(self, handle):
+        """Take a message's reply (from any thread) to the scheduling thread."""
+        self._replies.put(handle)
+        self.wake()
+
+    def wake(self):
+        with self._condition:
+            self._condition.notify_all()
+
+    def stop(self, exc=None, cancel=False):
+        """Drop every task queued or running; fail them with ``exc`` if given.
+
+        The one way tasks are stopped (from any thread): messages still
+        queued on the cluster are aborted, running ones interrupted. With
+        ``cancel``, tasks submitted from now on fail with ``exc`` too, so
+        that joblib ends the call with it.
+        """
+        with self._condition:
+            if cancel:
+                self._cancelled = exc
+            dropped = self._queues.clear() + [task for task, _ in self._saved]
+            self._saved.clear()
+            handles, sent = self._messenger.take_all()
+            if exc is None:
+                for task in dropped + sent:
+                    if task.fold is not None:
+                        task.fold.n_outstanding -= 1
+        if exc is not None:
+            for task in dropped + sent:
+                self._finish(task, False, exc)
+        self._messenger.stop(handles)
+
+    def shutdown(self):
+        """Stop the thread and every task, remove every stored fold."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._thread = None
+        self.stop()
+        self._folds.clear()
+
+    # The scheduling thread --------------------------------------------------
+
+    def _run(self):
+        try:
+            while True:
+                with self._condition:
+                    if not (
+                        self._stopping
+                        or self._can_send()
+                        or not self._replies.empty()
+                        or self._saved
+                    ):
+                        # Woken by submissions and replies; the timeout
+                        # also notices engines that join or leave.
+                        self._condition.wait(HOLD_SECONDS / 2)
+                    if self._stopping:
+                        return
+                self._roster.refresh()
+                self._hand_back_saved()
+                self._handle_replies()
+                self._resend_stranded()
+                with self._condition:
+                    busy = bool(self._queues) or len(self._messenger)
+                self._losses.check_engines_left(busy, self.n_done, self.n_submitted)
+                self._folds.release_idle()
+                self._store_folds()
+                self._send_ready()
+        except BaseException as exc:  # surfaced to joblib through the jobs
+            for task in self._handling:  # taken from the messenger already
+                self._finish(task, False, exc)
+            self.stop(exc)
+
+    def _can_send(self):
+        held = not self._sending and time.monotonic() - self._last_submit < HOLD_SECONDS
+        return (
+            not held
+            and bool(self._roster.ready)
+            and bool(self._queues)
+            and len(self._messenger) < self._max_in_flight()
+        )
+
+    def _max_in_flight(self):
+        return MESSAGES_PER_ENGINE * max(1, len(self._roster.ready))
+
+    def _store_folds(self):
+        """Store the folds of waiting tasks while the fold policy allows."""
+        while True:
+            with self._condition:
+                if not self._can_send():
+                    return
+                keys = self._queues.keys()
+            fold = self._folds.to_store(keys)
+            if fold is None:
+                return
+            # Written outside the lock: ipyparallel's thread takes it too.
+            self._folds.store(fold)
+
+    def _send_ready(self):
+        while True:
+            with self._condition:
+                if not self._can_send():
+                    return
+                tasks = self._queues.next_message(self._max_in_flight())
+            if not tasks:
+                return
+            if not self._messenger.send(tasks):
+                # An engine left since the roster was last refreshed, and
+                # ipyparallel no longer knows its id: send again without it.
+                self._requeue(tasks)
+                self._roster.refresh()
+                return
+
+    def _handle_replies(self):
+        while True:
+            try:
+                handle = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            tasks = self._handling = self._messenger.take(handle) or []
+            if not tasks:  # dropped by stop()
+                continue
+            try:
+                outcomes, seconds = self._messenger.read(handle, len(tasks))
+            except Exception as exc:  # no task may be left without an end
+                outcomes, seconds = [(False, exc)] * len(tasks), None
+            if outcomes is ENGINE_LOST:
+                self._retry(tasks, getattr(handle, "engine_id", None))
+                continue
+            if seconds is not None:
+                with self._condition:
+                    self._queues.record_durations(tasks, seconds)
+            stopped = []
+            for task, outcome in zip(tasks, outcomes, strict=True):
+                if outcome is STOPPED:
+                    stopped.append(task)
+                else:
+                    self._finish(task, *outcome)
+            if stopped:
+                # A stop signal meant for another message (of another call
+                # or client), which had just ended on that engine, stopped
+                # them: they did not run to their end, so they run again.
+                logger.info(
+                    "%d task(s) were stopped by a signal meant for another "
+                    "message; sending them again.",
+                    len(stopped),
+                )
+                self.n_stopped += len(stopped)
+                self._requeue(stopped)
+
+    def _resend_stranded(self):
+        """Send again the tasks of messages that only engines now gone could run.
+
+        They never ran: they are sent again without counting an attempt.
+        """
+        for tasks in self._messenger.take_stranded():
+            self._requeue(tasks)
+
+    def _requeue(self, tasks):
+        """Put tasks back at the front of their queues, in their order."""
+        with self._condition:
+            self._queues.requeue(tasks)
+            self._condition.notify_all()
+
+    def _retry(self, tasks, engine_id):
+        """Queue again the tasks of an engine that died, up to ``retries``."""
+        again, lost = self._losses.sort(tasks, engine_id, self.n_done, self.n_submitted)
+        self._requeue(again)
+        self.n_retried += len(again)
+        for task, error in lost:
+            self._finish(task, False, error)
+
+    def _hand_back_saved(self):
+        while True:
+            with self._condition:
+                if not self._saved:
+                    return
+                task, result = self._saved.popleft()
+            self._finish(task, True, result)
+
+    def _finish(self, task, ok, value):
+        if task.finished:
+            return
+        task.finished = True
+        try:
+            self._on_done(task, ok, value)
+        except Exception as exc:
+            ok, value = False, exc
+        job = task.job
+        with self._condition:
+            if task.fold is not None:
+                task.fold.n_outstanding -= 1
+            self.n_done += 1
+            if ok:
+                job.results[task.index] = value
+            elif job.exception is None:
+                job.exception = value
+            job.n_remaining -= 1
+            finished = job.n_remaining == 0
+        if self._on_progress is not None:
+            self._on_progress(self.n_done, self.n_submitted)
+        if finished:
+            job.done.set()
+            if job.callback is not None:
+                job.callback(job)
+
+
+def _order(task):
+    return task.order

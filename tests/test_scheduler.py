@@ -1,0 +1,391 @@
+"""The scheduler, driven by fake replies: no cluster, a few seconds in all.
+
+A fake messenger records the messages the scheduler sends and a fake engine
+answers them as each test says: results, a lost engine, stopped tasks. The
+fold index is the real one, over small arrays, with a fake store.
+"""
+
+import queue
+import threading
+import time
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from sklearn_ipp._exceptions import EngineLostError
+from sklearn_ipp._folds import FoldIndex
+from sklearn_ipp._hosts import EngineLosses
+from sklearn_ipp._messages import ENGINE_LOST, STOPPED
+from sklearn_ipp._scheduler import Job, Scheduler, Task
+
+TIMEOUT = 10
+
+
+class FakeRoster:
+    def __init__(self, n_engines=2):
+        self.ready = dict.fromkeys(range(n_engines), "host")
+        self.probing = False
+        self.error = None  # raised by the next refresh
+
+    def refresh(self):
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+
+class FakeHandle:
+    def __init__(self, number):
+        self.number = number
+        self.engine_id = number % 2
+
+
+class FakeMessenger:
+    """Keeps messages in flight as the real one does; replies come from tests."""
+
+    def __init__(self):
+        self.outbox = queue.Queue()  # handles of messages sent
+        self.sent = []  # the task lists, in the order sent
+        self.replies = {}
+        self.stopped = []
+        self.stranded = []
+        self._in_flight = {}
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self._in_flight)
+
+    def send(self, tasks):
+        with self._lock:
+            self._count += 1
+            handle = FakeHandle(self._count)
+            self._in_flight[handle] = tasks
+            self.sent.append(list(tasks))
+        self.outbox.put(handle)
+        return True
+
+    def take(self, handle):
+        with self._lock:
+            return self._in_flight.pop(handle, None)
+
+    def take_stranded(self):
+        with self._lock:
+            stranded = [self._in_flight.pop(h) for h in self.stranded]
+            self.stranded = []
+        return stranded
+
+    def take_all(self):
+        with self._lock:
+            in_flight, self._in_flight = self._in_flight, {}
+        return list(in_flight), [task for tasks in in_flight.values() for task in tasks]
+
+    def read(self, handle, n_tasks):
+        reply = self.replies.pop(handle)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def stop(self, handles):
+        self.stopped.extend(handles)
+
+
+class Harness:
+    """A scheduler with fake parts, and a fake engine answering it."""
+
+    def __init__(self, n_engines=2, retries=3, engine_wait=None, on_done=None):
+        self.roster = FakeRoster(n_engines)
+        self.messenger = FakeMessenger()
+        self.written, self.removed = [], []
+        self.folds = FoldIndex(self._write, self.removed.append)
+        self.done = []
+        self._on_done = on_done
+        self.scheduler = Scheduler(
+            self.roster,
+            self.messenger,
+            self.folds,
+            EngineLosses(self.roster, retries, engine_wait, ""),
+            on_done=self._record,
+        )
+
+    def _write(self, obj, rows=None, columns=None):
+        ref = f"file-{len(self.written)}"
+        self.written.append((ref, None if rows is None else len(rows)))
+        return ref
+
+    def _record(self, task, ok, value):
+        self.done.append((task, ok))
+        if self._on_done is not None:
+            self._on_done(task, ok, value)
+
+    def __enter__(self):
+        self.scheduler.start()
+        self.scheduler.start_call()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.scheduler.shutdown()
+
+    def submit(self, tasks, saved=()):
+        self.scheduler.submit(tasks, list(saved))
+        self.scheduler.release()
+
+    def next_message(self):
+        handle = self.messenger.outbox.get(timeout=TIMEOUT)
+        return handle, self.messenger.sent[handle.number - 1]
+
+    def reply(self, handle, outcomes, seconds=None):
+        self.messenger.replies[handle] = (outcomes, seconds)
+        self.scheduler.message_done(handle)
+
+    def answer_all(self, seconds_per_task=0.001, until=None):
+        """Answer every message with each task's ``args[0]``, till all done."""
+        until = until or (lambda: False)
+        while not until():
+            try:
+                handle = self.messenger.outbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            tasks = self.messenger.sent[handle.number - 1]
+            outcomes = [(True, task.args[0]) for task in tasks]
+            self.reply(handle, outcomes, [seconds_per_task] * len(tasks))
+
+
+def plain_tasks(n, job=None, callback=None):
+    job = job or Job(n, callback)
+    return job, [Task(job, i, abs, (i,), {}) for i in range(n)]
+
+
+def fit_tasks(folds, n_candidates, n_splits, n_samples=40, job=None):
+    """Tasks as sklearn's search makes them: candidates x splits, split-major."""
+    rng = np.random.RandomState(0)
+    X, y = rng.standard_normal((n_samples, 3)), rng.randint(0, 2, n_samples)
+    splits = np.array_split(np.arange(n_samples), n_splits)
+    candidates = [{"C": float(c)} for c in range(1, n_candidates + 1)]
+    job = job or Job(n_candidates * n_splits, None)
+    tasks = []
+    for candidate, parameters in enumerate(candidates):
+        for split, test in enumerate(splits):
+            train = np.setdiff1d(np.arange(n_samples), test)
+            arguments = {
+                "estimator": LogisticRegression(),
+                "X": X,
+                "y": y,
+                "train": train,
+                "test": test,
+                "parameters": parameters,
+                "fit_params": None,
+                "candidate_progress": (candidate, n_candidates),
+                "split_progress": (split, n_splits),
+            }
+            task = Task(job, len(tasks), abs, (len(tasks),), {})
+            task.arguments = arguments
+            task.split_key, task.fold, _ = folds.fold_of(arguments)
+            tasks.append(task)
+    return job, tasks
+
+
+def wait_for(condition):
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_tasks_run_in_their_order_and_results_reach_the_job():
+    with Harness() as harness:
+        job, tasks = plain_tasks(6)
+        for task, position in zip(tasks, [2, 1, 0, 2, 1, 0], strict=True):
+            task.position = position
+        harness.submit(tasks)
+        harness.answer_all(until=job.done.is_set)
+        assert job.get(0) == list(range(6))
+    sent = [task.index for message in harness.messenger.sent for task in message]
+    assert sent == [2, 5, 1, 4, 0, 3]  # by position, then as submitted
+    assert harness.scheduler.n_done == harness.scheduler.n_submitted == 6
+
+
+def test_short_tasks_share_messages_across_stored_folds():
+    with Harness(n_engines=1) as harness:
+        job, tasks = fit_tasks(harness.folds, n_candidates=2, n_splits=5)
+        harness.submit(tasks)
+        # The first message measures how long a task takes; then messages
+        # carry several, from several folds.
+        harness.answer_all(seconds_per_task=0.001, until=job.done.is_set)
+        assert job.get(0) == list(range(10))
+    sizes = [len(message) for message in harness.messenger.sent]
+    assert sizes[0] == 1 and max(sizes) > 1
+    assert max(len({task.key for task in m}) for m in harness.messenger.sent) > 1
+    # Every split stored once, with all its rows, and removed once done.
+    assert len(harness.written) == 2 * 5
+    assert sorted(harness.removed) == sorted(ref for ref, _ in harness.written)
+
+
+def test_large_folds_are_stored_one_at_a_time():
+    with Harness(n_engines=1) as harness:
+        harness.folds.small_folds_bytes = 0  # every fold counts as large
+        job, tasks = fit_tasks(harness.folds, n_candidates=2, n_splits=3)
+        harness.submit(tasks)
+        live, n_answered = [], 0
+        while n_answered < len(tasks):
+            handle, sent = harness.next_message()
+            live.append(len(harness.written) - len(harness.removed))
+            harness.reply(handle, [(True, t.args[0]) for t in sent], [1.0] * len(sent))
+            n_answered += len(sent)
+        assert job.get(TIMEOUT) == list(range(6))
+        assert max(live) == 2  # X and y of one fold
+    keys = [message[0].key for message in harness.messenger.sent]
+    assert keys == sorted(keys, key=keys.index)  # fold by fold, never back
+
+
+def test_tasks_of_a_lost_engine_are_sent_again_then_fail():
+    with Harness(retries=1) as harness:
+        job, tasks = plain_tasks(1)
+        harness.submit(tasks)
+        handle, sent = harness.next_message()
+        harness.reply(handle, ENGINE_LOST)
+        handle, sent_again = harness.next_message()  # retried once
+        assert sent_again == sent
+        harness.reply(handle, ENGINE_LOST)
+        assert job.done.wait(TIMEOUT)
+        with pytest.raises(EngineLostError, match="retries=1"):
+            job.get(0)
+        assert harness.scheduler.n_retried == 1
+
+
+def test_a_stopped_task_is_sent_again_without_counting_an_attempt():
+    with Harness(retries=0) as harness:
+        job, tasks = plain_tasks(2)
+        harness.submit(tasks)
+        first, first_tasks = harness.next_message()
+        harness.reply(first, [STOPPED] * len(first_tasks))
+        harness.answer_all(until=job.done.is_set)
+        assert job.get(0) == [0, 1]
+        assert harness.scheduler.n_stopped == len(first_tasks)
+        assert all(task.attempts == 0 for task in tasks)
+
+
+def test_messages_stranded_on_engines_gone_are_sent_again():
+    with Harness() as harness:
+        job, tasks = plain_tasks(1)
+        harness.submit(tasks)
+        handle, sent = harness.next_message()
+        harness.messenger.stranded = [handle]
+        harness.scheduler.wake()
+        handle, sent_again = harness.next_message()
+        assert sent_again == sent
+        harness.reply(handle, [(True, 7)])
+        assert job.get(TIMEOUT) == [7]
+
+
+def test_a_failing_checkpoint_write_fails_the_task_instead_of_hanging():
+    def failing_save(task, ok, value):
+        raise OSError(28, "No space left on device")
+
+    with Harness(on_done=failing_save) as harness:
+        job, tasks = plain_tasks(3)
+        harness.submit(tasks)
+        harness.answer_all(until=job.done.is_set)
+        with pytest.raises(OSError, match="No space left"):
+            job.get(0)
+
+
+def test_saved_results_are_handed_back_without_being_sent():
+    with Harness() as harness:
+        job, tasks = plain_tasks(3)
+        harness.submit(tasks[1:], saved=[(tasks[0], "saved")])
+        harness.answer_all(until=job.done.is_set)
+        assert job.get(0) == ["saved", 1, 2]
+    assert [t.index for m in harness.messenger.sent for t in m] == [1, 2]
+
+
+def test_stop_drops_queued_tasks_and_stops_messages_in_flight():
+    with Harness(n_engines=1) as harness:
+        job, tasks = fit_tasks(harness.folds, n_candidates=3, n_splits=2)
+        harness.submit(tasks)
+        handle, _ = harness.next_message()
+        wait_for(lambda: len(harness.messenger) == 2)  # 2 per engine
+        harness.scheduler.stop()
+        assert handle in harness.messenger.stopped
+        assert len(harness.messenger) == 0
+        # Nothing queued is sent any more, and the folds are released.
+        time.sleep(0.3)
+        assert len(harness.messenger.sent) == 2
+        wait_for(lambda: len(harness.removed) == len(harness.written))
+        assert not job.done.is_set()
+
+
+def test_stop_with_an_error_fails_every_task_and_later_submissions():
+    error = RuntimeError("aborted")
+    with Harness() as harness:
+        job, tasks = plain_tasks(4)
+        harness.submit(tasks)
+        harness.next_message()
+        harness.scheduler.stop(error, cancel=True)
+        assert job.done.wait(TIMEOUT)
+        with pytest.raises(RuntimeError, match="aborted"):
+            job.get(0)
+        with pytest.raises(RuntimeError, match="aborted"):
+            harness.submit(plain_tasks(1)[1])
+
+
+def test_a_call_without_engines_fails_after_engine_wait():
+    with Harness(n_engines=0, engine_wait=0.2) as harness:
+        job, tasks = plain_tasks(2)
+        harness.submit(tasks)
+        assert job.done.wait(TIMEOUT)
+        with pytest.raises(EngineLostError, match="none came back"):
+            job.get(0)
+
+
+def test_shutdown_stops_the_thread_and_removes_every_fold():
+    harness = Harness()
+    with harness:
+        _, tasks = fit_tasks(harness.folds, n_candidates=1, n_splits=2)
+        harness.submit(tasks)
+        harness.next_message()
+        thread = harness.scheduler._thread
+    assert not thread.is_alive()
+    assert sorted(harness.removed) == sorted(ref for ref, _ in harness.written)
+    assert harness.messenger.stopped  # the message in flight was stopped
+
+
+def test_a_reply_that_cannot_be_read_fails_its_tasks():
+    with Harness(n_engines=1) as harness:
+        job, tasks = plain_tasks(2)
+        harness.submit(tasks)
+        handle, _ = harness.next_message()
+        harness.messenger.replies[handle] = ValueError("garbled reply")
+        harness.scheduler.message_done(handle)
+        harness.answer_all(until=job.done.is_set)
+        with pytest.raises(ValueError, match="garbled"):
+            job.get(0)
+
+
+def test_an_error_in_the_scheduling_thread_fails_the_call_not_the_next():
+    with Harness(n_engines=1) as harness:
+        job, tasks = plain_tasks(4)
+        harness.submit(tasks)
+        harness.next_message()
+        harness.roster.error = RuntimeError("roster broke")
+        harness.scheduler.wake()
+        assert job.done.wait(TIMEOUT)
+        with pytest.raises(RuntimeError, match="roster broke"):
+            job.get(0)
+    # joblib ends every call with terminate(); the next call starts afresh.
+    with harness:
+        job, tasks = plain_tasks(2)
+        harness.submit(tasks)
+        harness.answer_all(until=job.done.is_set)
+        assert job.get(0) == [0, 1]
+
+
+def test_tasks_of_a_reply_being_handled_when_the_thread_fails_fail_too():
+    with Harness(n_engines=1) as harness:
+        job, tasks = plain_tasks(1)
+        harness.submit(tasks)
+        handle, _ = harness.next_message()
+        harness.reply(handle, 42)  # not one outcome per task: the thread fails
+        assert job.done.wait(TIMEOUT)
+        with pytest.raises(TypeError):
+            job.get(0)
