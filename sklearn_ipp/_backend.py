@@ -145,7 +145,7 @@ class ClusterBackend(ParallelBackendBase):
         self._resources = _Resources(client, store, store_dir)
         weakref.finalize(self, self._resources.close)
         self._scheduler = None  # made with the roster at the first configure
-        self._cancelled = None  # what cancel() was given before that
+        self._cancelled = None  # what cancel() was given
         self._messenger = None
 
     @property
@@ -203,8 +203,6 @@ class ClusterBackend(ParallelBackendBase):
         self.parallel = parallel
         if self._scheduler is None:
             self._scheduler = self._make_scheduler()
-            if self._cancelled is not None:
-                self._scheduler.stop(self._cancelled, cancel=True)
         self._scheduler.start()
         return MESSAGES_PER_ENGINE * self.effective_n_jobs(n_jobs)
 
@@ -222,9 +220,7 @@ class ClusterBackend(ParallelBackendBase):
             self.connection,
             roster,
             self.inner_max_num_threads,
-            persist=lambda array: self._resources.persist(
-                array, self.folds.hash(array)
-            ),
+            persist=self._persist,
             max_nbytes=self.max_nbytes,
             on_reply=lambda handle: scheduler.message_done(handle),
         )
@@ -249,6 +245,8 @@ class ClusterBackend(ParallelBackendBase):
 
     def submit(self, func, callback=None):
         """Queue a joblib batch; ``callback`` runs when all its tasks are done."""
+        if self._cancelled is not None:
+            raise self._cancelled
         items = list(func.items) if hasattr(func, "items") else [(func, (), {})]
         job = Job(len(items), callback)
         tasks, saved = [], []
@@ -296,9 +294,8 @@ class ClusterBackend(ParallelBackendBase):
         submitted from now on fails with ``exc`` too, so that joblib stops
         the call and raises it.
         """
-        if self._scheduler is None:  # before joblib configured the backend
-            self._cancelled = exc
-        else:
+        self._cancelled = exc  # for a call joblib has not configured yet
+        if self._scheduler is not None:
             self._scheduler.stop(exc, cancel=True)
 
     def terminate(self):
