@@ -212,3 +212,21 @@ def test_plots_without_matplotlib_name_the_extra(client, monkeypatch):
         ParameterBoxplotDisplay.from_search(search)
     with pytest.raises(ImportError, match=r"pip install sklearn_ipp\[plot\]"):
         LearningCurveDisplay.from_estimator(GaussianNB(), *_digits(), client=client)
+
+
+def test_displays_are_made_with_keyword_arguments_as_sklearns_are():
+    with pytest.raises(TypeError):
+        ScoreHeatmapDisplay(np.ones((1, 1)), "a", "b", [1], [2])
+    display = ScoreHeatmapDisplay(
+        scores=np.ones((1, 1)), x_param="a", y_param="b", x_values=[1], y_values=[2]
+    )
+    assert display.score_name == "score"
+    with pytest.raises(TypeError):
+        ParameterBoxplotDisplay(["C"], [[1]], [[np.ones(2)]])
+    boxes = ParameterBoxplotDisplay(
+        param_names=["C"], param_values=[[1]], test_scores=[[np.ones(2)]]
+    )
+    assert boxes.train_scores is None
+    # The curve displays share the base that runs their fits on the cluster.
+    shared = set(LearningCurveDisplay.__mro__) & set(ValidationCurveDisplay.__mro__)
+    assert any("_on_cluster" in vars(base) for base in shared)
