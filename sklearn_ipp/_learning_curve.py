@@ -12,7 +12,23 @@ from sklearn import model_selection
 
 from ._backend import DEFAULT_RETRIES, on_cluster
 
-__all__ = ["learning_curve", "validation_curve"]
+__all__ = ["curve_on_cluster", "learning_curve", "validation_curve"]
+
+
+def curve_on_cluster(client, X, store_dir, retries, kwargs):
+    """Return the context that runs a curve's fits on the cluster.
+
+    ``n_jobs`` is removed from the curve's ``kwargs``, since the engines
+    decide the parallelism; their ``verbose`` above 0 shows a progress bar.
+    """
+    kwargs.pop("n_jobs", None)
+    return on_cluster(
+        client,
+        X,
+        store_dir=store_dir,
+        retries=retries,
+        verbose=kwargs.get("verbose", 0),
+    )
 
 
 def learning_curve(
@@ -67,14 +83,7 @@ def learning_curve(
     >>> sizes, train, test = sklearn_ipp.learning_curve(
     ...     GaussianNB(), X, y, cv=5)  # doctest: +SKIP
     """
-    kwargs.pop("n_jobs", None)  # the engines decide the parallelism
-    with on_cluster(
-        client,
-        X,
-        store_dir=store_dir,
-        retries=retries,
-        verbose=kwargs.get("verbose", 0),
-    ):
+    with curve_on_cluster(client, X, store_dir, retries, kwargs):
         return model_selection.learning_curve(estimator, X, y, **kwargs)
 
 
@@ -124,14 +133,7 @@ def validation_curve(
     train_scores, test_scores : ndarray of shape (n_values, n_splits)
         As returned by :func:`sklearn.model_selection.validation_curve`.
     """
-    kwargs.pop("n_jobs", None)  # the engines decide the parallelism
-    with on_cluster(
-        client,
-        X,
-        store_dir=store_dir,
-        retries=retries,
-        verbose=kwargs.get("verbose", 0),
-    ):
+    with curve_on_cluster(client, X, store_dir, retries, kwargs):
         return model_selection.validation_curve(
             estimator, X, y, param_name=param_name, param_range=param_range, **kwargs
         )

@@ -10,7 +10,8 @@ import numpy as np
 from sklearn.model_selection import LearningCurveDisplay as _SklearnLearningCurve
 from sklearn.model_selection import ValidationCurveDisplay as _SklearnValidationCurve
 
-from ._backend import DEFAULT_RETRIES, on_cluster
+from ._backend import DEFAULT_RETRIES
+from ._learning_curve import curve_on_cluster
 from ._results import split_scores
 
 __all__ = [
@@ -426,18 +427,10 @@ class _ClusterCurveDisplay:
     def _on_cluster(client, X, store_dir, retries, kwargs):
         """Return the context that runs the curve's fits on the cluster.
 
-        Fails at once without matplotlib; ``n_jobs`` is removed from the
-        display's ``kwargs``, since the engines decide the parallelism.
+        Fails at once without matplotlib, before any fit.
         """
         _pyplot()
-        kwargs.pop("n_jobs", None)
-        return on_cluster(
-            client,
-            X,
-            store_dir=store_dir,
-            retries=retries,
-            verbose=kwargs.get("verbose", 0),
-        )
+        return curve_on_cluster(client, X, store_dir, retries, kwargs)
 
 
 class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):

@@ -6,6 +6,7 @@ fold index is the real one, over small arrays, with a fake store.
 """
 
 import queue
+import shutil
 import threading
 import time
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from sklearn_ipp._checkpoint import DirectoryCheckpoint, SavedFits
 from sklearn_ipp._exceptions import EngineLostError
 from sklearn_ipp._folds import FoldIndex
 from sklearn_ipp._hosts import EngineLosses
@@ -389,3 +391,14 @@ def test_tasks_of_a_reply_being_handled_when_the_thread_fails_fail_too():
         assert job.done.wait(TIMEOUT)
         with pytest.raises(TypeError):
             job.get(0)
+
+
+def test_a_failing_checkpoint_write_names_the_directory_and_the_fix(tmp_path):
+    checkpoint = DirectoryCheckpoint(tmp_path / "fits")
+    saved = SavedFits(checkpoint)
+    _, (task,) = fit_tasks(FoldIndex(None, None), n_candidates=1, n_splits=1)
+    shutil.rmtree(checkpoint.path)  # the directory is gone: the write fails
+    with pytest.raises(OSError, match="checkpoint directory") as info:
+        saved.save(task, {"test_scores": 1.0, "fit_error": None})
+    assert "checkpoint_dir=" in str(info.value)
+    assert str(tmp_path / "fits") in str(info.value)
