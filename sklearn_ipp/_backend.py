@@ -325,7 +325,7 @@ class ClusterBackend(ParallelBackendBase):
         arguments = fit_and_score_arguments(function, args, kwargs)
         if arguments is not None:
             task.arguments = arguments
-            task.split_key, task.fold, _ = self.folds.fold_of(arguments)
+            task.split_key, task.fold, task.n_train = self.folds.fold_of(arguments)
             candidate = arguments.get("candidate_progress")
             if self.candidate_position is not None and candidate is not None:
                 task.position = self.candidate_position(candidate[0])

@@ -20,6 +20,7 @@ import threading
 import weakref
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.model_selection import _validation
 from sklearn.utils.validation import _num_samples
 
@@ -107,11 +108,11 @@ class Fold:
         rows = np.concatenate([self.train, self.test])
         # A precomputed kernel stays square, as sklearn checks it is.
         columns = rows if self.pairwise else None
-        refs = {"X": write(self.X, rows, columns)}
+        refs = {"X": write(_indexable(self.X), rows, columns)}
         if self.y is not None:
-            refs["y"] = write(self.y, rows)
+            refs["y"] = write(_indexable(self.y), rows)
         for name, value in self.aligned_params.items():
-            refs["param:" + name] = write(value, rows)
+            refs["param:" + name] = write(_indexable(value), rows)
         self.refs = refs
 
     def release(self, remove):
@@ -198,9 +199,9 @@ class FoldIndex:
         task trains on the first ``n_train`` rows of ``fold``.
         """
         X, y = arguments["X"], arguments["y"]
-        train = np.asarray(arguments["train"])
-        test = np.asarray(arguments["test"])
         n_samples = _num_samples(X)
+        train = _row_numbers(arguments["train"])
+        test = _row_numbers(arguments["test"])
         aligned = {}
         for group in ("fit_params", "score_params"):
             for name, value in (arguments.get(group) or {}).items():
@@ -211,10 +212,10 @@ class FoldIndex:
             self._hash(X),
             None if y is None else self._hash(y),
             tuple((name, self._hash(value)) for name, value in sorted(aligned.items())),
-            self._hash(test),
+            self._hash(arguments["test"]),
             pairwise,
         )
-        split_key = (*data_key, self._hash(train))
+        split_key = (*data_key, self._hash(arguments["train"]))
         with self._lock:
             fold = self._fold_of_split.get(split_key)
             if fold is None and not pairwise:
@@ -338,6 +339,27 @@ class _StrongReference:
 
     def __call__(self):
         return self.obj
+
+
+def _row_numbers(rows):
+    """Return the row numbers of a split's train or test set.
+
+    scikit-learn accepts boolean masks as well as integer indices of any
+    type (``_safe_indexing``); folds are stored from row numbers.
+    """
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        return np.flatnonzero(rows)
+    return rows.astype(np.intp, copy=False)
+
+
+def _indexable(data):
+    """Return sparse data as CSR, which rows can index.
+
+    scikit-learn's ``_make_indexable`` turns it so before it splits fit
+    parameters.
+    """
+    return data.tocsr() if sp.issparse(data) else data
 
 
 def _split_arguments(arguments):

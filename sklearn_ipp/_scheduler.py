@@ -81,6 +81,7 @@ class Task:
         "index",
         "job",
         "kwargs",
+        "n_train",
         "order",
         "position",
         "saved",
@@ -91,6 +92,7 @@ class Task:
         self.job, self.index = job, index
         self.function, self.args, self.kwargs = function, args, kwargs
         self.arguments = self.fold = self.split_key = None
+        self.n_train = None  # it trains on its fold's first n_train rows
         self.position = 0  # of its candidate in the search's running order
         self.call = 0  # which Parallel call of the backend submitted it
         self.order = None  # tasks are sent in this order, fold permitting
@@ -113,7 +115,7 @@ class Task:
         """Return ``(function, args, kwargs)`` as the engine runs it."""
         if self.fold is None:
             return self.function, self.args, self.kwargs
-        args, kwargs = self.fold.rewrite(self.arguments, len(self.arguments["train"]))
+        args, kwargs = self.fold.rewrite(self.arguments, self.n_train)
         return self.function, args, kwargs
 
 
