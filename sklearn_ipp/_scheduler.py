@@ -246,16 +246,7 @@ class Scheduler:
         ``on_progress(n_done, n_submitted)`` after every finished task.
     """
 
-    def __init__(
-        self,
-        roster,
-        messenger,
-        folds,
-        losses,
-        *,
-        on_done,
-        on_progress=None,
-    ):
+    def __init__(self, roster, messenger, folds, losses, *, on_done, on_progress=None):
         self._roster, self._messenger, self._folds = roster, messenger, folds
         self._losses = losses
         self._on_done, self._on_progress = on_done, on_progress
@@ -281,6 +272,7 @@ class Scheduler:
         """Start the scheduling thread, if it is not running."""
         if self._thread is None:
             self._stopping = False
+            self._cancelled = None  # by a thread that failed in an earlier call
             self._thread = threading.Thread(
                 target=self._run, name="sklearn_ipp-scheduler", daemon=True
             )
@@ -390,7 +382,8 @@ class Scheduler:
         except BaseException as exc:  # surfaced to joblib through the jobs
             for task in self._handling:  # taken from the messenger already
                 self._finish(task, False, exc)
-            self.stop(exc)
+            # No thread sends what comes next: the rest of the call fails too.
+            self.stop(exc, cancel=True)
 
     def _can_send(self):
         held = not self._sending and time.monotonic() - self._last_submit < HOLD_SECONDS

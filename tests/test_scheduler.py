@@ -402,3 +402,12 @@ def test_a_failing_checkpoint_write_names_the_directory_and_the_fix(tmp_path):
         saved.save(task, {"test_scores": 1.0, "fit_error": None})
     assert "checkpoint_dir=" in str(info.value)
     assert str(tmp_path / "fits") in str(info.value)
+
+
+def test_tasks_submitted_after_the_thread_failed_fail_at_once():
+    with Harness(n_engines=1) as harness:
+        harness.roster.error = RuntimeError("versions differ")
+        harness.scheduler.wake()
+        wait_for(lambda: not harness.scheduler._thread.is_alive())
+        with pytest.raises(RuntimeError, match="versions differ"):
+            harness.submit(plain_tasks(2)[1])
