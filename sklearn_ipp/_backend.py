@@ -207,15 +207,12 @@ class ClusterBackend(ParallelBackendBase):
         return MESSAGES_PER_ENGINE * self.effective_n_jobs(n_jobs)
 
     def _make_scheduler(self):
-        # Probed now, the engines import scikit-learn and report their
-        # versions while the client prepares the first data.
         roster = self._resources.roster = EngineRoster(
             self.connection,
             self.store,
             self.check_versions,
             on_probe_reply=lambda: scheduler.wake(),
         )
-        roster.refresh()
         self._messenger = Messenger(
             self.connection,
             roster,
@@ -233,6 +230,10 @@ class ClusterBackend(ParallelBackendBase):
             on_done=self._task_done,
             on_progress=self.on_progress,
         )
+        # Probed now, the engines import scikit-learn and report their
+        # versions while the client prepares the first data. Only now: the
+        # probe's reply wakes the scheduler, which must exist by then.
+        roster.refresh()
         return scheduler
 
     def start_call(self):

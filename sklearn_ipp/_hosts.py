@@ -312,11 +312,15 @@ class EngineLosses:
         return again, lost
 
     def check_engines_left(self, busy, n_done, n_submitted):
-        """Raise EngineLostError once tasks waited ``engine_wait`` s for engines."""
+        """Raise EngineLostError once tasks waited ``engine_wait`` s for engines.
+
+        ``busy()`` says whether tasks wait or run; it is asked only when no
+        engine is left.
+        """
         if self._roster.ready or self._roster.probing:
             self._since = None
             return
-        if not busy:
+        if not busy():
             return
         now = time.monotonic()
         if self._since is None:

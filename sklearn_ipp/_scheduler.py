@@ -373,9 +373,9 @@ class Scheduler:
                 self._hand_back_saved()
                 self._handle_replies()
                 self._resend_stranded()
-                with self._condition:
-                    busy = bool(self._queues) or len(self._messenger)
-                self._losses.check_engines_left(busy, self.n_done, self.n_submitted)
+                self._losses.check_engines_left(
+                    self._busy, self.n_done, self.n_submitted
+                )
                 self._folds.release_idle()
                 self._store_folds()
                 self._send_ready()
@@ -393,6 +393,10 @@ class Scheduler:
             and bool(self._queues)
             and len(self._messenger) < self._max_in_flight()
         )
+
+    def _busy(self):
+        with self._condition:
+            return bool(self._queues) or bool(len(self._messenger))
 
     def _max_in_flight(self):
         return MESSAGES_PER_ENGINE * max(1, len(self._roster.ready))

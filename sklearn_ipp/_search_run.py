@@ -71,7 +71,13 @@ class SearchRun:
         # Candidate index -> position in the order candidates are run; set
         # by the search once it has its candidates (see _run_search).
         self.positions = None
-        self._search = search
+        # Read now, as the docstring says; keeping the search itself would
+        # tie it and its run in a reference cycle.
+        self._cluster_options = {
+            "store_dir": search.store_dir,
+            "retries": search.retries,
+            "verbose": search.verbose,
+        }
         self._caller = caller
         self._lock = threading.Lock()
         self._backend = None  # while the candidates are evaluated
@@ -125,13 +131,11 @@ class SearchRun:
         threading.Thread(target=run, name="sklearn_ipp-search", daemon=True).start()
 
     def _fit(self, connection, sklearn_fit, X, y, params):
-        search, checkpoint = self._search, self._checkpoint
+        checkpoint = self._checkpoint
         cluster = on_cluster(
             connection,
             X,
-            store_dir=search.store_dir,
-            retries=search.retries,
-            verbose=search.verbose,
+            **self._cluster_options,
             checkpoint=checkpoint,
             on_progress=lambda n_done, n_submitted: self.live.set_total(n_submitted),
             on_result=self.live.add,
