@@ -17,10 +17,10 @@ import time
 import cloudpickle
 from ipyparallel import error as ipp_error
 
-from ._pickling import dumps
+from ._pickling import by_value_generation, dumps, send_by_value
 from ._worker import INTERRUPTIBLE, STOP_SIGNAL, STOPPED, UNPICKLING_FAILED, run_batch
 
-__all__ = ["ENGINE_LOST", "STOPPED", "Messenger", "RemoteTraceback"]
+__all__ = ["ENGINE_LOST", "SEND_AGAIN", "STOPPED", "Messenger", "RemoteTraceback"]
 
 logger = logging.getLogger("sklearn_ipp")
 
@@ -30,6 +30,10 @@ STOP_WAIT_SECONDS = 2.0
 
 # What reading a reply gives when the message's engine died or left.
 ENGINE_LOST = "sklearn_ipp_engine_lost"
+
+# What reading a reply gives when its tasks did not run but will load if sent
+# again: the engine lacked a module of the client's, now sent by value.
+SEND_AGAIN = "sklearn_ipp_send_again"
 
 
 class Messenger:
@@ -64,8 +68,11 @@ class Messenger:
         self._on_reply = on_reply
         self._view = None
         self._lock = threading.Lock()
-        # message id -> (AsyncResult, tasks, the engines it may run on)
+        # message id -> (AsyncResult, tasks, the engines it may run on,
+        # by_value_generation() when it was pickled)
         self._in_flight = {}
+        # The generations of messages taken but not read yet.
+        self._generations = {}
         # What crossed the network, for tests and benchmarks: none of it
         # grows with the data.
         self.n_tasks_sent = 0
@@ -87,6 +94,7 @@ class Messenger:
         targets = sorted(self._roster.ready)
         thread_limits = self._roster.thread_limits(self._n_threads)
         items = [task.message_item() for task in tasks]
+        generation = by_value_generation()
         payload = dumps(items, persist=self._persist, min_nbytes=self._max_nbytes)
         if self._view is None:
             self._view = self._connection.load_balanced_view()
@@ -99,15 +107,24 @@ class Messenger:
         self.n_fold_tasks_sent += sum(task.fold is not None for task in tasks)
         self.payload_bytes += len(payload)
         with self._lock:
-            self._in_flight[async_result.msg_ids[0]] = (async_result, tasks, targets)
+            self._in_flight[async_result.msg_ids[0]] = (
+                async_result,
+                tasks,
+                targets,
+                generation,
+            )
         async_result.add_done_callback(self._on_reply)
         return True
 
     def take(self, async_result):
         """Return the tasks of a message that replied; None if it was dropped."""
+        msg_id = async_result.msg_ids[0]
         with self._lock:
-            entry = self._in_flight.pop(async_result.msg_ids[0], None)
-        return None if entry is None else entry[1]
+            entry = self._in_flight.pop(msg_id, None)
+            if entry is None:
+                return None
+            self._generations[msg_id] = entry[3]
+        return entry[1]
 
     def take_stranded(self):
         """Return the task lists of the messages no living engine may run.
@@ -120,7 +137,7 @@ class Messenger:
         with self._lock:
             stranded = [
                 msg_id
-                for msg_id, (_, _, targets) in self._in_flight.items()
+                for msg_id, (_, _, targets, _) in self._in_flight.items()
                 if not alive.intersection(targets)
             ]
             stranded = [self._in_flight.pop(msg_id)[1] for msg_id in stranded]
@@ -137,19 +154,21 @@ class Messenger:
         with self._lock:
             entries = list(self._in_flight.values())
             self._in_flight.clear()
-        return [async_result for async_result, _, _ in entries], [
-            task for _, tasks, _ in entries for task in tasks
+        return [entry[0] for entry in entries], [
+            task for entry in entries for task in entry[1]
         ]
 
-    @staticmethod
-    def read(async_result, n_tasks):
-        """Turn a reply into ``(outcomes, seconds)``.
+    def read(self, async_result, n_tasks):
+        """Turn the reply of a message ``take`` gave into ``(outcomes, seconds)``.
 
         One outcome per task: ``(ok, result_or_exception)``, or ``STOPPED``
         for a task a stop signal ended. ``(ENGINE_LOST, None)`` when the
-        engine died (or left) before replying; ``seconds``, the tasks'
-        durations, is None when they are not known.
+        engine died (or left) before replying; ``(SEND_AGAIN, None)`` when
+        it lacked a module that is now sent by value; ``seconds``, the
+        tasks' durations, is None when they are not known.
         """
+        with self._lock:
+            generation = self._generations.pop(async_result.msg_ids[0], None)
         try:
             reply = cloudpickle.loads(async_result.get())
         except BaseException as exc:  # the engine died or the message failed
@@ -158,6 +177,13 @@ class Messenger:
             return [(False, exc)] * n_tasks, None
         if reply[0] == UNPICKLING_FAILED:
             _, exc, text, hostname = reply
+            # The module is sent by value now, by this reply or by one that
+            # came before it, of a message pickled after this one.
+            if isinstance(exc, ImportError) and (
+                send_by_value(exc.name)
+                or (generation is not None and generation < by_value_generation())
+            ):
+                return SEND_AGAIN, None
             error = _unloadable_task_error(exc, text, async_result, hostname)
             return [(False, error)] * n_tasks, None
         outcomes, seconds, _ = reply

@@ -19,7 +19,7 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
-from ._messages import ENGINE_LOST, STOPPED
+from ._messages import ENGINE_LOST, SEND_AGAIN, STOPPED
 
 __all__ = ["Job", "Scheduler", "Task", "TaskQueues"]
 
@@ -444,6 +444,9 @@ class Scheduler:
                 outcomes, seconds = [(False, exc)] * len(tasks), None
             if outcomes is ENGINE_LOST:
                 self._retry(tasks, getattr(handle, "engine_id", None))
+                continue
+            if outcomes is SEND_AGAIN:  # they never ran: no attempt counted
+                self._requeue(tasks)
                 continue
             if seconds is not None:
                 with self._condition:

@@ -1,11 +1,13 @@
 """Bad input to the searches gets a clear error, before work is sent."""
 
+import importlib.machinery
 import pickle
 import re
 import sys
 import textwrap
 import threading
 
+import cloudpickle
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import load_iris
@@ -53,10 +55,14 @@ def test_unpicklable_grid_value_is_named(client):
     assert len(client.history) == n_sent
 
 
-def test_module_missing_on_engines_names_engine_and_module(
+def test_compiled_module_missing_on_engines_names_engine_and_module(
     client, tmp_path, monkeypatch
 ):
-    (tmp_path / "client_only_models.py").write_text(
+    # A package with compiled code cannot be sent by value: it has to be
+    # installed where the engines run.
+    package = tmp_path / "client_only_compiled"
+    package.mkdir()
+    (package / "__init__.py").write_text(
         textwrap.dedent(
             """
             from sklearn.svm import SVC
@@ -66,8 +72,10 @@ def test_module_missing_on_engines_names_engine_and_module(
             """
         )
     )
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (package / f"_speedups{suffix}").write_bytes(b"")
     monkeypatch.syspath_prepend(str(tmp_path))
-    from client_only_models import ClientOnlySVC
+    from client_only_compiled import ClientOnlySVC
 
     try:
         search = IPyParallelGridSearchCV(
@@ -77,9 +85,10 @@ def test_module_missing_on_engines_names_engine_and_module(
             search.fit(IRIS_X, IRIS_Y)
         message = str(info.value)
         assert re.search(r"could not be loaded on engine \d+ on host ", message)
-        assert "module 'client_only_models' is not installed there" in message
+        assert "module 'client_only_compiled' is not installed there" in message
+        assert "client_only_compiled" not in cloudpickle.list_registry_pickle_by_value()
     finally:
-        sys.modules.pop("client_only_models", None)
+        sys.modules.pop("client_only_compiled", None)
 
 
 def _same_error(ours, reference, X, y):
