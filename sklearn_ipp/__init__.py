@@ -33,13 +33,20 @@ from ._plot import (
     ScoreHeatmapDisplay,
     ValidationCurveDisplay,
 )
-from ._search import IPyParallelGridSearchCV, IPyParallelRandomizedSearchCV
+from ._search import (
+    IPyParallelGridSearchCV,
+    IPyParallelHalvingGridSearchCV,
+    IPyParallelHalvingRandomSearchCV,
+    IPyParallelRandomizedSearchCV,
+)
 from ._version import __version__  # noqa: F401  (the package version)
 
 __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     # Model selection on the cluster
     "IPyParallelGridSearchCV",
     "IPyParallelRandomizedSearchCV",
+    "IPyParallelHalvingGridSearchCV",
+    "IPyParallelHalvingRandomSearchCV",
     "learning_curve",
     "validation_curve",
     # Plots (matplotlib, the "plot" extra)

@@ -70,6 +70,10 @@ class ClusterBackend(ParallelBackendBase):
     max_live_folds : int, default=1
         How many folds may be stored at once when they take more than
         ``SMALL_FOLDS_BYTES`` together.
+    whole_data : bool, default=False
+        Store the data of sklearn's ``_fit_and_score`` tasks once, whole,
+        rather than split by split, and send each task its row numbers: for
+        successive halving, whose splits are new subsamples every round.
     on_progress : callable or None, default=None
         Called as ``on_progress(n_done, n_submitted)`` from the scheduling
         thread when tasks finish.
@@ -117,6 +121,7 @@ class ClusterBackend(ParallelBackendBase):
         store_dir=None,
         max_nbytes=MMAP_MIN_BYTES,
         max_live_folds=1,
+        whole_data=False,
         on_progress=None,
         on_result=None,
         candidate_position=None,
@@ -141,6 +146,7 @@ class ClusterBackend(ParallelBackendBase):
             lambda *args: self._write(*args),
             lambda ref: self._resources.remove(ref),
             max_live_folds,
+            whole_data=whole_data,
         )
         self._resources = _Resources(client, store, store_dir)
         weakref.finalize(self, self._resources.close)
@@ -326,7 +332,7 @@ class ClusterBackend(ParallelBackendBase):
         arguments = fit_and_score_arguments(function, args, kwargs)
         if arguments is not None:
             task.arguments = arguments
-            task.split_key, task.fold, task.n_train = self.folds.fold_of(arguments)
+            task.split_key, task.fold, task.rows = self.folds.fold_of(arguments)
             candidate = arguments.get("candidate_progress")
             if self.candidate_position is not None and candidate is not None:
                 task.position = self.candidate_position(candidate[0])
@@ -416,6 +422,7 @@ def on_cluster(
     on_result=None,
     candidate_position=None,
     caller_backend=None,
+    whole_data=False,
 ):
     """Run the ``Parallel`` calls of the block on the cluster.
 
@@ -442,6 +449,8 @@ def on_cluster(
         The backend active where the work was asked for, whose
         ``inner_max_num_threads`` applies, as with loky; None: the one
         active in this thread.
+    whole_data : bool, default=False
+        As in :class:`ClusterBackend`.
 
     Yields
     ------
@@ -469,6 +478,7 @@ def on_cluster(
             on_progress=report_progress,
             on_result=on_result,
             candidate_position=candidate_position,
+            whole_data=whole_data,
             retries=retries,
             checkpoint=checkpoint,
             inner_max_num_threads=getattr(

@@ -8,6 +8,11 @@ and the task is rewritten to carry a reference to it plus
 arrays answer with zero-copy memory-mapped views. A task whose ``train`` is a
 prefix of a stored split's (learning curves) uses that split's files too.
 
+A search that fits on ever-changing subsamples of its splits (successive
+halving) stores instead the whole data once, as one fold of every row: its
+tasks carry the row numbers of their train and test sets, which the engines
+index the stored arrays with, as they would the data itself.
+
 ``FoldIndex`` finds the fold of a task by the content of its data and split,
 and decides when folds are stored: small folds all at once, so that tasks run
 in the order they came, larger data fold by fold, so that at most
@@ -78,6 +83,7 @@ class Fold:
         self.test, self.pairwise = test, pairwise
         self.refs = None  # name -> StoredData, while the fold is stored
         self.storing = False  # chosen to be stored: its rows are final
+        self.pinned = False  # kept stored until the index is cleared
         self.n_outstanding = 0  # tasks queued or running (the scheduler's)
         self._set_train(train)
 
@@ -121,24 +127,31 @@ class Fold:
         for ref in refs.values():
             remove(ref)
 
-    def rewrite(self, arguments, n_train):
+    def rewrite(self, arguments, rows):
         """Return ``(args, kwargs)`` of a task pointed at the stored fold.
 
         Parameters
         ----------
         arguments : dict
             The task's ``_fit_and_score`` arguments by name.
-        n_train : int
-            The task trains on the fold's first ``n_train`` rows.
+        rows : int or (ndarray, ndarray)
+            An int ``n``: the task trains on the fold's first ``n`` rows and
+            tests on its test rows. Else the positions in the fold of the
+            task's train and test rows.
         """
         arguments = dict(arguments)
         arguments["X"] = self.refs["X"]
         if self.y is not None:
             arguments["y"] = self.refs["y"]
-        # Contiguous ranges, which stored arrays answer with views; sent as
-        # two numbers, not as n_samples indices.
-        arguments["train"] = RowRange(0, n_train)
-        arguments["test"] = RowRange(len(self.train), len(self.train) + len(self.test))
+        if isinstance(rows, tuple):
+            arguments["train"], arguments["test"] = rows
+        else:
+            # Contiguous ranges, which stored arrays answer with views; sent
+            # as two numbers, not as n_samples indices.
+            arguments["train"] = RowRange(0, rows)
+            arguments["test"] = RowRange(
+                len(self.train), len(self.train) + len(self.test)
+            )
         if not getattr(arguments.get("callback_ctx"), "_callbacks", True):
             # scikit-learn >= 1.9 gives every task a callback context and the
             # whole search (fitted attributes included) for its callbacks;
@@ -174,12 +187,23 @@ class FoldIndex:
         ``small_folds_bytes`` together.
     small_folds_bytes : int, default=SMALL_FOLDS_BYTES
         Folds are all stored at once while they take at most this much.
+    whole_data : bool, default=False
+        Store each dataset once, whole, for all the splits of its tasks
+        (which then carry their row numbers), and keep it stored until the
+        index is cleared: for searches whose splits change from one round
+        of tasks to the next.
     """
 
     def __init__(
-        self, write, remove, max_live_folds=1, small_folds_bytes=SMALL_FOLDS_BYTES
+        self,
+        write,
+        remove,
+        max_live_folds=1,
+        small_folds_bytes=SMALL_FOLDS_BYTES,
+        whole_data=False,
     ):
         self._write, self._remove = write, remove
+        self.whole_data = whole_data
         self.max_live_folds = max_live_folds
         self.small_folds_bytes = small_folds_bytes
         self.max_stored_bytes = 0  # the most that was stored at once
@@ -188,15 +212,17 @@ class FoldIndex:
         # Content of a task's split -> its fold; several when train sets are
         # prefixes of one another (learning curves).
         self._fold_of_split = {}
+        self._rows_of_split = {}  # the whole-data rows of a split, made once
         self._folds_by_data = {}  # everything but train -> [Fold]
         self._sequence = itertools.count()
         self._hash = _ContentHashes()
 
     def fold_of(self, arguments):
-        """Return ``(split_key, fold, n_train)`` of a ``_fit_and_score`` task.
+        """Return ``(split_key, fold, rows)`` of a ``_fit_and_score`` task.
 
-        ``split_key`` names the content of the task's data and split; the
-        task trains on the first ``n_train`` rows of ``fold``.
+        ``split_key`` names the content of the task's data and split;
+        ``rows`` are the task's rows of ``fold``, as :meth:`Fold.rewrite`
+        takes them.
         """
         X, y = arguments["X"], arguments["y"]
         n_samples = _num_samples(X)
@@ -216,6 +242,10 @@ class FoldIndex:
             pairwise,
         )
         split_key = (*data_key, self._hash(arguments["train"]))
+        if self.whole_data:
+            return self._whole_data_fold(
+                split_key, data_key, X, y, aligned, train, test, pairwise
+            )
         with self._lock:
             fold = self._fold_of_split.get(split_key)
             if fold is None and not pairwise:
@@ -227,6 +257,34 @@ class FoldIndex:
                 self._folds_by_data.setdefault(data_key, []).append(fold)
             self._fold_of_split[split_key] = fold
         return split_key, fold, len(train)
+
+    def _whole_data_fold(
+        self, split_key, data_key, X, y, aligned, train, test, pairwise
+    ):
+        # The dataset's one fold, keyed by everything but the split.
+        data_key = (*data_key[:3], data_key[4])
+        with self._lock:
+            fold = self._folds.get(data_key)
+            if fold is None:
+                every_row = np.arange(_num_samples(X))
+                empty = every_row[:0]
+                fold = Fold(
+                    data_key,
+                    next(self._sequence),
+                    X,
+                    y,
+                    aligned,
+                    every_row,
+                    empty,
+                    pairwise,
+                )
+                fold.pinned = True
+                self._folds[data_key] = fold
+            self._fold_of_split[split_key] = fold
+            # The same arrays for every task of a split: a large one is
+            # stored once, not sent with every task.
+            rows = self._rows_of_split.setdefault(split_key, (train, test))
+        return split_key, fold, rows
 
     def _fold_sharing_rows(self, data_key, train):
         # sklearn's learning curves train on prefixes of each split's train
@@ -283,7 +341,7 @@ class FoldIndex:
             idle = [
                 fold
                 for fold in self._folds.values()
-                if fold.stored and fold.n_outstanding == 0
+                if fold.stored and fold.n_outstanding == 0 and not fold.pinned
             ]
             for fold in idle:
                 fold.storing = False
@@ -296,6 +354,7 @@ class FoldIndex:
             folds = list(self._folds.values())
             self._folds.clear()
             self._fold_of_split.clear()
+            self._rows_of_split.clear()
             self._folds_by_data.clear()
             self._hash = _ContentHashes()
         for fold in folds:

@@ -81,9 +81,9 @@ class Task:
         "index",
         "job",
         "kwargs",
-        "n_train",
         "order",
         "position",
+        "rows",
         "saved",
         "split_key",
     )
@@ -92,7 +92,7 @@ class Task:
         self.job, self.index = job, index
         self.function, self.args, self.kwargs = function, args, kwargs
         self.arguments = self.fold = self.split_key = None
-        self.n_train = None  # it trains on its fold's first n_train rows
+        self.rows = None  # its rows of its fold (see Fold.rewrite)
         self.position = 0  # of its candidate in the search's running order
         self.call = 0  # which Parallel call of the backend submitted it
         self.order = None  # tasks are sent in this order, fold permitting
@@ -115,7 +115,7 @@ class Task:
         """Return ``(function, args, kwargs)`` as the engine runs it."""
         if self.fold is None:
             return self.function, self.args, self.kwargs
-        args, kwargs = self.fold.rewrite(self.arguments, self.n_train)
+        args, kwargs = self.fold.rewrite(self.arguments, self.rows)
         return self.function, args, kwargs
 
 

@@ -1,4 +1,4 @@
-"""Drop-in replacements for sklearn's GridSearchCV and RandomizedSearchCV.
+"""Drop-in replacements for sklearn's grid, randomized and halving searches.
 
 They are sklearn's own classes, whose ``fit`` runs under sklearn_ipp's joblib
 backend: sklearn still builds ``cv_results_``, picks the best candidate and
@@ -16,13 +16,24 @@ import joblib
 import numpy as np
 from joblib.parallel import get_active_backend
 from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
+from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+from sklearn.model_selection import (
+    GridSearchCV,
+    HalvingGridSearchCV,
+    HalvingRandomSearchCV,
+    RandomizedSearchCV,
+)
 from sklearn.utils._param_validation import Interval
 
 from ._cluster import resolve_cluster
 from ._search_run import SearchRun, WatchedSearchMixin
 
-__all__ = ["IPyParallelGridSearchCV", "IPyParallelRandomizedSearchCV"]
+__all__ = [
+    "IPyParallelGridSearchCV",
+    "IPyParallelHalvingGridSearchCV",
+    "IPyParallelHalvingRandomSearchCV",
+    "IPyParallelRandomizedSearchCV",
+]
 
 logger = logging.getLogger("sklearn_ipp")
 
@@ -157,6 +168,17 @@ class _ClusterSearchMixin(WatchedSearchMixin):
     def _evaluation_order(self, candidate_params):
         """Positions in which to run the candidates; None: the search's order."""
         return None
+
+    def _stores_whole_data(self):
+        """Whether the data is stored once, whole, rather than split by split.
+
+        Successive halving runs its rounds one after another, each on new
+        subsamples of the splits (or on the same splits with more of another
+        resource): split by split, every round would store (and send to
+        other hosts) its folds again; whole, the data is stored once and
+        each round's tasks carry only their row numbers.
+        """
+        return isinstance(self, (HalvingGridSearchCV, HalvingRandomSearchCV))
 
     def _ordered(self, evaluate_candidates):
         def evaluate(candidate_params, *args, **kwargs):
@@ -463,5 +485,267 @@ feature_names_in_
         return positions
 
 
-for _cls in (IPyParallelGridSearchCV, IPyParallelRandomizedSearchCV):
+class IPyParallelHalvingGridSearchCV(_ClusterSearchMixin, HalvingGridSearchCV):
+    """Search over a grid with successive halving, on an ipyparallel cluster.
+
+    A drop-in replacement for
+    :class:`sklearn.model_selection.HalvingGridSearchCV` (importing
+    sklearn_ipp enables scikit-learn's halving searches, as
+    ``sklearn.experimental.enable_halving_search_cv`` does): same parameters,
+    same ``cv_results_`` and attributes. The data is stored once per
+    cross-validation split; each iteration's fits, on subsamples of those
+    splits, carry only the row numbers of their subsample.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+    param_grid : dict or list of dictionaries
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+    factor : int or float, default=3
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+    resource : 'n_samples' or str, default='n_samples'
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+    max_resources : int, default='auto'
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+    min_resources : {{'exhaust', 'smallest'}} or int, default='exhaust'
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+    aggressive_elimination : bool, default=False
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+    cv : int, cross-validation generator or iterable, default=5
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+    scoring : str, callable, or None, default=None
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+    refit : bool or callable, default=True
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`; the
+        refit runs in this process.
+    error_score : 'raise' or numeric, default=np.nan
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+    return_train_score : bool, default=True
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+    random_state : int, RandomState instance or None, default=None
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+    n_jobs : int or None, default=None
+        Accepted for compatibility and ignored: the cluster's engines decide
+        the parallelism.
+    verbose : int, default=0
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`; above 0
+        a progress bar of finished fits is shown too.
+    {cluster_parameters}
+
+    Attributes
+    ----------
+    n_resources_, n_candidates_, n_remaining_candidates_, max_resources_, \
+min_resources_, n_iterations_, n_possible_iterations_, n_required_iterations_, \
+cv_results_, best_estimator_, best_score_, best_params_, best_index_, \
+scorer_, n_splits_, refit_time_, multimetric_, classes_, n_features_in_, \
+feature_names_in_
+        As in :class:`~sklearn.model_selection.HalvingGridSearchCV`.
+
+    See Also
+    --------
+    IPyParallelHalvingRandomSearchCV : Halving over sampled candidates.
+    sklearn.model_selection.HalvingGridSearchCV : The class this replaces.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.svm import SVC
+    >>> from sklearn_ipp import IPyParallelHalvingGridSearchCV
+    >>> X, y = load_iris(return_X_y=True)
+    >>> search = IPyParallelHalvingGridSearchCV(
+    ...     SVC(), {{"C": [0.1, 1, 10], "gamma": [0.01, 0.1]}}, random_state=0)
+    >>> search.fit(X, y).best_params_  # doctest: +SKIP
+    """
+
+    _parameter_constraints = {
+        **HalvingGridSearchCV._parameter_constraints,
+        **_CLUSTER_CONSTRAINTS,
+    }
+
+    def __init__(
+        self,
+        estimator,
+        param_grid,
+        *,
+        factor=3,
+        resource="n_samples",
+        max_resources="auto",
+        min_resources="exhaust",
+        aggressive_elimination=False,
+        cv=5,
+        scoring=None,
+        refit=True,
+        error_score=np.nan,
+        return_train_score=True,
+        random_state=None,
+        n_jobs=None,
+        verbose=0,
+        client=None,
+        store_dir=None,
+        checkpoint_dir=None,
+        retries=3,
+    ):
+        super().__init__(
+            estimator,
+            param_grid,
+            factor=factor,
+            resource=resource,
+            max_resources=max_resources,
+            min_resources=min_resources,
+            aggressive_elimination=aggressive_elimination,
+            cv=cv,
+            scoring=scoring,
+            refit=refit,
+            error_score=error_score,
+            return_train_score=return_train_score,
+            random_state=random_state,
+            n_jobs=n_jobs,
+            verbose=verbose,
+        )
+        self.client = client
+        self.store_dir = store_dir
+        self.checkpoint_dir = checkpoint_dir
+        self.retries = retries
+
+    def _search_space_items(self):
+        return _grid_items(self.param_grid, "param_grid")
+
+
+class IPyParallelHalvingRandomSearchCV(_ClusterSearchMixin, HalvingRandomSearchCV):
+    """Randomized search with successive halving, on an ipyparallel cluster.
+
+    A drop-in replacement for
+    :class:`sklearn.model_selection.HalvingRandomSearchCV` (importing
+    sklearn_ipp enables scikit-learn's halving searches): same parameters,
+    same ``cv_results_`` and attributes, with the data stored once per
+    cross-validation split and each iteration's fits carrying only the row
+    numbers of their subsample.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    param_distributions : dict or list of dicts
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    n_candidates : 'exhaust' or int, default='exhaust'
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    factor : int or float, default=3
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    resource : 'n_samples' or str, default='n_samples'
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    max_resources : int, default='auto'
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    min_resources : {{'exhaust', 'smallest'}} or int, default='smallest'
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    aggressive_elimination : bool, default=False
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    cv : int, cross-validation generator or an iterable, default=5
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    scoring : str, callable, or None, default=None
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    refit : bool or callable, default=True
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    error_score : 'raise' or numeric, default=np.nan
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    return_train_score : bool, default=True
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    random_state : int, RandomState instance or None, default=None
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+    n_jobs : int or None, default=None
+        Accepted for compatibility and ignored: the cluster's engines decide
+        the parallelism.
+    verbose : int, default=0
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`; above
+        0 a progress bar of finished fits is shown too.
+    {cluster_parameters}
+
+    Attributes
+    ----------
+    n_resources_, n_candidates_, n_remaining_candidates_, max_resources_, \
+min_resources_, n_iterations_, n_possible_iterations_, n_required_iterations_, \
+cv_results_, best_estimator_, best_score_, best_params_, best_index_, \
+scorer_, n_splits_, refit_time_, multimetric_, classes_, n_features_in_, \
+feature_names_in_
+        As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`.
+
+    See Also
+    --------
+    IPyParallelHalvingGridSearchCV : Halving over a grid.
+    sklearn.model_selection.HalvingRandomSearchCV : The class this replaces.
+
+    Examples
+    --------
+    >>> from scipy.stats import loguniform
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.svm import SVC
+    >>> from sklearn_ipp import IPyParallelHalvingRandomSearchCV
+    >>> X, y = load_iris(return_X_y=True)
+    >>> search = IPyParallelHalvingRandomSearchCV(
+    ...     SVC(), {{"C": loguniform(1e-2, 1e2)}}, random_state=0)
+    >>> search.fit(X, y).best_params_  # doctest: +SKIP
+    """
+
+    _parameter_constraints = {
+        **HalvingRandomSearchCV._parameter_constraints,
+        **_CLUSTER_CONSTRAINTS,
+    }
+
+    def __init__(
+        self,
+        estimator,
+        param_distributions,
+        *,
+        n_candidates="exhaust",
+        factor=3,
+        resource="n_samples",
+        max_resources="auto",
+        min_resources="smallest",
+        aggressive_elimination=False,
+        cv=5,
+        scoring=None,
+        refit=True,
+        error_score=np.nan,
+        return_train_score=True,
+        random_state=None,
+        n_jobs=None,
+        verbose=0,
+        client=None,
+        store_dir=None,
+        checkpoint_dir=None,
+        retries=3,
+    ):
+        super().__init__(
+            estimator,
+            param_distributions,
+            n_candidates=n_candidates,
+            factor=factor,
+            resource=resource,
+            max_resources=max_resources,
+            min_resources=min_resources,
+            aggressive_elimination=aggressive_elimination,
+            cv=cv,
+            scoring=scoring,
+            refit=refit,
+            error_score=error_score,
+            return_train_score=return_train_score,
+            random_state=random_state,
+            n_jobs=n_jobs,
+            verbose=verbose,
+        )
+        self.client = client
+        self.store_dir = store_dir
+        self.checkpoint_dir = checkpoint_dir
+        self.retries = retries
+
+    def _search_space_items(self):
+        return _grid_items(self.param_distributions, "param_distributions")
+
+
+for _cls in (
+    IPyParallelGridSearchCV,
+    IPyParallelRandomizedSearchCV,
+    IPyParallelHalvingGridSearchCV,
+    IPyParallelHalvingRandomSearchCV,
+):
     _cls.__doc__ = _cls.__doc__.format(cluster_parameters=_CLUSTER_PARAMETERS_DOC)

@@ -77,6 +77,7 @@ class SearchRun:
             "store_dir": search.store_dir,
             "retries": search.retries,
             "verbose": search.verbose,
+            "whole_data": search._stores_whole_data(),
         }
         self._caller = caller
         self._lock = threading.Lock()

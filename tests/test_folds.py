@@ -115,3 +115,28 @@ def test_hashes_are_forgotten_with_their_arrays():
     assert len(index._hash._entries) == n_entries - 1
     # A new array with other content, maybe at the same address, is hashed anew.
     assert index.hash(np.arange(1000.0) + 1) != first
+
+
+def test_whole_data_is_one_fold_for_every_split_and_stays_stored():
+    recorder = Recorder()
+    index = FoldIndex(recorder.write, recorder.remove, whole_data=True)
+    rng = np.random.RandomState(0)
+    first_train, first_test = rng.permutation(20)[:8], np.array([25, 21, 29])
+    key_a, fold_a, rows_a = index.fold_of(arguments(first_train, first_test))
+    key_b, fold_b, rows_b = index.fold_of(arguments(np.arange(15, 30), np.arange(5)))
+    assert fold_a is fold_b and key_a != key_b
+    # Row numbers in the order given: the fold holds every row, in order.
+    np.testing.assert_array_equal(rows_a[0], first_train)
+    np.testing.assert_array_equal(rows_a[1], first_test)
+    # The same split gives the same arrays, stored once when large.
+    assert index.fold_of(arguments(first_train, first_test))[2][0] is rows_a[0]
+    assert index.to_store([fold_a.key]) is fold_a
+    index.store(fold_a)
+    assert recorder.written == [(30, None)] * 2  # X and y
+    fold_a.n_outstanding = 0
+    index.release_idle()  # between two rounds of a halving search
+    assert fold_a.stored and not recorder.removed
+    rewritten, _ = fold_a.rewrite(arguments(first_train, first_test), rows_a)
+    assert rewritten[1] == "ref-1" and rewritten[2] == "ref-2"
+    index.clear()
+    assert recorder.removed == ["ref-1", "ref-2"]

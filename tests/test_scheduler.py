@@ -182,7 +182,7 @@ def fit_tasks(folds, n_candidates, n_splits, n_samples=40, job=None):
             }
             task = Task(job, len(tasks), abs, (len(tasks),), {})
             task.arguments = arguments
-            task.split_key, task.fold, task.n_train = folds.fold_of(arguments)
+            task.split_key, task.fold, task.rows = folds.fold_of(arguments)
             tasks.append(task)
     return job, tasks
 
