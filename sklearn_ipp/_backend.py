@@ -27,7 +27,7 @@ from ._folds import FoldIndex, fit_and_score_arguments
 from ._hosts import EngineLosses, EngineRoster
 from ._messages import Messenger
 from ._results import FitProgress
-from ._scheduler import MESSAGES_PER_ENGINE, Job, Scheduler, Task
+from ._scheduler import MESSAGES_PER_ENGINE, ErrorsInOrder, Job, Scheduler, Task
 from ._store import MMAP_MIN_BYTES, Store
 
 __all__ = ["DEFAULT_RETRIES", "ClusterBackend", "on_cluster", "register_backend"]
@@ -153,6 +153,7 @@ class ClusterBackend(ParallelBackendBase):
         self._scheduler = None  # made with the roster at the first configure
         self._cancelled = None  # what cancel() was given
         self._messenger = None
+        self._in_order = ErrorsInOrder()
 
     @property
     def connection(self):
@@ -244,6 +245,9 @@ class ClusterBackend(ParallelBackendBase):
 
     def start_call(self):
         """Hold sending until joblib has handed over this call's first tasks."""
+        # The batches of an earlier call that was aborted may never finish:
+        # each call's errors are ordered among its own batches only.
+        self._in_order = ErrorsInOrder()
         self._scheduler.start_call()
 
     def compute_batch_size(self):
@@ -255,7 +259,7 @@ class ClusterBackend(ParallelBackendBase):
         if self._cancelled is not None:
             raise self._cancelled
         items = list(func.items) if hasattr(func, "items") else [(func, (), {})]
-        job = Job(len(items), callback)
+        job = Job(len(items), self._in_order.callback(callback))
         tasks, saved = [], []
         for index, (function, args, kwargs) in enumerate(items):
             task = self._make_task(job, index, function, args, kwargs)

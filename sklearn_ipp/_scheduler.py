@@ -21,7 +21,7 @@ import numpy as np
 
 from ._messages import ENGINE_LOST, SEND_AGAIN, STOPPED
 
-__all__ = ["Job", "Scheduler", "Task", "TaskQueues"]
+__all__ = ["ErrorsInOrder", "Job", "Scheduler", "Task", "TaskQueues"]
 
 logger = logging.getLogger("sklearn_ipp")
 
@@ -49,8 +49,17 @@ class Job:
         self.results = [None] * n_tasks
         self.n_remaining = n_tasks
         self.callback = callback
-        self.exception = None
+        self.exception = None  # of its first failed task, in the batch's order
+        self._exception_index = n_tasks
         self.done = threading.Event()
+
+    def fail(self, index, exc):
+        """Record the error of task ``index``; the batch raises the first's.
+
+        As joblib's batches run in-process: in order, up to the first error.
+        """
+        if index < self._exception_index:
+            self.exception, self._exception_index = exc, index
 
     def get(self, timeout=None):
         """Return the batch's results, or raise its first error."""
@@ -59,6 +68,47 @@ class Job:
         if self.exception is not None:
             raise self.exception
         return self.results
+
+
+class ErrorsInOrder:
+    """Tell joblib of a failed batch only once every batch before it is done.
+
+    joblib raises the error of the earliest failed batch it knows of. Tasks
+    finish in any order on a cluster, so a later task's error could come
+    first, where a sequential run (and scikit-learn's tests) raises the
+    error of the first failing task. Finished batches are told at once;
+    failed ones wait for those submitted before them, and the earliest
+    failure is told first.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        # [job, callback, done] of the batches submitted, in their order,
+        # until they and every one before them are done.
+        self._batches = deque()
+
+    def callback(self, callback):
+        """Return what a new batch's ``Job`` calls back instead of ``callback``."""
+        if callback is None:
+            return None
+        entry = [None, callback, False]
+        with self._lock:
+            self._batches.append(entry)
+
+        def on_done(job):
+            if job.exception is None:
+                callback(job)
+            told = []
+            with self._lock:
+                entry[0], entry[2] = job, True
+                while self._batches and self._batches[0][2]:
+                    done_job, done_callback, _ = self._batches.popleft()
+                    if done_job.exception is not None:
+                        told.append((done_callback, done_job))
+            for failed_callback, failed_job in told:
+                failed_callback(failed_job)
+
+        return on_done
 
 
 class Task:
@@ -514,8 +564,8 @@ class Scheduler:
             self.n_done += 1
             if ok:
                 job.results[task.index] = value
-            elif job.exception is None:
-                job.exception = value
+            else:
+                job.fail(task.index, value)
             job.n_remaining -= 1
             finished = job.n_remaining == 0
         if self._on_progress is not None:

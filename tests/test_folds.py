@@ -123,7 +123,7 @@ def test_whole_data_is_one_fold_for_every_split_and_stays_stored():
     rng = np.random.RandomState(0)
     first_train, first_test = rng.permutation(20)[:8], np.array([25, 21, 29])
     key_a, fold_a, rows_a = index.fold_of(arguments(first_train, first_test))
-    key_b, fold_b, rows_b = index.fold_of(arguments(np.arange(15, 30), np.arange(5)))
+    key_b, fold_b, _ = index.fold_of(arguments(np.arange(15, 30), np.arange(5)))
     assert fold_a is fold_b and key_a != key_b
     # Row numbers in the order given: the fold holds every row, in order.
     np.testing.assert_array_equal(rows_a[0], first_train)

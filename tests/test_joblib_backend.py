@@ -266,3 +266,49 @@ def test_arrays_inside_dataframes_travel_as_references(client):
         assert backend.store.n_writes >= 1
         assert backend.payload_bytes < 6 * 100_000
     assert out == [(float(frame["a"].sum()), ["a", "b"])] * 6
+
+
+def _fail_after(i, seconds):
+    time.sleep(seconds)
+    raise ValueError(f"task {i} failed")
+
+
+def test_the_error_raised_is_the_first_failing_tasks_in_order(client):
+    # Task 1 fails after task 3 has failed, and task 5 first of all: a
+    # sequential run raises task 1's error, and so must the cluster.
+    delays = {1: 1.5, 3: 0.5, 5: 0.0}
+
+    def tasks():
+        for i in range(8):
+            if i in delays:
+                yield delayed(_fail_after)(i, delays[i])
+            else:
+                yield delayed(time.sleep)(0.05)
+
+    for batch_size in (1, 3):
+        with (
+            parallel_backend("ipyparallel", client=client),
+            pytest.raises(ValueError, match="task 1 failed"),
+        ):
+            Parallel(n_jobs=-1, batch_size=batch_size)(tasks())
+
+
+def test_sklearns_error_of_the_first_failing_fit(client):
+    # scikit-learn's test_cross_val_predict_decision_function_shape: every
+    # fold fails with its own message, and the first fold's is expected.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import KFold
+    from sklearn.svm import SVC
+
+    X_digits, y_digits = load_digits(return_X_y=True)
+    order = np.argsort(y_digits)
+    X_sorted, y_sorted = X_digits[order], y_digits[order]
+    estimator = SVC(kernel="linear", decision_function_shape="ovo")
+    kwargs = {"cv": KFold(n_splits=3), "method": "decision_function"}
+    with pytest.raises(ValueError) as theirs:
+        cross_val_predict(estimator, X_sorted, y_sorted, **kwargs)
+    with parallel_backend("ipyparallel", client=client):
+        for _ in range(3):
+            with pytest.raises(ValueError) as ours:
+                cross_val_predict(estimator, X_sorted, y_sorted, **kwargs)
+            assert str(ours.value) == str(theirs.value)
