@@ -16,6 +16,8 @@ scikit-learn code (the searches, the curves and their displays);
 """
 
 import contextlib
+import contextvars
+import sys
 import weakref
 
 from joblib import parallel_config, register_parallel_backend
@@ -248,6 +250,10 @@ class ClusterBackend(ParallelBackendBase):
         # The batches of an earlier call that was aborted may never finish:
         # each call's errors are ordered among its own batches only.
         self._in_order = ErrorsInOrder()
+        if getattr(sys.flags, "context_aware_warnings", False):
+            # Warnings filters and catch_warnings blocks live in the caller's
+            # context: the tasks' warnings are issued again there.
+            self._messenger.context = contextvars.copy_context()
         self._scheduler.start_call()
 
     def compute_batch_size(self):

@@ -152,11 +152,11 @@ class Fold:
             arguments["test"] = RowRange(
                 len(self.train), len(self.train) + len(self.test)
             )
-        if not getattr(arguments.get("callback_ctx"), "_callbacks", True):
+        if _without_callbacks(arguments):
             # scikit-learn >= 1.9 gives every task a callback context and the
             # whole search (fitted attributes included) for its callbacks;
-            # with no callback registered both do nothing, so they stay here
-            # instead of being pickled into every message.
+            # with no callback registered anywhere both do nothing, so they
+            # stay here instead of being pickled into every message.
             arguments["callback_ctx"] = None
             arguments["caller"] = None
         for group in ("fit_params", "score_params"):
@@ -419,6 +419,26 @@ def _indexable(data):
     parameters.
     """
     return data.tocsr() if sp.issparse(data) else data
+
+
+def _without_callbacks(arguments):
+    """Whether no callback can run in a task: not the search's, not a fit's.
+
+    A callback set on the searched estimator, one of its steps, or an
+    estimator among the candidate's parameters runs inside the fit, in the
+    search's callback context.
+    """
+    context = arguments.get("callback_ctx")
+    if context is None or getattr(context, "_callbacks", True):
+        return context is None
+    estimators = [arguments["estimator"], *(arguments.get("parameters") or {}).values()]
+    while estimators:
+        estimator = estimators.pop()
+        if getattr(estimator, "_skl_callbacks", None):
+            return False
+        if hasattr(estimator, "get_params") and not isinstance(estimator, type):
+            estimators.extend(estimator.get_params(deep=False).values())
+    return True
 
 
 def _split_arguments(arguments):

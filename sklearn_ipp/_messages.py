@@ -66,6 +66,10 @@ class Messenger:
         self._persist = persist
         self._max_nbytes = max_nbytes
         self._on_reply = on_reply
+        # The context of the call the tasks came from, where their warnings
+        # are issued again when Python keeps warning filters per context
+        # (free-threaded builds); None: any thread's will do.
+        self.context = None
         self._view = None
         self._lock = threading.Lock()
         # message id -> (AsyncResult, tasks, the engines it may run on,
@@ -186,17 +190,32 @@ class Messenger:
                 return SEND_AGAIN, None
             error = _unloadable_task_error(exc, text, async_result, hostname)
             return [(False, error)] * n_tasks, None
-        outcomes, seconds, _ = reply
+        outcomes, seconds, _, outputs = reply
         if STOPPED in (outcome[0] for outcome in outcomes):
             seconds = None  # cut short: not how long the tasks take
-        return [
-            STOPPED
-            if outcome[0] == STOPPED
-            else (True, outcome[1])
-            if outcome[0] is True
-            else (False, _with_remote_traceback(outcome[1], outcome[2]))
-            for outcome in outcomes
-        ], seconds
+        read = []
+        for outcome, output in zip(outcomes, outputs, strict=True):
+            if outcome[0] == STOPPED:
+                read.append(STOPPED)
+                continue
+            if outcome[0] is True:
+                outcome = (True, outcome[1])
+            else:
+                outcome = (False, _with_remote_traceback(outcome[1], outcome[2]))
+            if output is not None:
+                try:
+                    self._replay(output)
+                except Exception as exc:  # a warning the user's filters make an error
+                    outcome = (False, exc)
+            read.append(outcome)
+        return read, seconds
+
+    def _replay(self, output):
+        """Say what a task said on its engine here, before its result is used."""
+        if self.context is None:
+            output.replay()
+        else:
+            self.context.run(output.replay)
 
     @staticmethod
     def stop(async_results):

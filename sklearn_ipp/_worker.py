@@ -16,6 +16,7 @@ import traceback
 
 import cloudpickle
 
+from ._output import captured, keep_callback_listeners
 from ._pickling import dumps
 from ._threads import limited_threads
 
@@ -80,45 +81,53 @@ def run_batch(payload, thread_limits=None):
     Returns
     -------
     reply : bytes
-        Pickled ``(outcomes, seconds, hostname)``: one ``(True, result)``,
-        ``(False, exception, traceback_text)`` or ``(STOPPED,)`` per task,
-        the time each task took, and this engine's hostname; or
+        Pickled ``(outcomes, seconds, hostname, outputs)``: one
+        ``(True, result)``, ``(False, exception, traceback_text)`` or
+        ``(STOPPED,)`` per task, the time each task took, this engine's
+        hostname, and what each task warned, printed and told its callbacks
+        (a ``TaskOutput``, or None when it said nothing); or
         ``(UNPICKLING_FAILED, exception, traceback_text, hostname)`` when the
         tasks could not be unpickled. A stop signal ends the running task and
         the rest: they all come back ``(STOPPED,)``.
     """
     hostname = socket.gethostname()
     try:
-        tasks = pickle.loads(payload)
+        with keep_callback_listeners():
+            tasks = pickle.loads(payload)
     except BaseException as exc:  # reported to the client, which raises it
         return _dumps((UNPICKLING_FAILED, exc, traceback.format_exc(), hostname))
     n_threads = (thread_limits or {}).get(hostname)
     with limited_threads(n_threads):
-        outcomes, seconds = _run_tasks(tasks)
+        outcomes, seconds, outputs = _run_tasks(tasks)
     # Drop the references to the memory-mapped data before replying, so that a
     # fold file removed by the client frees its memory as soon as possible.
     del tasks
-    return _dumps((outcomes, seconds, hostname))
+    return _dumps((outcomes, seconds, hostname, outputs))
 
 
 def _run_tasks(tasks):
-    """Return the outcomes of ``tasks`` and the seconds each took."""
-    outcomes, seconds = [], []
+    """Return the outcomes of ``tasks``, the seconds each took, their outputs."""
+    outcomes, seconds, outputs = [], [], []
     _let_stop_signal_stop_tasks()
     for function, args, kwargs in tasks:
         start = time.perf_counter()
+        output = None
         try:
-            result = _run_stoppable(function, args, kwargs)
+            with captured() as output:
+                result = _run_stoppable(function, args, kwargs)
             outcomes.append((True, _with_read_only_hint(result)))
         except TasksStopped:
-            outcomes += [(STOPPED,)] * (len(tasks) - len(outcomes))
-            seconds += [time.perf_counter() - start] * (len(tasks) - len(seconds))
+            n_left = len(tasks) - len(outcomes)
+            outcomes += [(STOPPED,)] * n_left
+            seconds += [time.perf_counter() - start] * n_left
+            outputs += [None] * n_left  # they run again
             break
         except BaseException as exc:  # each task's error goes back on its own
             error = _with_read_only_hint(exc)
             outcomes.append((False, error, traceback.format_exc()))
         seconds.append(time.perf_counter() - start)
-    return outcomes, seconds
+        outputs.append(output or None)
+    return outcomes, seconds, outputs
 
 
 def _let_stop_signal_stop_tasks():
@@ -199,7 +208,7 @@ def _picklable_reply(reply):
     if reply[0] == UNPICKLING_FAILED:
         _, exc, text, hostname = reply
         return (UNPICKLING_FAILED, _describe(exc), text, hostname)
-    outcomes, seconds, hostname = reply
+    outcomes, seconds, hostname, outputs = reply
     safe = []
     for outcome in outcomes:
         try:
@@ -210,7 +219,26 @@ def _picklable_reply(reply):
                 safe.append((False, _describe(exc), traceback.format_exc()))
             else:
                 safe.append((False, _describe(outcome[1]), outcome[2]))
-    return safe, seconds, hostname
+    return safe, seconds, hostname, [_picklable_output(o) for o in outputs]
+
+
+def _picklable_output(output):
+    """Return ``output`` with the warnings that do not pickle made text."""
+    if output is None:
+        return None
+    kept = []
+    for message, category, filename, lineno in output.warnings:
+        try:
+            cloudpickle.dumps((message, category))
+        except Exception:
+            try:
+                cloudpickle.dumps(category)
+            except Exception:
+                category = RuntimeWarning
+            message = str(message)
+        kept.append((message, category, filename, lineno))
+    output.warnings = kept
+    return output
 
 
 def _describe(exc):

@@ -191,3 +191,44 @@ def test_host_stores_of_dead_clients_are_removed(client, fake_hosts, remote_view
     _search(IPyParallelGridSearchCV, client=remote_view).fit(X, y)
     _, stores = client[engine_id].apply_sync(_host_and_stores)
     assert stores == []
+
+
+def test_what_fits_say_on_another_host_reaches_the_client(remote_view, capsys):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from .test_output import ScoringMonitor
+
+    X, y = make_classification(n_samples=120, n_features=5, random_state=0)
+
+    def run(search_class, **kwargs):
+        inner = LogisticRegression(max_iter=3)
+        monitor = None
+        if ScoringMonitor is not None:  # scikit-learn >= 1.9
+            monitor = ScoringMonitor(scoring="accuracy")
+            inner.set_callbacks(monitor)
+        search = search_class(inner, {"C": [0.1, 10.0]}, cv=2, verbose=2, **kwargs)
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            search.fit(X, y)
+        lines = sorted(
+            line.split(" total time=")[0]
+            for line in capsys.readouterr().out.splitlines()
+            if line.startswith("[CV")
+        )
+        n_warnings = sum(r.category is ConvergenceWarning for r in records)
+        logs = None
+        if monitor is not None:
+            logs = [sorted(map(repr, log.data)) for log in monitor.get_logs("all")]
+        return search, lines, n_warnings, logs
+
+    ours, *ours_said = run(IPyParallelGridSearchCV, client=remote_view)
+    reference, *reference_said = run(GridSearchCV)
+    assert_same_search(ours, reference, X)
+    # The verbose lines, the 4 fits' warnings and the refit's; the callback's
+    # messages, which scikit-learn's transport (a socket in the client's
+    # /tmp) could not have carried from these hosts.
+    assert ours_said == reference_said
+    assert len(ours_said[0]) == 4 and ours_said[1] == 5

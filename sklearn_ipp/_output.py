@@ -1,0 +1,218 @@
+"""What a task says besides its result: warnings, printed text, callback messages.
+
+In-process, a fit's warnings reach the user's filters and
+``warnings.catch_warnings`` blocks, what it prints (scikit-learn's ``verbose``
+lines) reaches the user's standard output, and scikit-learn's callbacks
+(1.9 and later) deliver their messages to listeners of the user's callback
+objects. On an engine all three would stay there: scikit-learn's own
+callback transport is a UNIX socket, which reaches only processes of its
+host and filesystem.
+
+On the engine, ``captured()`` collects them around each task into a
+``TaskOutput``, sent back with the task's outcome (None when the task said
+nothing, which costs nothing). On the client, ``TaskOutput.replay`` issues
+the warnings again with their category, message and origin, writes the text
+to ``sys.stdout`` and ``sys.stderr``, and hands the callback messages to
+their listeners, before the task's result is handed over, as in-process.
+"""
+
+import contextlib
+import functools
+import io
+import pickle
+import sys
+import threading
+import warnings
+
+__all__ = ["TaskOutput", "captured", "keep_callback_listeners"]
+
+
+class TaskOutput:
+    """What one task warned, printed and told its callbacks, in order.
+
+    Attributes
+    ----------
+    warnings : list of (Warning, type, str, int)
+        Each warning's message, category, file name and line number.
+    stdout, stderr : str
+        The text the task wrote.
+    callback_messages : list of (str, bytes)
+        The address of a callback listener and the pickled message for it.
+    """
+
+    __slots__ = ("callback_messages", "stderr", "stdout", "warnings")
+
+    def __init__(self):
+        self.warnings = []
+        self.stdout = self.stderr = ""
+        self.callback_messages = []
+
+    def __bool__(self):
+        return bool(
+            self.warnings or self.stdout or self.stderr or self.callback_messages
+        )
+
+    def __getstate__(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def replay(self):
+        """Say it all again in this process, as the task would have in-process.
+
+        Warnings go through ``warnings.warn_explicit`` with the module that
+        raised them, so that the user's filters and ``catch_warnings``
+        blocks treat them as in-process. Their registry of warnings already
+        shown is the task's own: scikit-learn runs each task in a
+        ``catch_warnings`` block of the caller's filters, which clears the
+        registries, so that a ``default`` action shows a warning once per
+        task. Callback messages go to the listener of this process they were
+        meant for; one that is closed since is not there.
+        """
+        registry = {}
+        for message, category, filename, lineno in self.warnings:
+            warnings.warn_explicit(
+                message,
+                category,
+                filename,
+                lineno,
+                module=_module_of(filename),
+                registry=registry,
+            )
+        if self.stdout:
+            sys.stdout.write(self.stdout)
+        if self.stderr:
+            sys.stderr.write(self.stderr)
+        if self.callback_messages:
+            consumers = _transport()._message_consumers
+            for address, data in self.callback_messages:
+                consumer = dict.get(consumers, address)
+                if consumer is not None:
+                    consumer(pickle.loads(data))
+
+
+_module_files = {}  # file name -> module name, of the modules seen
+
+
+def _module_of(filename):
+    """Return the name of the imported module whose file is ``filename``.
+
+    What ``warnings.warn`` takes from the frame that warns in-process, and
+    what filters with a ``module`` match.
+    """
+    if filename not in _module_files:
+        for name, value in list(sys.modules.items()):
+            path = getattr(value, "__file__", None)
+            if path:
+                _module_files.setdefault(path, name)
+        _module_files.setdefault(filename, None)
+    module = _module_files[filename]
+    return module if module in sys.modules else None
+
+
+# Engine side ---------------------------------------------------------------
+
+
+class _CallbackRouting(dict):
+    """scikit-learn's listeners of this process, plus the capture of a task.
+
+    Replaces ``sklearn.callback._transport._message_consumers``, which its
+    ``send`` looks a listener up in: a listener of this process is used as
+    before; while a task runs, a message for any other is kept for the
+    client instead of going to its socket.
+    """
+
+    def __init__(self, consumers):
+        super().__init__(consumers)
+        self.capture = None
+        self.lock = threading.Lock()
+
+    def get(self, address, default=None):
+        consumer = dict.get(self, address)
+        if consumer is not None or self.capture is None:
+            return consumer if consumer is not None else default
+        messages, lock = self.capture, self.lock
+
+        def keep(message):
+            # Pickled now, as the socket would: later changes are not sent.
+            data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+            with lock:
+                messages.append((address, data))
+
+        return keep
+
+
+def _callback_routing():
+    """Return the engine's routing of callback messages; None before 1.9."""
+    transport = _transport()
+    if transport is None:
+        return None
+    consumers = getattr(transport, "_message_consumers", None)
+    if consumers is None:
+        return None
+    if not isinstance(consumers, _CallbackRouting):
+        consumers = transport._message_consumers = _CallbackRouting(consumers)
+    return consumers
+
+
+class _Reachable:
+    def close(self):
+        pass
+
+
+@functools.cache
+def _transport():
+    """Return scikit-learn's callback transport; None before scikit-learn 1.9."""
+    try:
+        import sklearn.callback._transport as transport
+    except ImportError:
+        return None
+    return transport if hasattr(transport, "Client") else None
+
+
+@contextlib.contextmanager
+def keep_callback_listeners():
+    """Around unpickling tasks: callbacks keep the client's listeners.
+
+    scikit-learn's ``ScoringMonitor`` checks on unpickling whether its
+    listener can be reached, and opens one of its own in this process when
+    not (on another host), where its messages would stay. They are reached
+    through the task's output instead: the check must say yes.
+    """
+    transport = _transport()
+    if transport is None:
+        yield
+        return
+    client = transport.Client
+    transport.Client = lambda *args, **kwargs: _Reachable()
+    try:
+        yield
+    finally:
+        transport.Client = client
+
+
+@contextlib.contextmanager
+def captured():
+    """Collect what the task run in the block says; yield its ``TaskOutput``."""
+    output = TaskOutput()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    routing = _callback_routing()
+    if routing is not None:
+        routing.capture = output.callback_messages
+    try:
+        with (
+            warnings.catch_warnings(record=True) as records,
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+        ):
+            yield output
+    finally:
+        if routing is not None:
+            routing.capture = None
+        output.stdout, output.stderr = stdout.getvalue(), stderr.getvalue()
+        output.warnings = [
+            (record.message, record.category, record.filename, record.lineno)
+            for record in records
+        ]

@@ -1,0 +1,148 @@
+"""What fits say on the engines reaches the client: warnings, text, callbacks."""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+from joblib import Parallel, delayed, parallel_config
+from sklearn.datasets import make_classification
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, cross_validate
+
+from sklearn_ipp import IPyParallelGridSearchCV
+
+from ._sklearn_compare import assert_same_search, fit_both
+
+X, Y = make_classification(n_samples=150, n_features=6, random_state=0)
+GRID = {"C": [0.1, 1.0]}
+
+
+def _slow_to_converge():
+    return LogisticRegression(max_iter=2)
+
+
+def test_fit_warnings_are_issued_on_the_client(client):
+    ours = IPyParallelGridSearchCV(_slow_to_converge(), GRID, cv=3, client=client)
+    reference = GridSearchCV(_slow_to_converge(), GRID, cv=3)
+    ours_warnings, reference_warnings = fit_both(ours, reference, X, Y)
+    # The 6 fits' warnings and the refit's, with their category and text.
+    assert len(ours_warnings) == 7
+    assert ours_warnings == reference_warnings
+    with pytest.warns(ConvergenceWarning, match="lbfgs failed to converge"):
+        IPyParallelGridSearchCV(_slow_to_converge(), GRID, client=client).fit(X, Y)
+
+
+def test_the_users_filters_decide_as_in_process(client):
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        IPyParallelGridSearchCV(_slow_to_converge(), GRID, client=client).fit(X, Y)
+    assert not [r for r in records if r.category is ConvergenceWarning]
+    # A warning made an error fails its fit, as in-process: all of them here.
+    errors = []
+    for search in (
+        IPyParallelGridSearchCV(_slow_to_converge(), GRID, cv=3, client=client),
+        GridSearchCV(_slow_to_converge(), GRID, cv=3),
+    ):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", category=ConvergenceWarning)
+            with pytest.raises(ValueError, match="All the 6 fits failed") as info:
+                search.fit(X, Y)
+        errors.append(re.sub(r", line \d+, in ", ", line N, in ", str(info.value)))
+    assert errors[0] == errors[1]
+    assert "ConvergenceWarning: lbfgs failed to converge" in errors[0]
+
+
+def test_once_per_location_as_in_process(client):
+    def count(fit):
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("default")
+            fit()
+        return len([r for r in records if r.category is ConvergenceWarning])
+
+    ours = count(
+        lambda: IPyParallelGridSearchCV(_slow_to_converge(), GRID, client=client).fit(
+            X, Y
+        )
+    )
+    theirs = count(lambda: GridSearchCV(_slow_to_converge(), GRID).fit(X, Y))
+    assert ours == theirs
+
+
+def _verbose_lines(text):
+    # The fits' times differ from run to run.
+    return sorted(
+        re.sub(r"total time=\s*[\d.]+s", "total time=Ts", line)
+        for line in text.splitlines()
+        if line.startswith("[CV")
+    )
+
+
+def test_verbose_lines_of_the_fits_are_printed_on_the_client(client, capsys):
+    kwargs = {"cv": 3, "verbose": 3}
+    estimator = LogisticRegression()
+    ours = IPyParallelGridSearchCV(estimator, GRID, client=client, **kwargs).fit(X, Y)
+    ours_lines = _verbose_lines(capsys.readouterr().out)
+    reference = GridSearchCV(estimator, GRID, **kwargs).fit(X, Y)
+    reference_lines = _verbose_lines(capsys.readouterr().out)
+    assert len(ours_lines) == 6
+    assert ours_lines == reference_lines
+    assert_same_search(ours, reference, X)
+
+
+def _talks(i):
+    print(f"task {i} says hello")
+    warnings.warn(f"task {i} warns", UserWarning, stacklevel=1)
+    return i
+
+
+def test_the_backend_brings_back_warnings_and_text(client, capsys):
+    with parallel_config(backend="ipyparallel", client=client):
+        with pytest.warns(UserWarning) as records:
+            out = Parallel(n_jobs=-1)(delayed(_talks)(i) for i in range(4))
+        with pytest.warns(ConvergenceWarning):
+            cross_validate(_slow_to_converge(), X, Y, cv=2)
+    assert out == [0, 1, 2, 3]
+    assert sorted(str(r.message) for r in records) == [
+        f"task {i} warns" for i in range(4)
+    ]
+    assert all(r.filename == __file__ for r in records)
+    printed = capsys.readouterr().out
+    assert sorted(re.findall(r"task \d says hello", printed)) == [
+        f"task {i} says hello" for i in range(4)
+    ]
+
+
+try:  # scikit-learn >= 1.9
+    from sklearn.callback import ScoringMonitor
+except ImportError:
+    ScoringMonitor = None
+
+
+# Callbacks came with scikit-learn 1.9: older ones have no test to run.
+if ScoringMonitor is not None:
+
+    def test_callbacks_get_the_messages_of_fits_on_engines(client):
+        def logs(search_class, **kwargs):
+            monitor = ScoringMonitor(scoring="accuracy")
+            inner = LogisticRegression(max_iter=5).set_callbacks(monitor)
+            search = search_class(inner, {"C": [0.1, 1.0, 10.0]}, cv=3, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                search.fit(X, Y)
+            return [
+                # The log is named after the search's class.
+                (
+                    log.estimator_name.replace("IPyParallel", ""),
+                    sorted(map(repr, log.data)),
+                )
+                for log in monitor.get_logs(select="all")
+            ]
+
+        ours = logs(IPyParallelGridSearchCV, client=client)
+        reference = logs(GridSearchCV)
+        assert len(ours) == len(reference) > 0
+        assert ours == reference
+        assert np.sum([len(data) for _, data in ours]) > 9
