@@ -162,7 +162,7 @@ class Messenger:
             task for entry in entries for task in entry[1]
         ]
 
-    def read(self, async_result, n_tasks):
+    def read(self, async_result, tasks):
         """Turn the reply of a message ``take`` gave into ``(outcomes, seconds)``.
 
         One outcome per task: ``(ok, result_or_exception)``, or ``STOPPED``
@@ -178,7 +178,7 @@ class Messenger:
         except BaseException as exc:  # the engine died or the message failed
             if _is_engine_loss(exc):
                 return ENGINE_LOST, None
-            return [(False, exc)] * n_tasks, None
+            return [(False, exc)] * len(tasks), None
         if reply[0] == UNPICKLING_FAILED:
             _, exc, text, hostname = reply
             # The module is sent by value now, by this reply or by one that
@@ -189,12 +189,12 @@ class Messenger:
             ):
                 return SEND_AGAIN, None
             error = _unloadable_task_error(exc, text, async_result, hostname)
-            return [(False, error)] * n_tasks, None
+            return [(False, error)] * len(tasks), None
         outcomes, seconds, _, outputs = reply
         if STOPPED in (outcome[0] for outcome in outcomes):
             seconds = None  # cut short: not how long the tasks take
         read = []
-        for outcome, output in zip(outcomes, outputs, strict=True):
+        for task, outcome, output in zip(tasks, outcomes, outputs, strict=True):
             if outcome[0] == STOPPED:
                 read.append(STOPPED)
                 continue
@@ -204,18 +204,18 @@ class Messenger:
                 outcome = (False, _with_remote_traceback(outcome[1], outcome[2]))
             if output is not None:
                 try:
-                    self._replay(output)
+                    self._replay(output, task.caller)
                 except Exception as exc:  # a warning the user's filters make an error
                     outcome = (False, exc)
             read.append(outcome)
         return read, seconds
 
-    def _replay(self, output):
+    def _replay(self, output, caller):
         """Say what a task said on its engine here, before its result is used."""
         if self.context is None:
-            output.replay()
+            output.replay(caller)
         else:
-            self.context.run(output.replay)
+            self.context.run(output.replay, caller)
 
     @staticmethod
     def stop(async_results):

@@ -24,6 +24,8 @@ import sys
 import threading
 import warnings
 
+import cloudpickle
+
 __all__ = ["TaskOutput", "captured", "keep_callback_listeners"]
 
 
@@ -37,7 +39,9 @@ class TaskOutput:
     stdout, stderr : str
         The text the task wrote.
     callback_messages : list of (str, bytes)
-        The address of a callback listener and the pickled message for it.
+        The address of a callback listener and the pickled message for it,
+        in which the task's ``caller`` (the search whose fit the task is
+        part of) is a reference to the client's.
     """
 
     __slots__ = ("callback_messages", "stderr", "stdout", "warnings")
@@ -59,8 +63,12 @@ class TaskOutput:
         for name, value in state.items():
             setattr(self, name, value)
 
-    def replay(self):
+    def replay(self, caller=None):
         """Say it all again in this process, as the task would have in-process.
+
+        ``caller`` is the task's ``caller`` argument on the client: the
+        user's own search, which the callbacks' messages name instead of
+        the engine's copy of it, as in-process.
 
         Warnings go through ``warnings.warn_explicit`` with the module that
         raised them, so that the user's filters and ``catch_warnings``
@@ -90,7 +98,7 @@ class TaskOutput:
             for address, data in self.callback_messages:
                 consumer = dict.get(consumers, address)
                 if consumer is not None:
-                    consumer(pickle.loads(data))
+                    consumer(_MessageUnpickler(io.BytesIO(data), caller).load())
 
 
 _module_files = {}  # file name -> module name, of the modules seen
@@ -112,6 +120,32 @@ def _module_of(filename):
     return module if module in sys.modules else None
 
 
+# The task's caller, in callback messages.
+_CALLER = "sklearn_ipp_caller"
+
+
+class _MessagePickler(cloudpickle.Pickler):
+    """cloudpickle (a task's classes may be sent by value), with the caller kept out."""
+
+    def __init__(self, file, caller):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._caller = caller
+
+    def persistent_id(self, obj):
+        return _CALLER if obj is self._caller else None
+
+
+class _MessageUnpickler(pickle.Unpickler):
+    def __init__(self, file, caller):
+        super().__init__(file)
+        self._caller = caller
+
+    def persistent_load(self, pid):
+        if pid != _CALLER:
+            raise pickle.UnpicklingError(f"Unknown reference {pid!r}.")
+        return self._caller
+
+
 # Engine side ---------------------------------------------------------------
 
 
@@ -126,20 +160,22 @@ class _CallbackRouting(dict):
 
     def __init__(self, consumers):
         super().__init__(consumers)
-        self.capture = None
+        self.capture = None  # the messages of the running task
+        self.caller = None  # and its caller
         self.lock = threading.Lock()
 
     def get(self, address, default=None):
         consumer = dict.get(self, address)
         if consumer is not None or self.capture is None:
             return consumer if consumer is not None else default
-        messages, lock = self.capture, self.lock
+        messages, caller, lock = self.capture, self.caller, self.lock
 
         def keep(message):
             # Pickled now, as the socket would: later changes are not sent.
-            data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+            buffer = io.BytesIO()
+            _MessagePickler(buffer, caller).dump(message)
             with lock:
-                messages.append((address, data))
+                messages.append((address, buffer.getvalue()))
 
         return keep
 
@@ -194,13 +230,17 @@ def keep_callback_listeners():
 
 
 @contextlib.contextmanager
-def captured():
-    """Collect what the task run in the block says; yield its ``TaskOutput``."""
+def captured(caller=None):
+    """Collect what the task run in the block says; yield its ``TaskOutput``.
+
+    ``caller`` is the task's ``caller`` argument, named by reference in its
+    callback messages (see ``TaskOutput.replay``).
+    """
     output = TaskOutput()
     stdout, stderr = io.StringIO(), io.StringIO()
     routing = _callback_routing()
     if routing is not None:
-        routing.capture = output.callback_messages
+        routing.capture, routing.caller = output.callback_messages, caller
     try:
         with (
             warnings.catch_warnings(record=True) as records,
@@ -210,7 +250,7 @@ def captured():
             yield output
     finally:
         if routing is not None:
-            routing.capture = None
+            routing.capture = routing.caller = None
         output.stdout, output.stderr = stdout.getvalue(), stderr.getvalue()
         output.warnings = [
             (record.message, record.category, record.filename, record.lineno)

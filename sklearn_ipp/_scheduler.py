@@ -157,6 +157,13 @@ class Task:
         return None if self.fold is None else self.fold.key
 
     @property
+    def caller(self):
+        """The task's ``caller`` argument (scikit-learn's search), or None."""
+        if self.arguments is not None:
+            return self.arguments.get("caller")
+        return self.kwargs.get("caller")
+
+    @property
     def kind(self):
         """Tasks of a kind take about as long: a candidate, on every split."""
         return None if self.arguments is None else id(self.arguments["parameters"])
@@ -489,7 +496,7 @@ class Scheduler:
             if not tasks:  # dropped by stop()
                 continue
             try:
-                outcomes, seconds = self._messenger.read(handle, len(tasks))
+                outcomes, seconds = self._messenger.read(handle, tasks)
             except Exception as exc:  # no task may be left without an end
                 outcomes, seconds = [(False, exc)] * len(tasks), None
             if outcomes is ENGINE_LOST:

@@ -27,6 +27,7 @@ from sklearn.utils._param_validation import Interval
 
 from ._cluster import resolve_cluster
 from ._search_run import SearchRun, WatchedSearchMixin
+from ._worker import running_a_task
 
 __all__ = [
     "IPyParallelGridSearchCV",
@@ -111,6 +112,13 @@ class _ClusterSearchMixin(WatchedSearchMixin):
         --------
         fit_async : Start the same fit and return at once.
         """
+        if running_a_task():
+            # A search fitted inside a task on an engine (the estimator of
+            # cross_validate on the cluster): as a search nested in a loky
+            # worker, it runs there, rather than wait for engines that may
+            # all be running the outer tasks.
+            self._run = None
+            return super().fit(X, y, **params)
         caller = self._check_fit()
         run = self._run = SearchRun(self, caller, previous=self._run)
         run.run(self.client, super().fit, X, y, params)
@@ -191,6 +199,9 @@ class _ClusterSearchMixin(WatchedSearchMixin):
     if _RUN_SEARCH_TAKES_CALLBACKS:
 
         def _run_search(self, evaluate_candidates, *, callback_ctx=None):
+            if self._run is None:  # fitted inside a task, on an engine
+                super()._run_search(evaluate_candidates, callback_ctx=callback_ctx)
+                return
             super()._run_search(
                 self._ordered(evaluate_candidates), callback_ctx=callback_ctx
             )
@@ -199,6 +210,9 @@ class _ClusterSearchMixin(WatchedSearchMixin):
     else:
 
         def _run_search(self, evaluate_candidates):
+            if self._run is None:  # fitted inside a task, on an engine
+                super()._run_search(evaluate_candidates)
+                return
             super()._run_search(self._ordered(evaluate_candidates))
             self._run.leave_cluster_for_refit()
 

@@ -27,6 +27,7 @@ __all__ = [
     "STOP_SIGNAL",
     "UNPICKLING_FAILED",
     "run_batch",
+    "running_a_task",
 ]
 
 # Marks a reply whose tasks could not even be unpickled on the engine, which
@@ -113,7 +114,7 @@ def _run_tasks(tasks):
         start = time.perf_counter()
         output = None
         try:
-            with captured() as output:
+            with captured(kwargs.get("caller")) as output:
                 result = _run_stoppable(function, args, kwargs)
             outcomes.append((True, _with_read_only_hint(result)))
         except TasksStopped:
@@ -123,7 +124,7 @@ def _run_tasks(tasks):
             outputs += [None] * n_left  # they run again
             break
         except BaseException as exc:  # each task's error goes back on its own
-            error = _with_read_only_hint(exc)
+            error = _reloadable(_with_read_only_hint(exc))
             outcomes.append((False, error, traceback.format_exc()))
         seconds.append(time.perf_counter() - start)
         outputs.append(output or None)
@@ -194,6 +195,44 @@ def _with_read_only_hint(outcome):
         if "ValueError" in error and any(t in error for t in _READ_ONLY_MESSAGES):
             outcome["fit_error"] = f"{error.rstrip()}\n{READ_ONLY_HINT}\n"
     return outcome
+
+
+def running_a_task():
+    """Whether this runs inside a task of ``run_batch``, on an engine."""
+    return _tasks_running
+
+
+def _reloadable(exc):
+    """Return ``exc``, or what unpickles as it where ``exc`` would not.
+
+    An exception unpickles by calling its class with its ``args``, which
+    fails for one whose ``__init__`` takes other arguments (scikit-learn's
+    ``UnsetMetadataPassedError`` takes keywords only): the client would
+    get a ``TypeError`` instead of the task's error.
+    """
+    try:
+        pickle.loads(dumps(exc))
+        return exc
+    except Exception:
+        return _ExceptionState(exc)
+
+
+class _ExceptionState:
+    """Pickles as an exception made from its class, args and attributes."""
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __reduce__(self):
+        exc = self.exc
+        return _rebuilt_exception, (type(exc), exc.args, dict(vars(exc)))
+
+
+def _rebuilt_exception(cls, args, state):
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    vars(exc).update(state)
+    return exc
 
 
 def _dumps(reply):

@@ -312,3 +312,40 @@ def test_sklearns_error_of_the_first_failing_fit(client):
             with pytest.raises(ValueError) as ours:
                 cross_val_predict(estimator, X_sorted, y_sorted, **kwargs)
             assert str(ours.value) == str(theirs.value)
+
+
+def test_a_search_inside_a_task_runs_on_its_engine(client):
+    from sklearn.svm import SVC
+
+    from sklearn_ipp import IPyParallelGridSearchCV
+
+    # scikit-learn's test_cross_validate_many_jobs: each fold's search runs
+    # where its task runs, instead of waiting for engines the outer tasks
+    # keep busy.
+    search = IPyParallelGridSearchCV(SVC(gamma="auto"), {"C": [1, 10]}, cv=3)
+    with parallel_backend("ipyparallel", client=client):
+        ours = cross_validate(search, X, Y, cv=3, return_estimator=True)
+    reference = cross_validate(search, X, Y, cv=3, return_estimator=True)
+    np.testing.assert_array_equal(ours["test_score"], reference["test_score"])
+    assert [e.best_params_ for e in ours["estimator"]] == [
+        e.best_params_ for e in reference["estimator"]
+    ]
+
+
+class KeywordOnlyError(ValueError):
+    def __init__(self, *, reason):
+        super().__init__(f"failed because {reason}")
+        self.reason = reason
+
+
+def _raise_keyword_only(i):
+    raise KeywordOnlyError(reason=f"task {i} says so")
+
+
+def test_errors_that_do_not_unpickle_by_their_args_arrive_whole(client):
+    with (
+        parallel_backend("ipyparallel", client=client),
+        pytest.raises(KeywordOnlyError, match="failed because task 0 says so") as info,
+    ):
+        Parallel(n_jobs=-1)(delayed(_raise_keyword_only)(i) for i in range(2))
+    assert info.value.reason == "task 0 says so"

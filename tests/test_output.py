@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from joblib import Parallel, delayed, parallel_config
 from sklearn.datasets import make_classification
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, cross_validate
 
@@ -117,8 +117,35 @@ def test_the_backend_brings_back_warnings_and_text(client, capsys):
 
 try:  # scikit-learn >= 1.9
     from sklearn.callback import ScoringMonitor
+    from sklearn.callback._transport import open_listener, send
 except ImportError:
     ScoringMonitor = None
+
+
+class Recording:
+    """A callback sending every hook to its listener, as scikit-learn's own do."""
+
+    def __init__(self):
+        self.record = []
+        self._handle = open_listener(self.record.append, owner=self)
+
+    def __getstate__(self):
+        return {**self.__dict__, "record": []}
+
+    def setup(self, estimator, context):
+        pass
+
+    def teardown(self, estimator, context):
+        pass
+
+    def on_fit_task_begin(self, estimator, context, **kwargs):
+        send(
+            self._handle, {"hook": "begin", "estimator": estimator, "context": context}
+        )
+
+    def on_fit_task_end(self, estimator, context, **kwargs):
+        message = {"hook": "end", "estimator": estimator, "context": context}
+        send(self._handle, message)
 
 
 # Callbacks came with scikit-learn 1.9: older ones have no test to run.
@@ -146,3 +173,42 @@ if ScoringMonitor is not None:
         assert len(ours) == len(reference) > 0
         assert ours == reference
         assert np.sum([len(data) for _, data in ours]) > 9
+
+    def test_hooks_of_fits_on_engines_name_the_users_own_search(client):
+        from sklearn.base import BaseEstimator, ClassifierMixin
+
+        class MayFail(ClassifierMixin, BaseEstimator):  # sent by value
+            def __init__(self, fail=False):
+                self.fail = fail
+
+            def fit(self, X, y):
+                self.classes_ = np.unique(y)
+                if self.fail:
+                    raise RuntimeError("MayFail failed")
+                return self
+
+            def predict(self, X):
+                return np.zeros(len(X), dtype=int)
+
+        counts = []
+        for search_class, kwargs in (
+            (IPyParallelGridSearchCV, {"client": client}),
+            (GridSearchCV, {}),
+        ):
+            callback = Recording()
+            search = search_class(
+                MayFail(), {"fail": [False, True]}, cv=2, **kwargs
+            ).set_callbacks(callback)
+            with pytest.warns(FitFailedWarning, match="2 fits failed"):
+                search.fit(X, Y)
+            evaluations = [
+                entry
+                for entry in callback.record
+                if entry["context"].task_name == "candidate-split-evaluation"
+            ]
+            assert len(evaluations) == 2 * 2 * 2  # begin and end of 4 fits
+            assert all(entry["estimator"] is search for entry in callback.record)
+            counts.append(
+                sorted((e["hook"], e["context"].task_name) for e in callback.record)
+            )
+        assert counts[0] == counts[1]

@@ -82,7 +82,7 @@ class FakeMessenger:
             in_flight, self._in_flight = self._in_flight, {}
         return list(in_flight), [task for tasks in in_flight.values() for task in tasks]
 
-    def read(self, handle, n_tasks):
+    def read(self, handle, tasks):
         reply = self.replies.pop(handle)
         if isinstance(reply, Exception):
             raise reply
