@@ -132,7 +132,9 @@ class _MessagePickler(cloudpickle.Pickler):
         self._caller = caller
 
     def persistent_id(self, obj):
-        return _CALLER if obj is self._caller else None
+        if obj is self._caller and obj is not None:
+            return _CALLER
+        return None
 
 
 class _MessageUnpickler(pickle.Unpickler):
