@@ -430,7 +430,7 @@ def _without_callbacks(arguments):
     """
     context = arguments.get("callback_ctx")
     if context is None or getattr(context, "_callbacks", True):
-        return context is None
+        return False  # none to leave out (scikit-learn < 1.9), or the search's
     estimators = [arguments["estimator"], *(arguments.get("parameters") or {}).values()]
     while estimators:
         estimator = estimators.pop()

@@ -211,10 +211,14 @@ def _reloadable(exc):
     get a ``TypeError`` instead of the task's error.
     """
     try:
-        pickle.loads(dumps(exc))
-        return exc
+        payload = dumps(exc)
+    except Exception:
+        return exc  # does not pickle at all: _picklable_reply describes it
+    try:
+        pickle.loads(payload)
     except Exception:
         return _ExceptionState(exc)
+    return exc
 
 
 class _ExceptionState:

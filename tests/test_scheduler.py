@@ -411,3 +411,27 @@ def test_tasks_submitted_after_the_thread_failed_fail_at_once():
         wait_for(lambda: not harness.scheduler._thread.is_alive())
         with pytest.raises(RuntimeError, match="versions differ"):
             harness.submit(plain_tasks(2)[1])
+
+
+def test_errors_are_told_in_the_order_of_their_batches():
+    from sklearn_ipp._scheduler import ErrorsInOrder, Job
+
+    told = []
+    order = ErrorsInOrder()
+    jobs = [Job(2, order.callback(lambda job, i=i: told.append(i))) for i in range(4)]
+
+    def finish(i, error=None):
+        if error is not None:
+            jobs[i].fail(1, error)
+            jobs[i].fail(0, ValueError(f"first of batch {i}"))
+        jobs[i].callback(jobs[i])
+
+    finish(2, KeyError("late"))  # waits for batches 0 and 1
+    finish(3)  # a success is told at once
+    assert told == [3]
+    finish(1, KeyError("second"))
+    assert told == [3]
+    finish(0)
+    assert told == [3, 0, 1, 2]
+    # A batch raises its first task's error, whatever came first.
+    assert str(jobs[1].exception) == "first of batch 1"
