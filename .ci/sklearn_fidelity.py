@@ -56,6 +56,7 @@ def run_tests(directory, pytest_args):
         "addopts=",
         "-q",
         "-rfE",
+        "--disable-warnings",  # their summary: thousands of lines
         f"--junitxml={report}",
         *pytest_args,
     ]

@@ -28,6 +28,7 @@ from ._cluster import resolve_cluster
 from ._folds import FoldIndex, fit_and_score_arguments
 from ._hosts import EngineLosses, EngineRoster
 from ._messages import Messenger
+from ._output import current_warning_filters
 from ._results import FitProgress
 from ._scheduler import MESSAGES_PER_ENGINE, ErrorsInOrder, Job, Scheduler, Task
 from ._store import MMAP_MIN_BYTES, Store
@@ -250,6 +251,7 @@ class ClusterBackend(ParallelBackendBase):
         # The batches of an earlier call that was aborted may never finish:
         # each call's errors are ordered among its own batches only.
         self._in_order = ErrorsInOrder()
+        self._messenger.warning_filters = current_warning_filters()
         if getattr(sys.flags, "context_aware_warnings", False):
             # Warnings filters and catch_warnings blocks live in the caller's
             # context: the tasks' warnings are issued again there.

@@ -70,6 +70,8 @@ class Messenger:
         # are issued again when Python keeps warning filters per context
         # (free-threaded builds); None: any thread's will do.
         self.context = None
+        # The warning filters of that call, which its tasks run under.
+        self.warning_filters = None
         self._view = None
         self._lock = threading.Lock()
         # message id -> (AsyncResult, tasks, the engines it may run on,
@@ -99,7 +101,11 @@ class Messenger:
         thread_limits = self._roster.thread_limits(self._n_threads)
         items = [task.message_item() for task in tasks]
         generation = by_value_generation()
-        payload = dumps(items, persist=self._persist, min_nbytes=self._max_nbytes)
+        payload = dumps(
+            (items, self.warning_filters),
+            persist=self._persist,
+            min_nbytes=self._max_nbytes,
+        )
         if self._view is None:
             self._view = self._connection.load_balanced_view()
         try:

@@ -18,6 +18,7 @@ their listeners, before the task's result is handed over, as in-process.
 
 import contextlib
 import functools
+import importlib
 import io
 import pickle
 import sys
@@ -26,7 +27,13 @@ import warnings
 
 import cloudpickle
 
-__all__ = ["TaskOutput", "captured", "keep_callback_listeners"]
+__all__ = [
+    "TaskOutput",
+    "captured",
+    "current_warning_filters",
+    "engine_warning_filters",
+    "keep_callback_listeners",
+]
 
 
 class TaskOutput:
@@ -148,6 +155,66 @@ class _MessageUnpickler(pickle.Unpickler):
         return self._caller
 
 
+def current_warning_filters():
+    """Return the warning filters in force here, to send with the tasks.
+
+    Free-threaded Python 3.14 keeps them per context, behind
+    ``warnings._get_filters``, as scikit-learn reads them. A category is
+    sent by name when its module is one the engines import (a filter for a
+    package they lack cannot match there, and is left out by
+    ``engine_warning_filters``), the class itself when it is sent by value.
+    """
+    get_filters = getattr(warnings, "_get_filters", None)
+    filters = get_filters() if get_filters is not None else warnings.filters
+    by_value = {"__main__", *cloudpickle.list_registry_pickle_by_value()}
+    sent = []
+    for action, message, category, module, lineno in filters:
+        name = getattr(category, "__module__", "__main__")
+        if not any(name == m or name.startswith(m + ".") for m in by_value):
+            category = _Category(name, category.__qualname__)
+        sent.append((action, message, category, module, lineno))
+    return sent
+
+
+class _Category:
+    """A warning category by name, found on the engine if it is there."""
+
+    __slots__ = ("module", "qualname")
+
+    def __init__(self, module, qualname):
+        self.module, self.qualname = module, qualname
+
+    def __getstate__(self):
+        return (self.module, self.qualname)
+
+    def __setstate__(self, state):
+        self.module, self.qualname = state
+
+    def resolve(self):
+        """Return the class, or None when this process cannot import it."""
+        try:
+            value = importlib.import_module(self.module)
+            for part in self.qualname.split("."):
+                value = getattr(value, part)
+        except Exception:
+            return None
+        return value
+
+
+def engine_warning_filters(filters):
+    """Return the client's filters with their categories found here; or None."""
+    if filters is None:
+        return None
+    resolved = []
+    for action, message, category, module, lineno in filters:
+        if isinstance(category, _Category):
+            category = category.resolve()
+            if category is None:
+                continue  # no warning of that class can happen here
+        resolved.append((action, message, category, module, lineno))
+    return resolved
+
+
 # Engine side ---------------------------------------------------------------
 
 
@@ -232,11 +299,16 @@ def keep_callback_listeners():
 
 
 @contextlib.contextmanager
-def captured(caller=None):
+def captured(caller=None, warning_filters=None):
     """Collect what the task run in the block says; yield its ``TaskOutput``.
 
     ``caller`` is the task's ``caller`` argument, named by reference in its
-    callback messages (see ``TaskOutput.replay``).
+    callback messages (see ``TaskOutput.replay``). ``warning_filters`` are
+    the caller's ``warnings.filters`` (``engine_warning_filters``), which
+    the task runs under, as it
+    would in-process: a warning made an error fails the task, an ignored
+    one is not even sent (scikit-learn 1.9 does the same for its own tasks;
+    earlier versions, and plain joblib tasks, run under the worker's).
     """
     output = TaskOutput()
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -249,6 +321,9 @@ def captured(caller=None):
             contextlib.redirect_stdout(stdout),
             contextlib.redirect_stderr(stderr),
         ):
+            if warning_filters is not None:
+                warnings.resetwarnings()  # also forgets the warnings shown
+                warnings.filters[:] = warning_filters
             yield output
     finally:
         if routing is not None:

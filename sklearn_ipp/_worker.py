@@ -16,7 +16,7 @@ import traceback
 
 import cloudpickle
 
-from ._output import captured, keep_callback_listeners
+from ._output import captured, engine_warning_filters, keep_callback_listeners
 from ._pickling import dumps
 from ._threads import limited_threads
 
@@ -72,8 +72,10 @@ def run_batch(payload, thread_limits=None):
     Parameters
     ----------
     payload : bytes
-        The tasks, pickled by the client with cloudpickle. Data arguments are
-        references that unpickle as read-only memory maps of the store.
+        ``(tasks, warning_filters)`` pickled by the client: the tasks, whose
+        data arguments are references that unpickle as read-only memory maps
+        of the store, and the caller's ``warnings.filters``, which the tasks
+        run under (None: the engine's own).
     thread_limits : dict of str to int or None, default=None
         ``{hostname: n_threads}``: the BLAS and OpenMP pools of this engine
         are limited to its host's number while the tasks run, and restored
@@ -94,19 +96,21 @@ def run_batch(payload, thread_limits=None):
     hostname = socket.gethostname()
     try:
         with keep_callback_listeners():
-            tasks = pickle.loads(payload)
+            tasks, warning_filters = pickle.loads(payload)
     except BaseException as exc:  # reported to the client, which raises it
         return _dumps((UNPICKLING_FAILED, exc, traceback.format_exc(), hostname))
     n_threads = (thread_limits or {}).get(hostname)
     with limited_threads(n_threads):
-        outcomes, seconds, outputs = _run_tasks(tasks)
+        outcomes, seconds, outputs = _run_tasks(
+            tasks, engine_warning_filters(warning_filters)
+        )
     # Drop the references to the memory-mapped data before replying, so that a
     # fold file removed by the client frees its memory as soon as possible.
     del tasks
     return _dumps((outcomes, seconds, hostname, outputs))
 
 
-def _run_tasks(tasks):
+def _run_tasks(tasks, warning_filters=None):
     """Return the outcomes of ``tasks``, the seconds each took, their outputs."""
     outcomes, seconds, outputs = [], [], []
     _let_stop_signal_stop_tasks()
@@ -114,7 +118,7 @@ def _run_tasks(tasks):
         start = time.perf_counter()
         output = None
         try:
-            with captured(kwargs.get("caller")) as output:
+            with captured(kwargs.get("caller"), warning_filters) as output:
                 result = _run_stoppable(function, args, kwargs)
             outcomes.append((True, _with_read_only_hint(result)))
         except TasksStopped:

@@ -272,7 +272,7 @@ def _send_stop_signals(client, stop, seconds_between=0.003):
     get no signal.
     """
     engines = list(client.ids)
-    client[engines].apply_sync(run_batch, cloudpickle.dumps([]))
+    client[engines].apply_sync(run_batch, cloudpickle.dumps(([], None)))
 
     def keep_signalling():
         while not stop.is_set():
@@ -291,7 +291,7 @@ def test_stop_signals_that_come_late_break_no_message(client):
     # replies. Every message must still reply, its tasks done or stopped.
     engine = client.ids[0]
     view = client[engine]
-    payload = cloudpickle.dumps([(time.sleep, (0.002,), {})])
+    payload = cloudpickle.dumps(([(time.sleep, (0.002,), {})], None))
     stop = threading.Event()
     signaller = _send_stop_signals(client, stop)
     try:

@@ -115,6 +115,39 @@ def test_the_backend_brings_back_warnings_and_text(client, capsys):
     ]
 
 
+def test_the_backend_runs_tasks_under_the_callers_filters(client):
+    with (
+        parallel_config(backend="ipyparallel", client=client),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("error", message="task 2 warns")
+        with pytest.raises(UserWarning, match="task 2 warns") as info:
+            Parallel(n_jobs=-1)(delayed(_talks)(i) for i in range(4))
+    # Raised in the task, on its engine, as in-process.
+    assert "Traceback on the engine" in str(info.value.__cause__)
+
+
+def test_filters_travel_by_name_and_those_of_missing_modules_are_left_out():
+    import pickle
+    import types
+
+    from sklearn_ipp._output import current_warning_filters, engine_warning_filters
+
+    module = types.ModuleType("client_only_warnings")
+    module.ClientOnlyWarning = type(
+        "ClientOnlyWarning", (UserWarning,), {"__module__": "client_only_warnings"}
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=module.ClientOnlyWarning)
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        sent = pickle.loads(pickle.dumps(current_warning_filters()))
+    resolved = engine_warning_filters(sent)
+    # The client-only category cannot be imported here: that filter is left out.
+    assert len(resolved) == len(sent) - 1
+    assert resolved[0][:3] == ("ignore", None, ConvergenceWarning)
+    assert not any(f[2] is module.ClientOnlyWarning for f in resolved)
+
+
 try:  # scikit-learn >= 1.9
     from sklearn.callback import ScoringMonitor
     from sklearn.callback._transport import open_listener, send
