@@ -12,11 +12,9 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import types
 
 import cloudpickle
-import pytest
 import sklearn
 
 from .conftest import on_engine
@@ -216,41 +214,3 @@ def test_package_installed_on_the_client_only(client, tmp_path, monkeypatch):
             del sys.modules[name]
         if "clientpkg" in cloudpickle.list_registry_pickle_by_value():
             cloudpickle.unregister_pickle_by_value(types.ModuleType("clientpkg"))
-
-
-def test_source_lines_travel_with_code_sent_by_value(tmp_path, monkeypatch):
-    """A host without the user's file still quotes its lines in tracebacks."""
-    import linecache
-    import pickle
-    import traceback
-
-    from sklearn_ipp._pickling import dumps
-
-    source = tmp_path / "gone_models.py"
-    source.write_text(
-        textwrap.dedent(
-            """
-            def fails(n):
-                # a comment the traceback does not need
-                raise ValueError(n)
-            """
-        )
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import gone_models
-
-    cloudpickle.register_pickle_by_value(gone_models)
-    try:
-        payload = dumps([gone_models.fails])
-    finally:
-        cloudpickle.unregister_pickle_by_value(gone_models)
-    monkeypatch.delitem(sys.modules, "gone_models")
-    source.unlink()  # as on a host that does not have it
-    linecache.checkcache()
-    (fails,) = pickle.loads(payload)
-    with pytest.raises(ValueError) as info:
-        fails(3)
-    text = "".join(traceback.format_exception(info.value))
-    assert f'File "{source}", line 4, in fails' in text
-    assert "raise ValueError(n)" in text
-    linecache.cache.pop(str(source), None)
