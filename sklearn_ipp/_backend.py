@@ -17,10 +17,12 @@ scikit-learn code (the searches, the curves and their displays);
 
 import contextlib
 import contextvars
+import numbers
 import sys
 import weakref
 
 from joblib import parallel_config, register_parallel_backend
+from joblib.disk import memstr_to_bytes
 from joblib.parallel import ParallelBackendBase, get_active_backend
 
 from ._checkpoint import KEPT_RESULTS_NOTE, SavedFits
@@ -66,10 +68,11 @@ class ClusterBackend(ParallelBackendBase):
         an array is written once for every Parallel call of a ``with`` block.
     store_dir : str or None, default=None
         Parent directory of the backend's own store.
-    max_nbytes : int, default=1 MB
+    max_nbytes : int, str or None, default=1 MB
         Arrays at least this large in tasks that are not sklearn's
         ``_fit_and_score`` are written to the store once and sent as
-        references.
+        references: a number of bytes, or joblib's notation (``"1M"``,
+        ``"100K"``); None sends them inside the messages.
     max_live_folds : int, default=1
         How many folds may be stored at once when they take more than
         ``SMALL_FOLDS_BYTES`` together.
@@ -136,7 +139,7 @@ class ClusterBackend(ParallelBackendBase):
     ):
         super().__init__(**backend_kwargs)
         self.store_dir = store_dir
-        self.max_nbytes = max_nbytes
+        self.max_nbytes = _checked_max_nbytes(max_nbytes)
         self.on_progress = on_progress
         self.on_result = on_result
         self.candidate_position = candidate_position
@@ -419,6 +422,32 @@ class _Resources:
 
 
 # Wiring and registration ---------------------------------------------------
+
+
+def _checked_max_nbytes(value):
+    """Return ``max_nbytes`` in bytes, or None (arrays go in the messages).
+
+    As joblib takes it: a number of bytes, a string such as ``"1M"``,
+    ``"100K"`` or ``"1G"``, or None.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return memstr_to_bytes(value)
+        except (ValueError, IndexError):  # IndexError: the empty string
+            pass
+    elif (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and value >= 0
+    ):
+        return int(value)
+    raise ValueError(
+        f"max_nbytes={value!r} is not a size: give a number of bytes (an int, "
+        "0 or more), joblib's notation such as '1M', '100K' or '1G', or None "
+        "to send arrays inside the messages."
+    )
 
 
 @contextlib.contextmanager

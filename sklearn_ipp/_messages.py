@@ -52,8 +52,8 @@ class Messenger:
     persist : callable
         ``persist(array) -> StoredData``: how large arrays of a task are
         stored, to be sent as references.
-    max_nbytes : int
-        Arrays at least this large are persisted.
+    max_nbytes : int or None
+        Arrays at least this large are persisted; None: none is.
     on_reply : callable
         Called with a message's handle, in ipyparallel's thread, when its
         reply (or failure) arrives.
@@ -103,8 +103,8 @@ class Messenger:
         generation = by_value_generation()
         payload = dumps(
             (items, self.warning_filters),
-            persist=self._persist,
-            min_nbytes=self._max_nbytes,
+            persist=None if self._max_nbytes is None else self._persist,
+            min_nbytes=self._max_nbytes or 0,
         )
         if self._view is None:
             self._view = self._connection.load_balanced_view()

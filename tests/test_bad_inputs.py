@@ -48,6 +48,7 @@ import re
 
 import numpy as np
 import pytest
+from joblib import parallel_config
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import load_iris
 from sklearn.exceptions import FitFailedWarning
@@ -345,3 +346,40 @@ def test_estimator_writing_into_x_warns_with_a_hint(client):
     # The candidate that does not write still gets its scores.
     scores = search.cv_results_["mean_test_score"]
     assert np.isnan(scores[0]) and not np.isnan(scores[1])
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1M", 2**20), ("100K", 100 * 2**10), (None, None), (0, 0), (4096, 4096)],
+)
+def test_max_nbytes_takes_joblibs_notation(value, expected):
+    from sklearn_ipp._backend import ClusterBackend
+
+    assert ClusterBackend(max_nbytes=value).max_nbytes == expected
+
+
+@pytest.mark.parametrize("value", ["", "lots", -1, 1.5, True])
+def test_max_nbytes_that_is_not_a_size_is_named(value):
+    from sklearn_ipp._backend import ClusterBackend
+
+    with pytest.raises(
+        ValueError, match=re.escape(f"max_nbytes={value!r} is not a size")
+    ):
+        ClusterBackend(max_nbytes=value)
+
+
+def test_max_nbytes_none_sends_arrays_inside_the_messages(client):
+    from joblib import Parallel, delayed
+
+    from sklearn_ipp._backend import ClusterBackend
+
+    data = np.arange(300_000, dtype=np.float64)  # 2.4 MB
+    backend = ClusterBackend(client, max_nbytes=None)
+    try:
+        with parallel_config(backend=backend):
+            sums = Parallel(n_jobs=-1)(delayed(np.sum)(data) for _ in range(2))
+    finally:
+        backend.close()
+    assert sums == [data.sum()] * 2
+    assert backend.store.n_writes == 0
+    assert backend.payload_bytes > 2 * data.nbytes
