@@ -27,6 +27,8 @@ import warnings
 
 import cloudpickle
 
+from ._pickling import _within
+
 __all__ = [
     "TaskOutput",
     "captured",
@@ -62,13 +64,6 @@ class TaskOutput:
         return bool(
             self.warnings or self.stdout or self.stderr or self.callback_messages
         )
-
-    def __getstate__(self):
-        return {name: getattr(self, name) for name in self.__slots__}
-
-    def __setstate__(self, state):
-        for name, value in state.items():
-            setattr(self, name, value)
 
     def replay(self, caller=None):
         """Say it all again in this process, as the task would have in-process.
@@ -170,7 +165,7 @@ def current_warning_filters():
     sent = []
     for action, message, category, module, lineno in filters:
         name = getattr(category, "__module__", "__main__")
-        if not any(name == m or name.startswith(m + ".") for m in by_value):
+        if not _within(name, by_value):
             category = _Category(name, category.__qualname__)
         sent.append((action, message, category, module, lineno))
     return sent
@@ -183,12 +178,6 @@ class _Category:
 
     def __init__(self, module, qualname):
         self.module, self.qualname = module, qualname
-
-    def __getstate__(self):
-        return (self.module, self.qualname)
-
-    def __setstate__(self, state):
-        self.module, self.qualname = state
 
     def resolve(self):
         """Return the class, or None when this process cannot import it."""
