@@ -20,6 +20,7 @@ from ._engines import (
     one_engine_per_host,
 )
 from ._exceptions import (
+    CheckpointWarning,
     ClusterNotFoundError,
     EngineLostError,
     EngineTimeoutError,
@@ -68,6 +69,7 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     "hosts_free_memory",
     "one_engine_per_host",
     # Errors
+    "CheckpointWarning",
     "ClusterNotFoundError",
     "EngineLostError",
     "EngineTimeoutError",

@@ -12,23 +12,30 @@ used.
 import contextlib
 import errno
 import hashlib
+import hmac
 import os
 import pickle
+import secrets
 import stat
 import tempfile
+import warnings
 
 import cloudpickle
 import joblib
 import sklearn
 
-from ._store import FOLDER_PERMISSIONS, check_private_directory
+from ._exceptions import CheckpointWarning
+from ._store import FOLDER_PERMISSIONS
 from ._version import __version__
 
 __all__ = [
     "KEPT_RESULTS_NOTE",
+    "KEY_ENVIRONMENT_VARIABLE",
     "DirectoryCheckpoint",
     "MemoryCheckpoint",
     "SavedFits",
+    "checkpoint_key",
+    "checkpoint_key_path",
     "fit_key",
 ]
 
@@ -42,6 +49,16 @@ _IGNORED_ARGUMENTS = {
     "caller",
 }
 _SUFFIX = ".result"
+_PART_SUFFIX = ".part"
+
+# A result file: this marker, the HMAC-SHA256 of its name and payload, then
+# the pickled result.
+_MAGIC = b"sklearn_ipp-result-1\n"
+_SIGNATURE_BYTES = hashlib.sha256().digest_size
+_KEY_BYTES = 32
+KEY_ENVIRONMENT_VARIABLE = "SKLEARN_IPP_CHECKPOINT_KEY"
+# Files are opened without following a symbolic link where the OS can.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 # Added to the errors that end a call whose finished fits are kept.
 KEPT_RESULTS_NOTE = (
@@ -102,14 +119,24 @@ class MemoryCheckpoint:
 class DirectoryCheckpoint:
     """Finished results saved in a directory, one file each, as they arrive.
 
+    Every file carries a keyed hash (HMAC-SHA256) of its name and content,
+    made with this user's checkpoint key (see :func:`checkpoint_key`), and is
+    unpickled only once the hash verifies: a file this user's key did not
+    write (planted, copied from someone else, corrupted) is never unpickled.
+    It counts as missing, so its fit runs again, with one
+    :class:`~sklearn_ipp.CheckpointWarning` naming it. The directory and each
+    file are checked on every open: they must belong to this user and be
+    writable by nobody else, and a file must not be a symbolic link.
+
     Parameters
     ----------
     path : str or path-like
-        The directory; made (mode 0700) if missing. It must belong to this
-        user and be writable by nobody else, since results are unpickled.
+        The directory; made (mode 0700) if missing.
+    key : bytes or None, default=None
+        The key of the hashes; None reads this user's checkpoint key.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, key=None):
         self.path = os.fspath(path)
         try:
             os.makedirs(self.path, mode=FOLDER_PERMISSIONS, exist_ok=True)
@@ -120,36 +147,69 @@ class DirectoryCheckpoint:
                 f"{exc.strerror or exc}. Pass checkpoint_dir= a directory this "
                 "user can write.",
             ) from exc
-        check_private_directory(self.path)
+        os.close(self._open_directory())
         if not os.access(self.path, os.W_OK):
             raise PermissionError(
                 errno.EACCES,
                 f"The checkpoint directory {self.path!r} is not writable "
-                f"(mode {stat.filemode(os.stat(self.path).st_mode)}).",
+                f"(mode {stat.filemode(os.stat(self.path).st_mode)}). Pass "
+                "checkpoint_dir= a directory this user can write.",
                 self.path,
             )
+        self._key = checkpoint_key() if key is None else key
+        self._warned = set()  # files already said to be unusable
 
     def __len__(self):
         return sum(name.endswith(_SUFFIX) for name in os.listdir(self.path))
 
     def get(self, key):
-        """Return ``(True, result)`` if saved, else ``(False, None)``."""
+        """Return ``(True, result)`` if saved and verified, else ``(False, None)``."""
+        name = key + _SUFFIX
+        directory = self._open_directory()
         try:
-            with open(os.path.join(self.path, key + _SUFFIX), "rb") as f:
-                result = pickle.load(f)
+            fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=directory)
         except FileNotFoundError:
             return False, None
-        except (OSError, EOFError, pickle.UnpicklingError, AttributeError):
-            return False, None  # unreadable: fit again
-        return True, result
+        except OSError as exc:  # a symbolic link (ELOOP), unreadable
+            self._unusable(name, f"it cannot be opened safely ({exc.strerror})")
+            return False, None
+        finally:
+            os.close(directory)
+        try:
+            with os.fdopen(fd, "rb") as f:
+                problem = _unsafe(os.fstat(f.fileno()), "file")
+                if problem:
+                    self._unusable(name, problem)
+                    return False, None
+                content = f.read()
+        except OSError as exc:
+            self._unusable(name, f"it cannot be read ({exc.strerror})")
+            return False, None
+        payload = _verified(content, name, self._key)
+        if payload is None:
+            self._unusable(
+                name,
+                "it was not written with this user's checkpoint key (written "
+                "by another user or key, or corrupted)",
+            )
+            return False, None
+        try:
+            return True, pickle.loads(payload)
+        except Exception as exc:  # verified, but no longer loads (code changed)
+            self._unusable(name, f"it no longer loads ({type(exc).__name__}: {exc})")
+            return False, None
 
     def put(self, key, result):
         """Save a finished result (atomically: never a partial file)."""
-        fd, tmp_path = tempfile.mkstemp(dir=self.path, suffix=".part")
+        payload = cloudpickle.dumps(result)
+        name = key + _SUFFIX
+        content = _MAGIC + _signature(self._key, name, payload) + payload
+        os.close(self._open_directory())
+        fd, tmp_path = tempfile.mkstemp(dir=self.path, suffix=_PART_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as f:
-                cloudpickle.dump(result, f)
-            os.replace(tmp_path, os.path.join(self.path, key + _SUFFIX))
+                f.write(content)
+            os.replace(tmp_path, os.path.join(self.path, name))
         except BaseException:
             with contextlib.suppress(OSError):
                 os.remove(tmp_path)
@@ -159,12 +219,167 @@ class DirectoryCheckpoint:
         """Remove saved results whose key is not in ``keys``.
 
         Called after a complete fit: what another grid, data or estimator
-        left there no longer applies.
+        left there no longer applies. Files of writes that never finished
+        (``.part``) go too.
         """
         for name in os.listdir(self.path):
-            if name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] not in keys:
+            stale = name.endswith(_PART_SUFFIX) or (
+                name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] not in keys
+            )
+            if stale:
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(self.path, name))
+
+    def _open_directory(self):
+        """Open the directory, checked as it is now; return its descriptor.
+
+        Checked at every use, through the descriptor that is then used: a path
+        swapped since (a symbolic link re-pointed in a shared ``/tmp``) is
+        caught, and files are opened relative to what was checked.
+        """
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        problem = _unsafe(os.fstat(fd), "directory")
+        if problem:
+            os.close(fd)
+            raise PermissionError(
+                errno.EACCES,
+                f"Refusing to use the checkpoint directory {self.path!r}: {problem}, "
+                "so someone other than this user could have written its files. "
+                "Pass checkpoint_dir= a directory only this user can write "
+                "(mode 0700).",
+                self.path,
+            )
+        return fd
+
+    def _unusable(self, name, why):
+        if name in self._warned:
+            return
+        self._warned.add(name)
+        warnings.warn(
+            f"The saved result {os.path.join(self.path, name)!r} is not used, and "
+            f"its fit runs again: {why}.",
+            CheckpointWarning,
+            stacklevel=2,
+        )
+
+
+def _unsafe(info, what):
+    """Say why a file or directory could have been written by another user."""
+    if what == "file" and not stat.S_ISREG(info.st_mode):
+        return "it is not a regular file"
+    if info.st_uid != os.geteuid():
+        return f"the {what} belongs to uid {info.st_uid}"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"the {what} has mode {stat.filemode(info.st_mode)}"
+    return None
+
+
+def _signature(key, name, payload):
+    # The name is signed with the content: a valid result renamed to another
+    # fit's key does not verify either.
+    digest = hmac.new(key, _MAGIC + name.encode(), hashlib.sha256)
+    digest.update(payload)
+    return digest.digest()
+
+
+def _verified(content, name, key):
+    """Return the payload of a result file if its hash verifies, else None."""
+    header = len(_MAGIC) + _SIGNATURE_BYTES
+    if len(content) < header or not content.startswith(_MAGIC):
+        return None
+    payload = content[header:]
+    expected = _signature(key, name, payload)
+    if not hmac.compare_digest(content[len(_MAGIC) : header], expected):
+        return None
+    return payload
+
+
+def checkpoint_key():
+    """Return this user's checkpoint key, made on first use.
+
+    The key is 32 random bytes in a file only this user can read: the file
+    named by the ``SKLEARN_IPP_CHECKPOINT_KEY`` environment variable, else
+    ``sklearn_ipp/checkpoint.key`` in ``$XDG_CONFIG_HOME`` (``~/.config``).
+    It stays outside the checkpoint directories, so that whoever can put a
+    file there cannot also sign it.
+
+    Returns
+    -------
+    key : bytes
+
+    Raises
+    ------
+    PermissionError
+        If the key file is a symbolic link, belongs to another user, or can
+        be read or written by others.
+    """
+    path = checkpoint_key_path()
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except FileNotFoundError:
+        fd = _make_key(path)
+    except OSError as exc:
+        raise PermissionError(
+            exc.errno,
+            f"Cannot read the checkpoint key {path!r}: {exc.strerror}. It must be a "
+            "regular file of this user's (not a symbolic link); remove it to have "
+            f"a new one made, or set {KEY_ENVIRONMENT_VARIABLE} to another path.",
+            path,
+        ) from exc
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if (
+            not stat.S_ISREG(info.st_mode)
+            or info.st_uid != os.geteuid()
+            or info.st_mode & 0o077
+        ):
+            raise PermissionError(
+                errno.EACCES,
+                f"Refusing the checkpoint key {path!r}: it belongs to uid "
+                f"{info.st_uid} with mode {stat.filemode(info.st_mode)}, so others "
+                f"could read or change it. Run `chmod 600 {path}` if it is yours, "
+                "or remove it to have a new one made.",
+                path,
+            )
+        key = f.read()
+    if len(key) < _KEY_BYTES:
+        raise PermissionError(
+            errno.EINVAL,
+            f"The checkpoint key {path!r} holds {len(key)} bytes, fewer than "
+            f"{_KEY_BYTES}: remove it to have a new one made.",
+            path,
+        )
+    return key
+
+
+def checkpoint_key_path():
+    """Return the path of this user's checkpoint key file."""
+    path = os.environ.get(KEY_ENVIRONMENT_VARIABLE)
+    if path:
+        return os.path.abspath(os.path.expanduser(path))
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
+        os.path.expanduser("~"), ".config"
+    )
+    return os.path.join(config, "sklearn_ipp", "checkpoint.key")
+
+
+def _make_key(path):
+    """Write a new key to ``path``; return a descriptor to read it from."""
+    try:
+        os.makedirs(os.path.dirname(path), mode=FOLDER_PERMISSIONS, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+    except FileExistsError:  # made meanwhile by another process
+        return os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"Cannot create the checkpoint key {path!r}: {exc.strerror or exc}. Set "
+            f"{KEY_ENVIRONMENT_VARIABLE} to a file path this user can write.",
+            path,
+        ) from exc
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(_KEY_BYTES))
+    return os.open(path, os.O_RDONLY | _NOFOLLOW)
 
 
 class SavedFits:

@@ -5,6 +5,7 @@ same kind of failure, so ``except TimeoutError`` keeps working.
 """
 
 __all__ = [
+    "CheckpointWarning",
     "ClusterNotFoundError",
     "EngineLostError",
     "EngineTimeoutError",
@@ -64,3 +65,12 @@ class EngineLostError(RuntimeError):
 
 class StoreError(OSError):
     """The data store cannot be created or written (full, not writable)."""
+
+
+class CheckpointWarning(UserWarning):
+    """A saved result in ``checkpoint_dir`` is not used; its fit runs again.
+
+    The file was not written with this user's checkpoint key (another user's,
+    a planted or a corrupted file), is not a regular file of this user's, or
+    no longer loads.
+    """

@@ -1,0 +1,279 @@
+"""Checkpoints unpickle only what this user's key signed, checked at every open."""
+
+import os
+import pathlib
+import pickle
+import random
+import shutil
+import stat
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.model_selection import GridSearchCV
+from sklearn.svm import SVC
+
+from sklearn_ipp import CheckpointWarning, IPyParallelGridSearchCV
+from sklearn_ipp._checkpoint import (
+    KEY_ENVIRONMENT_VARIABLE,
+    DirectoryCheckpoint,
+    checkpoint_key,
+)
+
+from ._sklearn_compare import assert_same_search
+
+as_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="plays another user with setpriv, as root"
+)
+OTHER_UID = 65534  # nobody
+
+
+@pytest.fixture
+def key_file(tmp_path, monkeypatch):
+    path = tmp_path / "config" / "checkpoint.key"
+    monkeypatch.setenv(KEY_ENVIRONMENT_VARIABLE, str(path))
+    return path
+
+
+class _RunsCommand:
+    """A pickle that runs a command when it is loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A directory like /tmp: every user may write there, sticky."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="sklearn_ipp-tests-shared-")
+    os.chmod(path, 0o1777)
+    yield pathlib.Path(path)
+    shutil.rmtree(path)
+
+
+def as_other_user(script, *args, data):
+    """Run a Python ``script`` as another user, ``data`` on its stdin."""
+    subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={OTHER_UID}",
+            f"--regid={OTHER_UID}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            script,
+            *map(str, args),
+        ],
+        input=data,
+        check=True,
+    )
+
+
+def _result(i=0):
+    return {"test_scores": 0.5 + i, "fit_time": 0.1, "fit_error": None}
+
+
+def test_the_key_is_made_on_first_use_readable_by_this_user_only(key_file):
+    assert not key_file.exists()
+    key = checkpoint_key()
+    assert len(key) == 32
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert checkpoint_key() == key  # reused, not made again
+    key_file.chmod(0o644)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        checkpoint_key()
+    key_file.chmod(0o600)
+    link = key_file.parent / "link.key"
+    link.symlink_to(key_file)
+    os.environ[KEY_ENVIRONMENT_VARIABLE] = str(link)
+    with pytest.raises(PermissionError, match="symbolic link"):
+        checkpoint_key()
+
+
+def test_results_come_back_and_the_key_stays_out_of_the_directory(key_file, tmp_path):
+    checkpoint = DirectoryCheckpoint(tmp_path / "fits")
+    checkpoint.put("a" * 64, _result())
+    assert checkpoint.get("a" * 64) == (True, _result())
+    assert checkpoint.get("b" * 64) == (False, None)
+    assert os.listdir(tmp_path / "fits") == ["a" * 64 + ".result"]
+    assert key_file.exists() and tmp_path / "fits" not in key_file.parents
+
+
+def test_a_planted_pickle_is_never_loaded(key_file, tmp_path):
+    checkpoint = DirectoryCheckpoint(tmp_path / "fits")
+    marker = tmp_path / "planted-ran"
+    name = "c" * 64
+    planted = tmp_path / "fits" / f"{name}.result"
+    planted.write_bytes(pickle.dumps(_RunsCommand(marker)))
+    with pytest.warns(CheckpointWarning, match=str(planted)) as record:
+        assert checkpoint.get(name) == (False, None)
+    assert len(record) == 1
+    assert "not written with this user's checkpoint key" in str(record[0].message)
+    assert not marker.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning per file, not per look-up
+        assert checkpoint.get(name) == (False, None)
+
+
+def test_a_result_signed_with_another_key_or_renamed_is_missing(key_file, tmp_path):
+    mine = DirectoryCheckpoint(tmp_path / "fits")
+    theirs = DirectoryCheckpoint(tmp_path / "fits", key=b"k" * 32)
+    theirs.put("d" * 64, _result())
+    with pytest.warns(CheckpointWarning):
+        assert mine.get("d" * 64) == (False, None)
+    mine.put("e" * 64, _result(1))
+    os.replace(
+        tmp_path / "fits" / ("e" * 64 + ".result"),
+        tmp_path / "fits" / ("f" * 64 + ".result"),
+    )
+    with pytest.warns(CheckpointWarning):
+        assert mine.get("f" * 64) == (False, None)
+
+
+def test_every_corrupted_byte_is_detected(key_file, tmp_path):
+    checkpoint = DirectoryCheckpoint(tmp_path / "fits")
+    result = {"test_scores": np.linspace(0, 1, 50), "fit_error": None}
+    checkpoint.put("0" * 64, result)
+    path = tmp_path / "fits" / ("0" * 64 + ".result")
+    good = path.read_bytes()
+    rng = random.Random(0)
+    outcomes = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointWarning)
+        for _ in range(3000):
+            damaged = bytearray(good)
+            position = rng.randrange(len(good))
+            damaged[position] ^= 1 << rng.randrange(8)
+            path.write_bytes(bytes(damaged))
+            outcomes.add(DirectoryCheckpoint(tmp_path / "fits").get("0" * 64))
+        # Cut short, as by a crash of the writer that the rename did not hide.
+        path.write_bytes(good[: len(good) // 2])
+        outcomes.add(DirectoryCheckpoint(tmp_path / "fits").get("0" * 64))
+    assert outcomes == {(False, None)}
+    path.write_bytes(good)
+    found, loaded = checkpoint.get("0" * 64)
+    assert found and np.array_equal(loaded["test_scores"], result["test_scores"])
+
+
+def test_files_are_checked_at_every_open(key_file, tmp_path):
+    checkpoint = DirectoryCheckpoint(tmp_path / "fits")
+    checkpoint.put("1" * 64, _result())
+    path = tmp_path / "fits" / ("1" * 64 + ".result")
+    path.chmod(0o622)  # writable by others: anyone could have replaced it
+    with pytest.warns(CheckpointWarning, match="mode"):
+        assert checkpoint.get("1" * 64) == (False, None)
+    path.chmod(0o600)
+    assert checkpoint.get("1" * 64) == (True, _result())
+    # A symbolic link to a (valid) result is not followed.
+    checkpoint.put("2" * 64, _result(2))
+    os.symlink(
+        tmp_path / "fits" / ("2" * 64 + ".result"),
+        tmp_path / "fits" / ("3" * 64 + ".result"),
+    )
+    with pytest.warns(CheckpointWarning, match="cannot be opened safely"):
+        assert checkpoint.get("3" * 64) == (False, None)
+    # The directory too, every time: made writable by others after the start.
+    (tmp_path / "fits").chmod(0o777)
+    with pytest.raises(PermissionError, match="checkpoint_dir="):
+        checkpoint.get("1" * 64)
+    with pytest.raises(PermissionError, match="Refusing to use"):
+        checkpoint.put("4" * 64, _result())
+
+
+@as_root
+def test_a_directory_swapped_by_another_user_is_refused(key_file, tmp_path, shared_tmp):
+    # In a shared /tmp, a link (made by another user) leads to this user's
+    # directory when first checked, and is re-pointed to theirs later.
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    link = shared_tmp / "checkpoint"
+    as_other_user("import os, sys; os.symlink(*sys.argv[1:])", mine, link, data=b"")
+    checkpoint = DirectoryCheckpoint(link)
+    checkpoint.put("5" * 64, _result())
+    assert checkpoint.get("5" * 64) == (True, _result())
+    marker = tmp_path / "planted-ran"
+    script = (
+        "import os, sys; os.makedirs(sys.argv[1], mode=0o700);"
+        "path = os.path.join(sys.argv[1], sys.argv[2]);"
+        "open(path, 'wb').write(sys.stdin.buffer.read());"
+        "os.remove(sys.argv[3]); os.symlink(sys.argv[1], sys.argv[3])"
+    )
+    theirs = shared_tmp / "theirs"
+    name = "5" * 64 + ".result"
+    as_other_user(script, theirs, name, link, data=pickle.dumps(_RunsCommand(marker)))
+    assert os.readlink(link) == str(theirs)
+    with pytest.raises(PermissionError, match=f"belongs to uid {OTHER_UID}"):
+        checkpoint.get("5" * 64)
+    with pytest.raises(PermissionError, match=f"belongs to uid {OTHER_UID}"):
+        DirectoryCheckpoint(link)
+    assert not marker.exists()
+
+
+@as_root
+def test_files_another_user_planted_before_a_chmod_are_refused(
+    key_file, tmp_path, shared_tmp
+):
+    directory = shared_tmp / "fits"
+    directory.mkdir()
+    directory.chmod(0o777)  # open to others for a while...
+    marker = tmp_path / "planted-ran"
+    name = "6" * 64 + ".result"
+    as_other_user(
+        "import sys; open(sys.argv[1], 'wb').write(sys.stdin.buffer.read())",
+        directory / name,
+        data=pickle.dumps(_RunsCommand(marker)),
+    )
+    directory.chmod(0o700)  # ...then closed: the files stay theirs
+    checkpoint = DirectoryCheckpoint(directory)
+    with pytest.warns(CheckpointWarning, match=f"belongs to uid {OTHER_UID}"):
+        assert checkpoint.get("6" * 64) == (False, None)
+    assert not marker.exists()
+
+
+def test_a_search_refits_what_does_not_verify_and_runs_nothing_planted(
+    client, tmp_path
+):
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(60, 4), rng.randint(0, 2, 60)
+    grid = {"C": [0.5, 1.0]}
+    checkpoint_dir = tmp_path / "checkpoint"
+
+    def search():
+        return IPyParallelGridSearchCV(
+            SVC(), grid, cv=3, client=client, checkpoint_dir=checkpoint_dir
+        )
+
+    search().fit(X, y)
+    files = sorted(checkpoint_dir.iterdir())
+    assert len(files) == 6
+    marker = tmp_path / "planted-ran"
+    files[0].write_bytes(pickle.dumps(_RunsCommand(marker)))  # planted
+    damaged = bytearray(files[1].read_bytes())
+    damaged[-5] ^= 0xFF
+    files[1].write_bytes(bytes(damaged))  # corrupted
+    with pytest.warns(CheckpointWarning) as record:
+        resumed = search().fit(X, y)
+    named = sorted(str(w.message).split("'")[1] for w in record)
+    assert named == sorted(str(path) for path in files[:2])
+    assert not marker.exists()
+    assert_same_search(resumed, GridSearchCV(SVC(), grid, cv=3).fit(X, y), X)
+    # Both fits ran again and were saved again, signed.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CheckpointWarning)
+        search().fit(X, y)
+
+
+def test_part_files_of_interrupted_writes_are_removed(key_file, tmp_path):
+    checkpoint = DirectoryCheckpoint(tmp_path / "fits")
+    checkpoint.put("7" * 64, _result())
+    (tmp_path / "fits" / "tmpabc.part").write_bytes(b"half a result")
+    checkpoint.keep_only({"7" * 64})
+    assert os.listdir(tmp_path / "fits") == ["7" * 64 + ".result"]
+    shutil.rmtree(tmp_path / "fits")
