@@ -277,3 +277,88 @@ def test_part_files_of_interrupted_writes_are_removed(key_file, tmp_path):
     checkpoint.keep_only({"7" * 64})
     assert os.listdir(tmp_path / "fits") == ["7" * 64 + ".result"]
     shutil.rmtree(tmp_path / "fits")
+
+
+class _SlowSVC(SVC):
+    """SVC whose fits take a moment, so that a search is still running."""
+
+    def __init__(self, C=1.0, delay=0.2):
+        super().__init__(C=C)
+        self.delay = delay
+
+    def fit(self, X, y, **fit_params):
+        import time
+
+        time.sleep(self.delay)
+        return super().fit(X, y, **fit_params)
+
+
+def _wait_for(condition, timeout=60):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def _search_on(client, checkpoint_dir, n_candidates=20):
+    return IPyParallelGridSearchCV(
+        _SlowSVC(),
+        {"C": list(np.linspace(0.1, 2.0, n_candidates))},
+        cv=3,
+        client=client,
+        checkpoint_dir=checkpoint_dir,
+    )
+
+
+def _data():
+    rng = np.random.RandomState(0)
+    return rng.randn(60, 4), rng.randint(0, 2, 60)
+
+
+def test_a_removed_checkpoint_directory_ends_the_fit_with_the_path(client, tmp_path):
+    import time
+
+    checkpoint_dir = tmp_path / "checkpoint"
+    search = _search_on(client, checkpoint_dir)
+    search.fit_async(*_data())
+    _wait_for(lambda: checkpoint_dir.exists() and len(os.listdir(checkpoint_dir)) >= 2)
+    shutil.rmtree(checkpoint_dir)
+    removed = time.monotonic()
+    with pytest.raises(OSError, match="checkpoint_dir=") as info:
+        search.wait(timeout=30)  # returns False, not raising, if still running
+    assert time.monotonic() - removed < 10
+    assert str(checkpoint_dir) in str(info.value)
+    search.abort()  # returns at once: the run is over
+
+
+@as_root
+def test_a_full_checkpoint_disk_ends_the_fit_and_keeps_what_was_saved(client, tmp_path):
+    import time
+
+    checkpoint_dir = tmp_path / "small"
+    checkpoint_dir.mkdir(mode=0o700)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", checkpoint_dir],
+        check=True,
+    )
+    try:
+        search = _search_on(client, checkpoint_dir, n_candidates=40)
+        started = time.monotonic()
+        with pytest.raises(OSError, match="No space left on device") as info:
+            search.fit(*_data())
+        assert time.monotonic() - started < 60
+        message = str(info.value)
+        assert str(checkpoint_dir) in message and "checkpoint_dir=" in message
+        names = os.listdir(checkpoint_dir)
+        assert names and all(name.endswith(".result") for name in names)  # no .part
+        saved = len(names)
+        assert saved < 120
+        # What was saved is used: the next fit (with room) runs only the rest.
+        subprocess.run(["mount", "-o", "remount,size=4m", checkpoint_dir], check=True)
+        search = _search_on(client, checkpoint_dir, n_candidates=40)
+        search.fit(*_data())
+        assert len(os.listdir(checkpoint_dir)) == 120
+    finally:
+        subprocess.run(["umount", checkpoint_dir], check=True)
