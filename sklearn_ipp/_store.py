@@ -124,7 +124,8 @@ class StoredData:
 
 
 _HOSTNAME = socket.gethostname()
-_checked_dirs = set()
+# Files are opened without following a symbolic link where the OS can.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def load_stored(path, kind, host_dirs=None):
@@ -132,29 +133,59 @@ def load_stored(path, kind, host_dirs=None):
 
     On a host listed in ``host_dirs`` the file is read from that host's own
     copy of the store. Files are read only from a directory that belongs to
-    this user and that nobody else can write.
+    this user and that nobody else can write, and only if they are regular
+    files of this user's that nobody else can write either.
+
+    Arrays cannot be made writable again, whatever their size: large ones
+    are read-only memory maps, small ones are built on the immutable bytes
+    read from the file. Tasks of a message share what it unpickles, so an
+    estimator that set the flag back and wrote into its training data would
+    change what the next fits train on; it gets numpy's error instead.
     """
     if host_dirs and _HOSTNAME in host_dirs:
         path = os.path.join(host_dirs[_HOSTNAME], os.path.basename(path))
     check_private_directory(os.path.dirname(path))
-    if kind != "npy":
-        return joblib.load(path, mmap_mode="r")
-    if os.path.getsize(path) < MMAP_MIN_BYTES:
-        array = np.load(path, allow_pickle=False)
-        array.flags.writeable = False
-    else:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    with open(path, "rb", opener=_open_no_follow) as f:
+        _check_private_file(os.fstat(f.fileno()), path)
+        if kind != "npy":
+            # Checked above; joblib maps the arrays inside by path.
+            return joblib.load(path, mmap_mode="r")
+        array = _read_only_npy(f, path)
     return array.view(RowRangeArray)
+
+
+def _open_no_follow(path, flags):
+    return os.open(path, flags | _NOFOLLOW)
+
+
+def _read_only_npy(f, path):
+    """Read an .npy file as an array that no one can make writable."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+    if dtype.hasobject:
+        raise ValueError(f"{path!r} holds Python objects: refusing to load it.")
+    order = "F" if fortran_order else "C"
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes >= MMAP_MIN_BYTES:
+        return np.memmap(
+            f, dtype=dtype, mode="r", offset=f.tell(), shape=shape, order=order
+        )
+    data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError(f"{path!r} is truncated: {len(data)} of {nbytes} bytes.")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order=order)
 
 
 def check_private_directory(directory):
     """Raise PermissionError unless only this user can write ``directory``.
 
     Engines unpickle what they find in a store, so a directory that another
-    user could write into must never be read from. Checked once per process.
+    user could write into must never be read from. Checked at every use: a
+    path checked once could be swapped later.
     """
-    if directory in _checked_dirs:
-        return
     info = os.stat(directory)
     if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise PermissionError(
@@ -165,7 +196,22 @@ def check_private_directory(directory):
             "checkpoint_dir= that only this user can write (mode 0700).",
             directory,
         )
-    _checked_dirs.add(directory)
+
+
+def _check_private_file(info, path):
+    if (
+        not stat.S_ISREG(info.st_mode)
+        or info.st_uid != os.geteuid()
+        or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ):
+        raise PermissionError(
+            errno.EACCES,
+            f"Refusing to read data from {path!r}: it belongs to uid "
+            f"{info.st_uid} with mode {stat.filemode(info.st_mode)}, so someone "
+            "other than this user could have written it. Use a store_dir= that "
+            "only this user can write (mode 0700).",
+            path,
+        )
 
 
 class RowRange:

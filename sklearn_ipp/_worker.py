@@ -40,7 +40,7 @@ READ_ONLY_HINT = (
     "for large arrays): an estimator that changes its input in place must copy "
     "it first (X = X.copy())."
 )
-_READ_ONLY_MESSAGES = ("read-only", "not writeable")
+_READ_ONLY_MESSAGES = ("read-only", "not writeable", "WRITEABLE flag")
 
 # Published (ipyparallel's data_message) by run_batch once its tasks can be
 # stopped: the client signals an engine only after seeing it.

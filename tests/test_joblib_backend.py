@@ -152,7 +152,7 @@ def _column_sum(array, column):
 def _is_read_only_memmap(array):
     base = array
     while base is not None and not isinstance(base, np.memmap):
-        base = base.base
+        base = getattr(base, "base", None)  # a bytes object ends the chain
     return base is not None and not array.flags.writeable
 
 

@@ -31,7 +31,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         base = X
         while base is not None and not isinstance(base, np.memmap):
-            base = base.base
+            base = getattr(base, "base", None)  # a bytes object ends the chain
         self.read_only_ = not X.flags.writeable
         self.memory_mapped_ = base is not None
         self.classes_ = np.unique(y)
@@ -55,6 +55,15 @@ class WritingClassifier(ProbeClassifier):
 
     def score(self, X, y):
         return float(self.column_sums_.sum())
+
+
+class FlagFlippingClassifier(WritingClassifier):
+    """Makes its training data writable first, then writes into it (tag 1)."""
+
+    def fit(self, X, y):
+        if self.tag == 1:
+            X.flags.writeable = True
+        return super().fit(X, y)
 
 
 def _run_with_backend(client, search, X, y, store_dir=None):
@@ -196,15 +205,26 @@ def test_store_files_are_removed_after_fit_and_after_an_error(client, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_an_estimator_writing_into_x_does_not_corrupt_other_fits(client):
+@pytest.mark.parametrize(
+    "writer, error",
+    [
+        (WritingClassifier, "assignment destination is read-only"),
+        (FlagFlippingClassifier, "cannot set WRITEABLE flag"),
+    ],
+)
+def test_an_estimator_writing_into_x_does_not_corrupt_other_fits(client, writer, error):
+    # Small data (read into engine memory, not mapped), one message for all
+    # the tasks of a split: they share the arrays it unpickles.
     X, y = make_classification(n_samples=120, random_state=0)
+    assert X.nbytes < MMAP_MIN_BYTES
     cv = KFold(3)
     ours = IPyParallelGridSearchCV(
-        WritingClassifier(), {"tag": [1, 0, 1, 0]}, client=client, cv=cv
+        writer(), {"tag": [1, 0, 1, 0]}, client=client, cv=cv
     )
     reference = GridSearchCV(WritingClassifier(), {"tag": [0]}, cv=cv).fit(X, y)
-    with pytest.warns(FitFailedWarning, match="assignment destination is read-only"):
+    with pytest.warns(FitFailedWarning, match=error) as record:
         ours.fit(X, y)
+    assert any("X = X.copy()" in str(w.message) for w in record)
     scores = ours.cv_results_["mean_test_score"]
     # The writers fail on the read-only data; the others see it intact.
     assert np.isnan(scores[0]) and np.isnan(scores[2])
@@ -276,7 +296,7 @@ class StoreLocationProbe(ProbeClassifier):
     def fit(self, X, y):
         base = X
         while base is not None and not isinstance(base, np.memmap):
-            base = base.base
+            base = getattr(base, "base", None)  # a bytes object ends the chain
         self.in_store_ = base is not None and str(base.filename).startswith(self.tag)
         return super().fit(X, y)
 
@@ -401,3 +421,39 @@ def test_a_corrupted_copy_is_refused(tmp_path):
     with pytest.raises(OSError, match="corrupted on the way"):
         receive_chunk(str(directory), "b.npy", 500, data[500:-1] + b"x", good)
     assert sorted(os.listdir(directory)) == ["a.npy"]
+
+
+def test_stored_files_are_checked_at_every_read(tmp_path):
+    from sklearn_ipp._store import load_stored
+
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    np.save(store / "x.npy", np.arange(3.0))
+    assert load_stored(str(store / "x.npy"), "npy").tolist() == [0.0, 1.0, 2.0]
+    (store / "x.npy").chmod(0o666)  # anyone could have replaced it
+    with pytest.raises(PermissionError, match="Refusing to read data from"):
+        load_stored(str(store / "x.npy"), "npy")
+    (store / "x.npy").chmod(0o600)
+    os.symlink(store / "x.npy", store / "link.npy")  # a link is not followed
+    with pytest.raises(OSError):
+        load_stored(str(store / "link.npy"), "npy")
+    store.chmod(0o777)  # checked again, not remembered from the first read
+    with pytest.raises(PermissionError, match="Refusing to read data from"):
+        load_stored(str(store / "x.npy"), "npy")
+
+
+@pytest.mark.parametrize("shape", [(50, 4), (1000, 200)], ids=["read", "mapped"])
+def test_stored_arrays_cannot_be_made_writable(tmp_path, shape):
+    from sklearn_ipp._store import load_stored
+
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    original = np.random.RandomState(0).rand(*shape)
+    np.save(store / "x.npy", np.asfortranarray(original))
+    array = load_stored(str(store / "x.npy"), "npy")
+    np.testing.assert_array_equal(array, original)
+    assert array.flags.f_contiguous
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        array.flags.writeable = True
+    with pytest.raises(ValueError, match="read-only"):
+        array[0, 0] = 1.0
