@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import socket
 import time
 import warnings
@@ -31,8 +30,12 @@ from ._store import (
     _this_process,
     check_private_directory,
     default_parent,
+    directory_for,
+    in_ram,
     make_store_directory,
     process_is_alive,
+    remove_store,
+    spill_directory,
     stale_stores,
 )
 from ._threads import threads_per_engine
@@ -235,6 +238,7 @@ class EngineRoster:
                             offset,
                             data,
                             digest.hexdigest() if last else None,
+                            size,
                         )
                     )
                     offset += len(data)
@@ -364,13 +368,21 @@ def make_host_store(expected_nbytes, owner):
     return make_store_directory(parent, owner), others
 
 
-def receive_chunk(directory, name, offset, data, sha256=None):
+def receive_chunk(directory, name, offset, data, sha256=None, size=0):
     """Write ``data`` at ``offset`` of ``name`` in a host store.
 
     The file is written under a temporary name; with the last chunk comes the
     SHA-256 of the whole file, which is checked before the file is renamed
-    into place, so that engines never read a partial or corrupted copy.
+    into place, so that engines never read a partial or corrupted copy. A
+    store in ``/dev/shm`` without room for the file's ``size`` (given with
+    its first chunk) puts it in its twin in the temporary directory.
     """
+    if offset == 0:
+        directory = directory_for(directory, size)
+    elif in_ram(directory) and not os.path.exists(
+        os.path.join(directory, name + ".part")
+    ):
+        directory = spill_directory(directory)
     check_private_directory(directory)
     path = os.path.join(directory, name)
     part = path + ".part"
@@ -394,12 +406,16 @@ def receive_chunk(directory, name, offset, data, sha256=None):
 
 def remove_host_files(directory, names):
     """Remove files from a host store (engines that map them keep them)."""
+    directories = [directory]
+    if in_ram(directory):
+        directories.append(spill_directory(directory))
     for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(directory, name))
+        for where in directories:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(where, name))
 
 
 def remove_host_stores(paths):
     """Remove whole host stores."""
     for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_store(path)

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -30,6 +31,8 @@ import numpy as np
 from sklearn.utils import _safe_indexing
 
 from ._exceptions import StoreError
+
+logger = logging.getLogger("sklearn_ipp")
 
 __all__ = [
     "RowRange",
@@ -144,6 +147,10 @@ def load_stored(path, kind, host_dirs=None):
     """
     if host_dirs and _HOSTNAME in host_dirs:
         path = os.path.join(host_dirs[_HOSTNAME], os.path.basename(path))
+        if not os.path.exists(path) and in_ram(path):  # the host had no room
+            path = os.path.join(
+                spill_directory(os.path.dirname(path)), os.path.basename(path)
+            )
     check_private_directory(os.path.dirname(path))
     with open(path, "rb", opener=_open_no_follow) as f:
         _check_private_file(os.fstat(f.fileno()), path)
@@ -267,12 +274,16 @@ class Store:
     location : str or None
         Parent directory. None picks ``/dev/shm`` when it has room for
         ``expected_nbytes`` several times over, else the system's temporary
-        directory.
+        directory; and data that ``/dev/shm`` lacks room for when it comes
+        (all the folds of a search may be stored at once) then goes to a
+        twin directory in the temporary directory (see :func:`directory_for`).
     expected_nbytes : int, default=0
         Size of the largest data expected, to choose the location.
     """
 
     def __init__(self, location=None, expected_nbytes=0):
+        self._may_spill = location is None
+        self.n_spilled = 0  # writes that went to the twin directory
         parent = location if location is not None else default_parent(expected_nbytes)
         try:
             self.path = make_store_directory(parent)
@@ -302,16 +313,14 @@ class Store:
         name = uuid.uuid4().hex
         if _is_plain_array(obj):
             nbytes = _selected_nbytes(obj, rows, columns)
-            self._check_room(nbytes)
-            path = os.path.join(self.path, name + ".npy")
+            path = os.path.join(self._directory_for(nbytes), name + ".npy")
             self._guarded(_write_npy, path, obj, rows, columns)
             kind = "npy"
         else:
             if rows is not None:
                 obj = _safe_indexing(obj, rows)
             nbytes = getattr(obj, "nbytes", 0) or _sparse_nbytes(obj)
-            self._check_room(nbytes)
-            path = os.path.join(self.path, name + ".joblib")
+            path = os.path.join(self._directory_for(nbytes), name + ".joblib")
             self._guarded(_write_joblib, path, obj)
             kind = "joblib"
         self.n_writes += 1
@@ -325,16 +334,38 @@ class Store:
 
     def close(self):
         """Delete the store directory and everything in it."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        remove_store(self.path)
 
-    def _check_room(self, nbytes):
-        free = shutil.disk_usage(self.path).free
+    def _directory_for(self, nbytes):
+        """Return where ``nbytes`` of data go, checked to have room for them."""
+        try:
+            directory = (
+                directory_for(self.path, nbytes) if self._may_spill else self.path
+            )
+        except OSError as exc:
+            raise StoreError(
+                exc.errno,
+                f"Cannot create a data store directory in the temporary directory "
+                f"for what {self.path!r} lacks room for: {exc}. "
+                + _STORE_PARAMETER_HINT,
+            ) from exc
+        if directory != self.path:
+            if not self.n_spilled:
+                logger.info(
+                    "%s lacks room for %.1f MB more: data goes to %s.",
+                    self.path,
+                    nbytes / 1e6,
+                    directory,
+                )
+            self.n_spilled += 1
+        free = shutil.disk_usage(directory).free
         if nbytes > free:
             raise StoreError(
                 errno.ENOSPC,
-                f"The data store {self.path!r} has {free / 1e6:.1f} MB free but "
+                f"The data store {directory!r} has {free / 1e6:.1f} MB free but "
                 f"{nbytes / 1e6:.1f} MB are needed. " + _STORE_PARAMETER_HINT,
             )
+        return directory
 
     def _guarded(self, write, path, *args):
         # Write to a temporary name and rename, so that a reader never sees a
@@ -348,7 +379,7 @@ class Store:
             _remove_quietly(tmp_path)
             raise StoreError(
                 exc.errno,
-                f"Writing to the data store {self.path!r} failed: "
+                f"Writing to the data store {os.path.dirname(path)!r} failed: "
                 f"{exc.strerror or exc}. " + _STORE_PARAMETER_HINT,
             ) from exc
 
@@ -368,6 +399,63 @@ def default_parent(expected_nbytes):
     except OSError:
         pass
     return user_directory(base)
+
+
+def in_ram(path):
+    """Whether ``path`` is in ``/dev/shm``, whose room is the host's memory."""
+    return os.path.realpath(path).startswith(os.path.realpath(_SHM_DIR) + os.sep)
+
+
+def spill_directory(primary):
+    """Return the twin of a store in ``/dev/shm``, in the temporary directory.
+
+    Same name, so that the engines of a host find a file in one or the other
+    by its name alone.
+    """
+    base = user_directory(tempfile.gettempdir())
+    return os.path.join(base, os.path.basename(primary))
+
+
+def directory_for(primary, nbytes):
+    """Return where ``nbytes`` more of a store's data go: ``primary`` or its twin.
+
+    A store in ``/dev/shm`` takes data while it has room for it several
+    times over (the rest of the memory is for the fits); beyond that, the
+    data goes to its twin in the temporary directory, made (mode 0700, with
+    the primary's owner file) on first use.
+    """
+    if not in_ram(primary) or (
+        shutil.disk_usage(primary).free > _SHM_HEADROOM * nbytes
+    ):
+        return primary
+    spill = spill_directory(primary)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(spill, FOLDER_PERMISSIONS)
+        shutil.copyfile(
+            os.path.join(primary, OWNER_FILE), os.path.join(spill, OWNER_FILE)
+        )
+    info = os.lstat(spill)
+    if not (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.geteuid()
+        and not info.st_mode & 0o077
+    ):
+        raise PermissionError(
+            errno.EACCES,
+            f"{spill!r} is not a private directory of this user's",
+            spill,
+        )
+    return spill
+
+
+def remove_store(path):
+    """Remove a store directory and its twin in the temporary directory."""
+    shutil.rmtree(path, ignore_errors=True)
+    if in_ram(path):
+        spill = spill_directory(path)
+        with contextlib.suppress(OSError):
+            if os.lstat(spill).st_uid == os.geteuid():
+                shutil.rmtree(spill, ignore_errors=True)
 
 
 def user_directory(base):
@@ -474,7 +562,7 @@ def remove_stale_stores(parent):
     """Remove this user's stores in ``parent`` left by dead processes here."""
     for path, owner in stale_stores(parent).items():
         if not process_is_alive(owner):
-            shutil.rmtree(path, ignore_errors=True)
+            remove_store(path)
 
 
 def _is_plain_array(obj):

@@ -232,3 +232,48 @@ def test_what_fits_say_on_another_host_reaches_the_client(remote_view, capsys):
     # /tmp) could not have carried from these hosts.
     assert ours_said == reference_said
     assert len(ours_said[0]) == 4 and ours_said[1] == 5
+
+
+@on_engine
+def _stores_in_temp_dir():
+    import os
+    import tempfile
+
+    from sklearn_ipp._store import STORE_PREFIX, user_directory
+
+    parent = user_directory(tempfile.gettempdir())
+    return [name for name in os.listdir(parent) if name.startswith(STORE_PREFIX)]
+
+
+@on_engine
+def _resize_dev_shm(size):
+    import subprocess
+
+    # The fake host's own /dev/shm: the client's is not touched.
+    subprocess.run(["mount", "-o", f"remount,size={size}", "/dev/shm"], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="resizes a fake host's /dev/shm")
+def test_a_host_whose_dev_shm_fills_keeps_the_rest_in_its_temp_dir(client, fake_hosts):
+    from .test_store import StoreDirectoryProbe
+
+    engine_ids = fake_hosts[HOSTS[0]]
+    view = client.load_balanced_view(targets=engine_ids)
+    client[engine_ids[0]].apply_sync(_resize_dev_shm, "10m")
+    try:
+        # Folds of 1.6 MB, 4 stored at once; the host's /dev/shm keeps room
+        # for 4 times what comes: 3 fit there, then its /tmp takes the rest.
+        X, y = _data()
+        search = GridSearchCV(
+            StoreDirectoryProbe(), {"tag": ["/tmp/"]}, cv=StratifiedKFold(5)
+        )
+        backend, _ = _run_with_backend(view, search, X, y)
+        where = [search.cv_results_[f"split{i}_test_score"][0] for i in range(5)]
+        assert where[:3] == [0.0, 0.0, 0.0]  # in /dev/shm...
+        assert where[3] == 1.0  # ...then in the host's temporary directory
+        assert sorted(backend.transfers) == [HOSTS[0]]
+        _, stores = client[engine_ids[0]].apply_sync(_host_and_stores)
+        assert stores == []
+        assert client[engine_ids[0]].apply_sync(_stores_in_temp_dir) == []
+    finally:
+        client[engine_ids[0]].apply_sync(_resize_dev_shm, "50%")

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import tempfile
 import time
 
 import numpy as np
@@ -457,3 +458,51 @@ def test_stored_arrays_cannot_be_made_writable(tmp_path, shape):
         array.flags.writeable = True
     with pytest.raises(ValueError, match="read-only"):
         array[0, 0] = 1.0
+
+
+class StoreDirectoryProbe(ProbeClassifier):
+    """Scores 1 when its training data is mapped from under ``tag``, else 0."""
+
+    def fit(self, X, y):
+        base = X
+        while base is not None and not isinstance(base, np.memmap):
+            base = getattr(base, "base", None)
+        self.under_tag_ = str(getattr(base, "filename", "")).startswith(self.tag)
+        time.sleep(0.5)  # the folds of the next tasks are stored meanwhile
+        return super().fit(X, y)
+
+    def score(self, X, y):
+        return float(self.under_tag_)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs, as root")
+def test_data_goes_to_the_temporary_directory_when_dev_shm_fills(
+    client, tmp_path, monkeypatch
+):
+    import subprocess
+
+    from sklearn_ipp import _store
+
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", shm], check=True)
+    try:
+        monkeypatch.setattr(_store, "_SHM_DIR", str(shm))
+        # 1.5 MB per fold, up to 4 stored at once (2 messages per engine),
+        # while /dev/shm must keep room for 4 times what it takes: 2 folds
+        # fit in it, the others go to the temporary directory (y, small, stays).
+        X = np.random.RandomState(0).rand(1000, 188)
+        y = np.arange(1000) % 2
+        assert X.nbytes > MMAP_MIN_BYTES
+        spill_base = _store.user_directory(tempfile.gettempdir())
+        search = GridSearchCV(StoreDirectoryProbe(), {"tag": [spill_base]}, cv=KFold(5))
+        _, store = _run_with_backend(client, search, X, y)
+        assert store.path.startswith(str(shm))
+        where = [search.cv_results_[f"split{i}_test_score"][0] for i in range(5)]
+        assert where[:2] == [0.0, 0.0]  # in /dev/shm...
+        assert where[2] == 1.0  # ...then in the temporary directory
+        assert sum(where) == store.n_spilled  # the X of each fold that moved
+        assert not os.path.exists(store.path)
+        assert not os.path.exists(_store.spill_directory(store.path))
+    finally:
+        subprocess.run(["umount", shm], check=True)
