@@ -66,6 +66,14 @@ def _probe(packages, marker_path=None, marker_token=None):
         from joblib import cpu_count
     except ImportError:
         cpu_count = os.cpu_count
+    try:
+        # The probe is the first work of ours an engine gets: from now on a
+        # stop signal cannot end it (see install_stop_handler).
+        from sklearn_ipp._worker import install_stop_handler
+
+        install_stop_handler()
+    except ImportError:
+        pass  # sklearn_ipp is missing here: the check of versions says so
     process = psutil.Process(os.getpid())
     return {
         "sees_store": sees_store,

@@ -20,13 +20,25 @@ from ipyparallel import error as ipp_error
 from ._pickling import by_value_generation, dumps, send_by_value
 from ._worker import INTERRUPTIBLE, STOP_SIGNAL, STOPPED, UNPICKLING_FAILED, run_batch
 
-__all__ = ["ENGINE_LOST", "SEND_AGAIN", "STOPPED", "Messenger", "RemoteTraceback"]
+__all__ = [
+    "ENGINE_LOST",
+    "MAX_STOPS",
+    "SEND_AGAIN",
+    "STOPPED",
+    "Messenger",
+    "RemoteTraceback",
+]
 
 logger = logging.getLogger("sklearn_ipp")
 
 # How long stopping waits for messages that have just reached their engines
 # to become interruptible, and for queued ones to come back aborted.
 STOP_WAIT_SECONDS = 2.0
+
+# Times a task may be stopped by stop signals meant for other messages (of
+# another call or client) before it is sent in a message that signals do not
+# stop: stray signals cannot keep a task from ever finishing.
+MAX_STOPS = 3
 
 # What reading a reply gives when the message's engine died or left.
 ENGINE_LOST = "sklearn_ipp_engine_lost"
@@ -110,7 +122,12 @@ class Messenger:
             self._view = self._connection.load_balanced_view()
         try:
             with self._view.temp_flags(targets=targets):
-                async_result = self._view.apply_async(run_batch, payload, thread_limits)
+                async_result = self._view.apply_async(
+                    run_batch,
+                    payload,
+                    thread_limits,
+                    all(task.n_stops < MAX_STOPS for task in tasks),
+                )
         except KeyError:
             return False
         self.n_tasks_sent += len(tasks)

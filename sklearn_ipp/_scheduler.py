@@ -131,6 +131,7 @@ class Task:
         "index",
         "job",
         "kwargs",
+        "n_stops",
         "order",
         "position",
         "rows",
@@ -147,6 +148,7 @@ class Task:
         self.call = 0  # which Parallel call of the backend submitted it
         self.order = None  # tasks are sent in this order, fold permitting
         self.attempts = 0  # times sent to an engine that then died
+        self.n_stops = 0  # times stopped by a signal meant for another message
         self.saved = False  # its result came from a checkpoint
         self.finished = False  # its job has its outcome
         self.checkpoint_key = None  # see SavedFits
@@ -524,6 +526,8 @@ class Scheduler:
                     len(stopped),
                 )
                 self.n_stopped += len(stopped)
+                for task in stopped:
+                    task.n_stops += 1
                 self._requeue(stopped)
 
     def _resend_stranded(self):

@@ -26,6 +26,8 @@ __all__ = [
     "STOPPED",
     "STOP_SIGNAL",
     "UNPICKLING_FAILED",
+    "install_stop_handler",
+    "restore_user_handler",
     "run_batch",
     "running_a_task",
 ]
@@ -60,13 +62,19 @@ STOP_SIGNAL = "SIGUSR1"
 
 # Whether a task runs now, in _run_stoppable: the signal stops nothing else.
 _tasks_running = False
+# Whether the tasks of the message that runs may be stopped: not those that
+# stray signals (meant for other messages) have stopped too often already.
+_stoppable = True
+# A handler of the user's that ours replaced, called for the signals that come
+# outside our tasks, and given the signal back after each message.
+_user_handler = None
 
 
 class TasksStopped(KeyboardInterrupt):
     """Raised in a task by ``STOP_SIGNAL``."""
 
 
-def run_batch(payload, thread_limits=None):
+def run_batch(payload, thread_limits=None, stoppable=True):
     """Run the pickled ``[(function, args, kwargs), ...]`` of ``payload``.
 
     Parameters
@@ -80,6 +88,10 @@ def run_batch(payload, thread_limits=None):
         ``{hostname: n_threads}``: the BLAS and OpenMP pools of this engine
         are limited to its host's number while the tasks run, and restored
         after. None, or a host not in it, leaves them as they are.
+    stoppable : bool, default=True
+        Whether ``STOP_SIGNAL`` stops the tasks. False for tasks that
+        signals meant for other messages stopped too often: they run to
+        their end.
 
     Returns
     -------
@@ -100,10 +112,16 @@ def run_batch(payload, thread_limits=None):
     except BaseException as exc:  # reported to the client, which raises it
         return _dumps((UNPICKLING_FAILED, exc, traceback.format_exc(), hostname))
     n_threads = (thread_limits or {}).get(hostname)
-    with limited_threads(n_threads):
-        outcomes, seconds, outputs = _run_tasks(
-            tasks, engine_warning_filters(warning_filters)
-        )
+    global _stoppable
+    _stoppable = stoppable
+    try:
+        with limited_threads(n_threads):
+            outcomes, seconds, outputs = _run_tasks(
+                tasks, engine_warning_filters(warning_filters)
+            )
+    finally:
+        _stoppable = True
+        restore_user_handler()
     # Drop the references to the memory-mapped data before replying, so that a
     # fold file removed by the client frees its memory as soon as possible.
     del tasks
@@ -140,14 +158,60 @@ def _let_stop_signal_stop_tasks():
 
     Install the handler, which stops only a task run by ``_run_stoppable``,
     and publish ``INTERRUPTIBLE``, which tells the client the engine of this
-    message.
+    message (unless its tasks may not be stopped).
     """
     shell = _engine_shell()
-    if shell is None:
+    if shell is None or not install_stop_handler():
         return  # not on an engine, or on one without the signal
-    signal.signal(getattr(signal, STOP_SIGNAL), _stop_tasks)
-    with contextlib.suppress(Exception):
-        shell.data_pub.publish_data({INTERRUPTIBLE: True})
+    if _stoppable:
+        with contextlib.suppress(Exception):
+            shell.data_pub.publish_data({INTERRUPTIBLE: True})
+
+
+def install_stop_handler():
+    """Make ``STOP_SIGNAL`` stop our tasks, and never end the engine.
+
+    Called when an engine first gets work of ours (the probe) and for every
+    message. Python's default action for the signal ends the process: a
+    signal meant for a message that has just ended, or sent by another
+    client, would kill an idle engine. The handler stops only our running
+    tasks; outside them it calls the handler of the user's it replaced, if
+    any, or does nothing.
+
+    Returns
+    -------
+    installed : bool
+        False where there is no such signal (Windows) or this is not the
+        main thread.
+    """
+    global _user_handler
+    if not hasattr(signal, STOP_SIGNAL):
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signum = getattr(signal, STOP_SIGNAL)
+    current = signal.getsignal(signum)
+    if current is not _stop_tasks:
+        _user_handler = current if callable(current) else None
+        signal.signal(signum, _stop_tasks)
+    return True
+
+
+def restore_user_handler():
+    """Give ``STOP_SIGNAL`` back to the user's handler that ours replaced.
+
+    Where there was none (the default action, which would end the engine),
+    ours stays, doing nothing outside our tasks.
+    """
+    global _user_handler
+    if _user_handler is None or not hasattr(signal, STOP_SIGNAL):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signum = getattr(signal, STOP_SIGNAL)
+    if signal.getsignal(signum) is _stop_tasks:
+        signal.signal(signum, _user_handler)
+    _user_handler = None
 
 
 def _run_stoppable(function, args, kwargs):
@@ -167,8 +231,10 @@ def _run_stoppable(function, args, kwargs):
 
 
 def _stop_tasks(signum, frame):
-    if _tasks_running:
+    if _tasks_running and _stoppable:
         raise TasksStopped
+    if _user_handler is not None:
+        _user_handler(signum, frame)
 
 
 def _engine_shell():

@@ -24,10 +24,11 @@ from sklearn.model_selection import GridSearchCV
 
 from sklearn_ipp import EngineLostError, IPyParallelGridSearchCV
 from sklearn_ipp._backend import ClusterBackend
+from sklearn_ipp._messages import MAX_STOPS
 from sklearn_ipp._worker import STOP_SIGNAL, STOPPED, run_batch
 
 from ._sklearn_compare import assert_same_search
-from .conftest import N_ENGINES
+from .conftest import N_ENGINES, fake_host, on_engine
 
 
 class LoggedClassifier(ClassifierMixin, BaseEstimator):
@@ -346,6 +347,98 @@ def _square_once_stopped(i, started):
         raise AssertionError("The stop signal did not stop the task.")
     time.sleep(0.01)
     return i * i
+
+
+def _nap(i):
+    time.sleep(0.05)
+    return i
+
+
+def test_stray_stop_signals_stop_each_task_a_bounded_number_of_times(client):
+    # Another client keeps signalling the engines: tasks stopped MAX_STOPS
+    # times run in messages that signals do not stop, and the call ends.
+    engines = sorted(client.ids)
+    stop = threading.Event()
+    signaller = _send_stop_signals(client, stop, seconds_between=0.01)
+    backend = ClusterBackend(client)
+    try:
+        with parallel_config(backend=backend):
+            results = Parallel(n_jobs=-1)(delayed(_nap)(i) for i in range(60))
+    finally:
+        stop.set()
+        signaller.join(timeout=30)
+        backend.close()
+    assert results == list(range(60))
+    assert 0 < backend.n_stopped <= MAX_STOPS * 60
+    assert sorted(client.ids) == engines  # no engine died of a signal
+    client[engines].apply_sync(os.getpid)
+
+
+@on_engine
+def _install_user_handler(path):
+    import signal
+
+    def users_handler(signum, frame):
+        with open(path, "a") as f:
+            f.write("called\n")
+
+    signal.signal(signal.SIGUSR1, users_handler)
+
+
+@on_engine
+def _handler_name():
+    import signal
+
+    return getattr(signal.getsignal(signal.SIGUSR1), "__name__", None)
+
+
+@on_engine
+def _forget_user_handler():
+    import signal
+
+    from sklearn_ipp._worker import install_stop_handler
+
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    install_stop_handler()
+
+
+def test_the_users_own_stop_signal_handler_is_restored(client, tmp_path):
+    engine = client.ids[-1]
+    called = tmp_path / "called"
+    client[engine].apply_sync(_install_user_handler, str(called))
+    try:
+        backend = ClusterBackend(client.load_balanced_view(targets=[engine]))
+        try:
+            with parallel_config(backend=backend):
+                assert Parallel(n_jobs=-1)(delayed(_nap)(i) for i in range(4)) == [
+                    0,
+                    1,
+                    2,
+                    3,
+                ]
+        finally:
+            backend.close()
+        assert client[engine].apply_sync(_handler_name) == "users_handler"
+        client.send_signal(STOP_SIGNAL, targets=[engine], block=True)
+        deadline = time.monotonic() + 10
+        while not called.exists():
+            assert time.monotonic() < deadline, "the user's handler was not called"
+            time.sleep(0.05)
+    finally:
+        client[engine].apply_sync(_forget_user_handler)
+    assert client[engine].apply_sync(_handler_name) == "_stop_tasks"
+
+
+def test_a_stop_signal_never_kills_an_engine_that_was_only_probed(cluster, client):
+    from sklearn_ipp import engine_facts
+
+    with fake_host(cluster, client, "fakehost-signals", n_engines=1) as [engine]:
+        [pid] = client[engine].apply_sync(os.getpid) and [
+            engine_facts(client[[engine]])[engine]["pid"]
+        ]
+        client.send_signal(STOP_SIGNAL, targets=[engine], block=True)
+        time.sleep(1)  # a signal that killed it would have by now
+        assert client[engine].apply_sync(os.getpid) == pid
 
 
 def test_keyboard_interrupt_stops_the_fits_and_frees_the_engines(client, tmp_path):
