@@ -33,6 +33,17 @@ from traitlets.config import Config
 
 from ._exceptions import ClusterNotFoundError, EngineTimeoutError
 from ._threads import thread_environment
+from ._watchdog import (
+    OWNER_FILE,
+    PROCESSES_FILE,
+    PROFILE_PREFIX,
+    end_processes,
+    remove_stale_clusters,
+    start_watchdog,
+    stop_watchdog,
+    write_owner,
+    write_processes,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -66,6 +77,7 @@ _local_lock = threading.RLock()
 _local_cluster = None  # the ipyparallel.Cluster this process started, if any
 _local_client = None
 _local_profile_dir = None
+_local_watchdog = None  # the subprocess.Popen of the cluster's watchdog
 _atexit_registered = False
 
 
@@ -240,14 +252,16 @@ def stop_local_cluster():
 
 
 def _stop_local_cluster(remove_logs):
-    global _local_cluster, _local_client, _local_profile_dir
+    global _local_cluster, _local_client, _local_profile_dir, _local_watchdog
     with _local_lock:
-        cluster, client, profile_dir = (
+        cluster, client, profile_dir, watchdog = (
             _local_cluster,
             _local_client,
             _local_profile_dir,
+            _local_watchdog,
         )
         _local_cluster = _local_client = _local_profile_dir = None
+        _local_watchdog = None
     if cluster is None:
         return False
     processes = _cluster_processes(cluster)
@@ -257,10 +271,27 @@ def _stop_local_cluster(remove_logs):
         try:
             cluster.stop_cluster_sync()
         finally:
-            _end_processes(processes)
+            end_processes(processes)
+            # Ended only now, so that it still cleans up if this process is
+            # killed while stopping the cluster.
+            if watchdog is not None:
+                stop_watchdog(watchdog)
             if remove_logs:
                 shutil.rmtree(profile_dir, ignore_errors=True)
+            else:
+                _disown(profile_dir)
     return True
+
+
+def _disown(profile_dir):
+    """Keep a stopped cluster's logs from being removed by the next run.
+
+    Without its owner record, the profile directory is no longer one of a
+    local cluster to clean up after: it stays for the user to read.
+    """
+    for name in (OWNER_FILE, PROCESSES_FILE):
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(profile_dir, name))
 
 
 def _cluster_processes(cluster):
@@ -280,18 +311,6 @@ def _cluster_processes(cluster):
         except (psutil.Error, AttributeError, TypeError, ValueError):
             continue
     return processes
-
-
-def _end_processes(processes, timeout=5):
-    """Terminate, then kill, whichever of ``processes`` still run."""
-    _, alive = psutil.wait_procs(processes, timeout=0)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(alive, timeout=timeout)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
 
 
 def _view_targets(view):
@@ -449,13 +468,18 @@ def _start_local_cluster(n_engines, timeout):
     """Start the process-owned local cluster in a private profile directory.
 
     A private profile keeps other processes from discovering, and then losing,
-    a cluster that disappears when this process exits.
+    a cluster that disappears when this process exits. A watchdog ends the
+    cluster if this process dies without running its exit hooks, and the
+    clusters of dead processes that had no watchdog left are removed first.
     """
-    global _local_cluster, _local_client, _local_profile_dir, _atexit_registered
-    profile_dir = tempfile.mkdtemp(prefix="sklearn_ipp-cluster-")
-    cluster = None
+    global _local_cluster, _local_client, _local_profile_dir, _local_watchdog
+    global _atexit_registered
+    remove_stale_clusters()
+    profile_dir = tempfile.mkdtemp(prefix=PROFILE_PREFIX)
+    cluster = watchdog = None
     logger.info("Starting a local ipyparallel cluster with %d engines", n_engines)
     try:
+        write_owner(profile_dir)
         # Libraries an engine loads after its last message, or that run
         # before the first one, size their pools from these (see _threads).
         config = Config()
@@ -464,13 +488,18 @@ def _start_local_cluster(n_engines, timeout):
             n=n_engines, profile_dir=profile_dir, log=logger, config=config
         )
         cluster.start_cluster_sync()
+        write_processes(profile_dir, _cluster_processes(cluster))
+        watchdog = start_watchdog(profile_dir)
         client = cluster.connect_client_sync()
     except BaseException:
         if cluster is not None:
             cluster.stop_cluster_sync()
+        if watchdog is not None:
+            stop_watchdog(watchdog)
         shutil.rmtree(profile_dir, ignore_errors=True)
         raise
     _local_cluster, _local_client, _local_profile_dir = cluster, client, profile_dir
+    _local_watchdog = watchdog
     if not _atexit_registered:
         # Registered after ipyparallel's own exit hook so that it runs first
         # (atexit is last-in, first-out) and also removes the profile directory.

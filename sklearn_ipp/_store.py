@@ -520,17 +520,18 @@ def _this_process():
     }
 
 
-def stale_stores(parent, hostname=None):
+def stale_stores(parent, hostname=None, prefix=STORE_PREFIX):
     """Return ``{path: owner}`` for this user's stores in ``parent``.
 
     ``hostname`` selects stores made by processes of that host (default:
-    this one).
+    this one); ``prefix`` selects directories by name (default: stores; the
+    profile directories of local clusters record their owner too).
     """
     hostname = socket.gethostname() if hostname is None else hostname
     found = {}
     with contextlib.suppress(OSError):
         for entry in os.scandir(parent):
-            if not entry.name.startswith(STORE_PREFIX) or not entry.is_dir(
+            if not entry.name.startswith(prefix) or not entry.is_dir(
                 follow_symlinks=False
             ):
                 continue
