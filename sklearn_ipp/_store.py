@@ -67,6 +67,9 @@ OWNER_FILE = "owner.json"
 
 # Prefix of store directory names (the rest is random, from mkdtemp).
 STORE_PREFIX = "sklearn_ipp-"
+# Prefix of the profile directories of local clusters, which record their
+# owner too (see _watchdog), and are not stores.
+_CLUSTER_PREFIX = "sklearn_ipp-cluster-"
 
 _STORE_PARAMETER_HINT = (
     "Pass store_dir= a directory with enough free space that every engine host "
@@ -535,6 +538,8 @@ def stale_stores(parent, hostname=None, prefix=STORE_PREFIX):
                 follow_symlinks=False
             ):
                 continue
+            if prefix == STORE_PREFIX and entry.name.startswith(_CLUSTER_PREFIX):
+                continue  # a local cluster's profile: its processes end first
             try:
                 if entry.stat(follow_symlinks=False).st_uid != os.geteuid():
                     continue

@@ -1,5 +1,6 @@
 """The fold store: one write per fold, read-only zero-copy views, small tasks."""
 
+import json
 import os
 import subprocess
 import tempfile
@@ -382,9 +383,14 @@ def test_stores_of_dead_processes_are_removed_at_the_next_start(tmp_path):
         "create_time": time.time(),
     }
     stale = make_store_directory(str(tmp_path), dead)
+    # A dead client's local cluster: the watchdog's, which ends its processes.
+    cluster = tmp_path / "sklearn_ipp-cluster-abc"
+    cluster.mkdir(mode=0o700)
+    (cluster / "owner.json").write_text(json.dumps(dead))
     running = Store(str(tmp_path))  # a live process's store
     try:
         assert not os.path.exists(stale)
+        assert cluster.exists()
         newer = Store(str(tmp_path))
         assert os.path.exists(running.path)
         newer.close()
