@@ -22,6 +22,7 @@ from ._engines import (
 from ._exceptions import (
     CheckpointWarning,
     ClusterNotFoundError,
+    ControllerLostError,
     EngineLostError,
     EngineTimeoutError,
     EngineVersionError,
@@ -71,6 +72,7 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     # Errors
     "CheckpointWarning",
     "ClusterNotFoundError",
+    "ControllerLostError",
     "EngineLostError",
     "EngineTimeoutError",
     "EngineVersionError",

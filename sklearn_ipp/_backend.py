@@ -27,6 +27,7 @@ from joblib.parallel import ParallelBackendBase, get_active_backend
 
 from ._checkpoint import KEPT_RESULTS_NOTE, SavedFits
 from ._cluster import resolve_cluster
+from ._controller import ControllerWatch
 from ._folds import FoldIndex, fit_and_score_arguments
 from ._hosts import EngineLosses, EngineRoster
 from ._messages import Messenger
@@ -242,6 +243,7 @@ class ClusterBackend(ParallelBackendBase):
             EngineLosses(roster, self.retries, self.engine_wait, note),
             on_done=self._task_done,
             on_progress=self.on_progress,
+            controller=ControllerWatch(self.connection, note),
         )
         # Probed now, the engines import scikit-learn and report their
         # versions while the client prepares the first data. Only now: the

@@ -7,6 +7,7 @@ same kind of failure, so ``except TimeoutError`` keeps working.
 __all__ = [
     "CheckpointWarning",
     "ClusterNotFoundError",
+    "ControllerLostError",
     "EngineLostError",
     "EngineTimeoutError",
     "EngineVersionError",
@@ -48,6 +49,28 @@ class EngineLostError(RuntimeError):
     when the cluster had no engine left for a while. Results that finished
     are kept (in ``checkpoint_dir``, or on the search object), so calling
     ``fit`` again runs only the rest.
+
+    Attributes
+    ----------
+    n_done : int
+        Tasks that finished before the error.
+    n_submitted : int
+        Tasks handed to the cluster.
+    """
+
+    def __init__(self, message, n_done=None, n_submitted=None):
+        super().__init__(message)
+        self.n_done = n_done
+        self.n_submitted = n_submitted
+
+
+class ControllerLostError(ConnectionError):
+    """The controller of the cluster stopped answering during a call.
+
+    Every message goes through the controller: without it no task can end.
+    Results that finished are kept (in ``checkpoint_dir``, or on the search
+    object), so calling ``fit`` again on a cluster that runs does only the
+    rest.
 
     Attributes
     ----------

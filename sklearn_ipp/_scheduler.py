@@ -303,11 +303,24 @@ class Scheduler:
         exception it raises fails the task instead.
     on_progress : callable or None
         ``on_progress(n_done, n_submitted)`` after every finished task.
+    controller : ControllerWatch or None
+        Told of every reply, and asked whether the controller still answers.
     """
 
-    def __init__(self, roster, messenger, folds, losses, *, on_done, on_progress=None):
+    def __init__(
+        self,
+        roster,
+        messenger,
+        folds,
+        losses,
+        *,
+        on_done,
+        on_progress=None,
+        controller=None,
+    ):
         self._roster, self._messenger, self._folds = roster, messenger, folds
         self._losses = losses
+        self._controller = controller
         self._on_done, self._on_progress = on_done, on_progress
         self.n_submitted = self.n_done = 0
         self.n_retried = 0  # tasks sent again after their engine died
@@ -435,6 +448,8 @@ class Scheduler:
                 self._losses.check_engines_left(
                     self._busy, self.n_done, self.n_submitted
                 )
+                if self._controller is not None:
+                    self._controller.check(self._busy, self.n_done, self.n_submitted)
                 self._folds.release_idle()
                 self._store_folds()
                 self._send_ready()
@@ -494,6 +509,8 @@ class Scheduler:
                 handle = self._replies.get_nowait()
             except queue.Empty:
                 return
+            if self._controller is not None:
+                self._controller.heard()
             tasks = self._handling = self._messenger.take(handle) or []
             if not tasks:  # dropped by stop()
                 continue
