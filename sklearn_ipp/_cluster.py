@@ -48,6 +48,7 @@ from ._watchdog import (
 __all__ = [
     "DEFAULT_TIMEOUT",
     "ClusterConnection",
+    "end_stuck_engines",
     "get_client",
     "resolve_cluster",
     "stop_local_cluster",
@@ -281,6 +282,40 @@ def _stop_local_cluster(remove_logs):
             else:
                 _disown(profile_dir)
     return True
+
+
+def end_stuck_engines(pids):
+    """End engines of the local cluster of this process; start new ones.
+
+    For engines that a stop signal did not free (a task in a call of
+    compiled code that does not return). Only processes of the local cluster
+    that this process started are ended; other pids are left alone.
+
+    Parameters
+    ----------
+    pids : list of int
+        Process ids of engines (on this host).
+
+    Returns
+    -------
+    ended : list of int
+        The pids ended; as many engines were started in their place.
+    """
+    with _local_lock:
+        cluster = _local_cluster
+        if cluster is None:
+            return []
+        owned = {process.pid: process for process in _cluster_processes(cluster)}
+        ended = [pid for pid in pids if pid in owned]
+        if not ended:
+            return []
+        # The engines only: each one's nanny then tells the controller at
+        # once that its engine died, and ends. Without it, the controller
+        # would list the engine until its heartbeats time out (30 s).
+        end_processes([owned[pid] for pid in ended], timeout=1)
+        cluster.start_engines_sync(n=len(ended))
+        write_processes(_local_profile_dir, _cluster_processes(cluster))
+    return ended
 
 
 def _disown(profile_dir):

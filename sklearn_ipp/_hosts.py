@@ -90,6 +90,7 @@ class EngineRoster:
         self.check_versions = check_versions
         self.on_probe_reply = on_probe_reply
         self.ready = {}  # engine id -> hostname
+        self.pids = {}  # engine id -> process id, on its host
         self.hosts = {}  # hostname -> _Host
         self._seen = set()  # engine ids probed or being probed
         self._probes = []  # AsyncResults of probes not yet handled
@@ -151,6 +152,7 @@ class EngineRoster:
                 self._open_host_store(host, engine_id)
             host.engines.add(engine_id)
             self.ready[engine_id] = host.hostname
+            self.pids[engine_id] = fact["pid"]
             logger.info("Engine %s on %s takes tasks.", engine_id, host.hostname)
 
     def thread_limits(self, n_threads=None):

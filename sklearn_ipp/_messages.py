@@ -17,6 +17,7 @@ import time
 import cloudpickle
 from ipyparallel import error as ipp_error
 
+from ._cluster import end_stuck_engines
 from ._pickling import by_value_generation, dumps, send_by_value
 from ._worker import INTERRUPTIBLE, STOP_SIGNAL, STOPPED, UNPICKLING_FAILED, run_batch
 
@@ -39,6 +40,10 @@ STOP_WAIT_SECONDS = 2.0
 # another call or client) before it is sent in a message that signals do not
 # stop: stray signals cannot keep a task from ever finishing.
 MAX_STOPS = 3
+
+# Seconds that the engine of a stopped message gets to free itself before it
+# is ended (when it belongs to the local cluster started by this process).
+STUCK_GRACE_SECONDS = 30.0
 
 # What reading a reply gives when the message's engine died or left.
 ENGINE_LOST = "sklearn_ipp_engine_lost"
@@ -240,8 +245,7 @@ class Messenger:
         else:
             self.context.run(output.replay, caller)
 
-    @staticmethod
-    def stop(async_results):
+    def stop(self, async_results):
         """Abort messages still queued; stop the tasks of those running.
 
         The engines known to run one of the messages get ``STOP_SIGNAL``,
@@ -252,6 +256,12 @@ class Messenger:
         finished nor signalled, which also lets the queued ones come back
         aborted. It waits for the signals to be sent, so that no task of
         these messages ends once it returns.
+
+        A task inside a long call of compiled code sees the signal only when
+        the call returns. An engine still running a signalled message
+        ``STUCK_GRACE_SECONDS`` later is ended, and another started in its
+        place, when it belongs to the local cluster this process started;
+        on other clusters it takes new tasks once the call returns.
         """
         pending = [ar for ar in async_results if not ar.done()]
         if not pending:
@@ -261,6 +271,7 @@ class Messenger:
         with contextlib.suppress(Exception):
             client.abort(pending, block=False)
         deadline = time.monotonic() + STOP_WAIT_SECONDS
+        signalled = []
         while pending:
             running = [ar for ar in pending if _is_interruptible(ar)]
             engines = sorted({ar.engine_id for ar in running})
@@ -268,10 +279,44 @@ class Messenger:
                 with contextlib.suppress(Exception):
                     sent = client.send_signal(STOP_SIGNAL, targets=engines, block=False)
                     sent.result(timeout=max(deadline - time.monotonic(), 0.1))
+                signalled += running
             pending = [ar for ar in pending if ar not in running and not ar.done()]
             if time.monotonic() > deadline:
                 break
             time.sleep(0.01)
+        if signalled:
+            pids = dict(self._roster.pids)
+            timer = threading.Timer(
+                STUCK_GRACE_SECONDS, _end_stuck_engines, (signalled, pids)
+            )
+            timer.daemon = True
+            timer.name = "sklearn_ipp-stuck-engines"
+            timer.start()
+
+
+def _end_stuck_engines(signalled, pids):
+    """End the engines that a stop signal did not free, where this process may."""
+    stuck = sorted({ar.engine_id for ar in signalled if not ar.done()})
+    if not stuck:
+        return
+    ended = end_stuck_engines([pids[e] for e in stuck if e in pids])
+    for engine_id in stuck:
+        if pids.get(engine_id) in ended:
+            logger.warning(
+                "Engine %s still ran a stopped task %.0f s after the stop signal "
+                "(a call of compiled code that does not return): it was ended, "
+                "and a new engine started in its place.",
+                engine_id,
+                STUCK_GRACE_SECONDS,
+            )
+        else:
+            logger.warning(
+                "Engine %s still runs a stopped task %.0f s after the stop "
+                "signal (a call of compiled code that does not return); it takes "
+                "new tasks once that call returns. Restart it to free it sooner.",
+                engine_id,
+                STUCK_GRACE_SECONDS,
+            )
 
 
 def _is_interruptible(async_result):

@@ -281,7 +281,8 @@ def watch(profile_dir, poll_interval=POLL_INTERVAL):
     while os.path.isdir(profile_dir):
         # An engine starts its nanny after it starts, and a nanny whose engine
         # is killed is adopted by another process: keep every descendant seen.
-        processes = with_descendants(processes)
+        # Engines started later in place of stuck ones are recorded then.
+        processes = with_descendants(processes + recorded_processes(profile_dir))
         if owner is None or not _running(owner):
             end_processes(with_descendants(processes))
             shutil.rmtree(profile_dir, ignore_errors=True)

@@ -436,3 +436,101 @@ def test_watchdog_ends_descendants_that_outlived_their_parent(tmp_path, monkeypa
                 process.kill()
         owner.wait()
         watcher.join(30)
+
+
+# Starts a local cluster, runs a fit that a stop signal cannot stop (it blocks
+# the signal, as a long call of compiled code does not look at it), aborts it,
+# and reports what became of the engine.
+_STUCK_FIT_SCRIPT = textwrap.dedent(
+    """
+    import json, logging, os, sys, time
+    import numpy as np
+    import psutil
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    import sklearn_ipp
+    from sklearn_ipp import IPyParallelGridSearchCV, _messages
+
+    _messages.STUCK_GRACE_SECONDS = 3.0
+    logging.basicConfig(level=logging.WARNING)  # to see sklearn_ipp's
+    started = sys.argv[1]
+
+    def _first():
+        try:  # the lock stays, so that only one fit ever gets it
+            os.close(os.open(started + ".lock", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        with open(started + ".part", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(started + ".part", started)
+        return True
+
+    class Stuck(ClassifierMixin, BaseEstimator):
+        def __init__(self, stuck=False):
+            self.stuck = stuck
+
+        def fit(self, X, y):
+            if self.stuck and _first():  # one fit is stuck, the other is not
+                import signal
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+                time.sleep(600)
+            self.classes_ = np.unique(y)
+            return self
+
+        def predict(self, X):
+            return np.full(len(X), self.classes_[0])
+
+    client = sklearn_ipp.get_client()
+    n_engines, before = len(client.ids), set(client.ids)
+    X, y = np.random.rand(40, 3), np.arange(40) % 2
+    search = IPyParallelGridSearchCV(Stuck(), {"stuck": [True]}, cv=2)
+    search.fit_async(X, y)
+    while not os.path.exists(started):
+        time.sleep(0.05)
+    stuck = psutil.Process(int(open(started).read()))
+    start = time.monotonic()
+    search.abort()
+    aborted = time.monotonic() - start
+    stuck.wait(timeout=60)
+    ended = time.monotonic() - start
+    # The ended engine leaves the cluster, its replacement joins.
+    deadline = time.monotonic() + 60
+    while not (len(client.ids) == n_engines and set(client.ids) != before):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    fitted = IPyParallelGridSearchCV(Stuck(), {"stuck": [False]}, cv=2).fit(X, y)
+    print(json.dumps({
+        "aborted": aborted,
+        "ended": ended,
+        "n_engines": [n_engines, len(client.ids)],
+        "replaced": len(before - set(client.ids)),
+        "fitted": bool(fitted.best_params_ == {"stuck": False}),
+    }))
+    """
+)
+
+
+def test_an_engine_stuck_in_compiled_code_is_replaced_after_the_grace(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-c", _STUCK_FIT_SCRIPT, str(tmp_path / "started")],
+        env=_client_environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["aborted"] < 10  # abort() returns without waiting for it
+    assert 3 <= report["ended"] < 20  # ended once the grace period is over
+    assert report["n_engines"] == [_N_ENGINES, _N_ENGINES]
+    assert report["replaced"] == 1  # one engine left, another joined
+    assert report["fitted"]  # and the cluster works
+    assert "was ended, and a new engine started in its place" in completed.stderr
+
+
+def test_engines_of_clusters_this_process_did_not_start_are_never_ended(client):
+    # The session cluster was started by the test fixtures, not as the local
+    # cluster of this process: its engines are left alone, whatever they run.
+    pids = client[:].apply_sync(os.getpid)
+    assert _cluster.end_stuck_engines(pids) == []
+    assert client[:].apply_sync(os.getpid) == pids
