@@ -284,17 +284,20 @@ def _stop_local_cluster(remove_logs):
     return True
 
 
-def end_stuck_engines(pids):
+def end_stuck_engines(pids, client):
     """End engines of the local cluster of this process; start new ones.
 
     For engines that a stop signal did not free (a task in a call of
     compiled code that does not return). Only processes of the local cluster
-    that this process started are ended; other pids are left alone.
+    that this process started are ended, and only when ``client`` is its
+    client; other pids are left alone.
 
     Parameters
     ----------
-    pids : list of int
-        Process ids of engines (on this host).
+    pids : list of int or None
+        Process ids of engines of ``client``'s cluster.
+    client : ipyparallel.Client
+        The client whose engines they are.
 
     Returns
     -------
@@ -303,7 +306,7 @@ def end_stuck_engines(pids):
     """
     with _local_lock:
         cluster = _local_cluster
-        if cluster is None:
+        if cluster is None or client is not _local_client:
             return []
         owned = {process.pid: process for process in _cluster_processes(cluster)}
         ended = [pid for pid in pids if pid in owned]

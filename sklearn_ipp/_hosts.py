@@ -44,6 +44,9 @@ __all__ = ["ENGINE_WAIT_SECONDS", "EngineLosses", "EngineRoster"]
 
 logger = logging.getLogger("sklearn_ipp")
 
+# Seconds to wait for a host to remove its copy of the store when a call ends.
+CLOSE_TIMEOUT = 10.0
+
 # Files are sent to a host in chunks of this size, a few at a time, so that
 # neither side holds a whole large file in memory as a message.
 TRANSFER_CHUNK_BYTES = 32 * 2**20
@@ -152,7 +155,7 @@ class EngineRoster:
                 self._open_host_store(host, engine_id)
             host.engines.add(engine_id)
             self.ready[engine_id] = host.hostname
-            self.pids[engine_id] = fact["pid"]
+            self.pids[engine_id] = fact.get("pid")
             logger.info("Engine %s on %s takes tasks.", engine_id, host.hostname)
 
     def thread_limits(self, n_threads=None):
@@ -203,13 +206,27 @@ class EngineRoster:
 
     def close(self):
         """Remove the hosts' copies of the store."""
+        removals = []
         for host in self._remote_hosts():
             view = self.connection.direct_view([min(host.engines)])
+            view.block = False
             try:
-                view.apply(remove_host_stores, [host.directory])
+                removals.append(
+                    (
+                        host.directory,
+                        view.apply_async(remove_host_stores, [host.directory]),
+                    )
+                )
             except Exception as exc:  # a host that went away keeps its copy
                 logger.info("Could not remove %s: %s", host.directory, exc)
             host.directory = None
+        # Bounded: a controller that is gone would never answer.
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        for directory, removal in removals:
+            try:
+                removal.get(timeout=max(deadline - time.monotonic(), 0.1))
+            except Exception as exc:
+                logger.info("Could not remove %s: %s", directory, exc)
         self._live.clear()
 
     def _remote_hosts(self):

@@ -245,7 +245,7 @@ class Messenger:
         else:
             self.context.run(output.replay, caller)
 
-    def stop(self, async_results):
+    def stop(self, async_results, end_stuck=True):
         """Abort messages still queued; stop the tasks of those running.
 
         The engines known to run one of the messages get ``STOP_SIGNAL``,
@@ -261,7 +261,9 @@ class Messenger:
         the call returns. An engine still running a signalled message
         ``STUCK_GRACE_SECONDS`` later is ended, and another started in its
         place, when it belongs to the local cluster this process started;
-        on other clusters it takes new tasks once the call returns.
+        on other clusters it takes new tasks once the call returns. Not
+        with ``end_stuck=False``: when the controller is lost, no reply can
+        come, and the engines are not stuck.
         """
         pending = [ar for ar in async_results if not ar.done()]
         if not pending:
@@ -284,22 +286,29 @@ class Messenger:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.01)
-        if signalled:
+        if signalled and end_stuck:
             pids = dict(self._roster.pids)
             timer = threading.Timer(
-                STUCK_GRACE_SECONDS, _end_stuck_engines, (signalled, pids)
+                STUCK_GRACE_SECONDS,
+                _end_stuck_engines,
+                (signalled, pids, self._connection.client),
             )
             timer.daemon = True
             timer.name = "sklearn_ipp-stuck-engines"
             timer.start()
 
 
-def _end_stuck_engines(signalled, pids):
+def _end_stuck_engines(signalled, pids, client):
     """End the engines that a stop signal did not free, where this process may."""
-    stuck = sorted({ar.engine_id for ar in signalled if not ar.done()})
-    if not stuck:
+    try:
+        stuck = sorted({ar.engine_id for ar in signalled if not ar.done()})
+        stuck = [engine_id for engine_id in stuck if engine_id in client.ids]
+        if not stuck:
+            return
+        ended = end_stuck_engines([pids.get(e) for e in stuck], client)
+    except Exception as exc:  # in a timer thread: say it, do not raise it
+        logger.warning("Could not end the engines of stopped tasks: %s", exc)
         return
-    ended = end_stuck_engines([pids[e] for e in stuck if e in pids])
     for engine_id in stuck:
         if pids.get(engine_id) in ended:
             logger.warning(

@@ -19,6 +19,7 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
+from ._exceptions import ControllerLostError
 from ._messages import ENGINE_LOST, SEND_AGAIN, STOPPED
 
 __all__ = ["ErrorsInOrder", "Job", "Scheduler", "Task", "TaskQueues"]
@@ -411,7 +412,10 @@ class Scheduler:
         if exc is not None:
             for task in dropped + sent:
                 self._finish(task, False, exc)
-        self._messenger.stop(handles)
+        # A lost controller answers nothing: its engines are not stuck.
+        self._messenger.stop(
+            handles, end_stuck=not isinstance(exc, ControllerLostError)
+        )
 
     def shutdown(self):
         """Stop the thread and every task, remove every stored fold."""

@@ -62,6 +62,10 @@ STOP_SIGNAL = "SIGUSR1"
 
 # Whether a task runs now, in _run_stoppable: the signal stops nothing else.
 _tasks_running = False
+# Whether the signal stopped the running task: some code catches
+# KeyboardInterrupt and returns (scikit-learn's MLP ends its training early),
+# which must not pass for a finished task.
+_task_stopped = False
 # Whether the tasks of the message that runs may be stopped: not those that
 # stray signals (meant for other messages) have stopped too often already.
 _stoppable = True
@@ -220,18 +224,30 @@ def _run_stoppable(function, args, kwargs):
     The flag is raised only in here, and the caller calls this inside the
     ``try`` that catches ``TasksStopped``: a signal that comes while the
     caller records an outcome or handles an error, or between tasks, stops
-    nothing, so the stop can never escape ``run_batch``.
+    nothing, so the stop can never escape ``run_batch``. A task that caught
+    the stop and returned (or raised something else) is stopped all the
+    same: what it returns did not run to its end.
     """
-    global _tasks_running
+    global _tasks_running, _task_stopped
+    _task_stopped = False
     try:
         _tasks_running = True
-        return function(*args, **kwargs)
+        result = function(*args, **kwargs)
+    except BaseException:
+        if _task_stopped:
+            raise TasksStopped from None
+        raise
     finally:
         _tasks_running = False
+    if _task_stopped:
+        raise TasksStopped
+    return result
 
 
 def _stop_tasks(signum, frame):
+    global _task_stopped
     if _tasks_running and _stoppable:
+        _task_stopped = True
         raise TasksStopped
     if _user_handler is not None:
         _user_handler(signum, frame)

@@ -306,7 +306,10 @@ def test_stop_signals_that_come_late_break_no_message(client):
     assert ((STOPPED,),) in kinds  # the signals did land
 
 
-def test_tasks_stopped_by_a_late_stop_signal_run_again(client, tmp_path):
+@pytest.mark.parametrize(
+    "square", ["_square_once_stopped", "_square_catching_the_stop"]
+)
+def test_tasks_stopped_by_a_late_stop_signal_run_again(client, tmp_path, square):
     # A stop signal meant for another message, which has just ended on that
     # engine, stops the tasks of this call: they must run again, not fail.
     # The signal is sent while a task of this call is sure to run: task 0
@@ -327,7 +330,7 @@ def test_tasks_stopped_by_a_late_stop_signal_run_again(client, tmp_path):
     try:
         with parallel_config(backend=backend):
             squares = Parallel(n_jobs=-1)(
-                delayed(_square_once_stopped)(i, str(started)) for i in range(20)
+                delayed(globals()[square])(i, str(started)) for i in range(20)
             )
     finally:
         signaller.join(timeout=90)
@@ -439,6 +442,18 @@ def test_a_stop_signal_never_kills_an_engine_that_was_only_probed(cluster, clien
         client.send_signal(STOP_SIGNAL, targets=[engine], block=True)
         time.sleep(1)  # a signal that killed it would have by now
         assert client[engine].apply_sync(os.getpid) == pid
+
+
+def _square_catching_the_stop(i, started):
+    """Like ``_square_once_stopped``, but task 0 catches the stop and returns.
+
+    As scikit-learn's MLP does with KeyboardInterrupt: it ends its training
+    early and returns normally, which must not pass for a finished task.
+    """
+    try:
+        return _square_once_stopped(i, started)
+    except KeyboardInterrupt:
+        return -1
 
 
 def test_keyboard_interrupt_stops_the_fits_and_frees_the_engines(client, tmp_path):

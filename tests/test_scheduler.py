@@ -88,7 +88,7 @@ class FakeMessenger:
             raise reply
         return reply
 
-    def stop(self, handles):
+    def stop(self, handles, end_stuck=True):
         self.stopped.extend(handles)
 
 
