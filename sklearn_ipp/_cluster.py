@@ -518,6 +518,9 @@ def _start_local_cluster(n_engines, timeout):
     logger.info("Starting a local ipyparallel cluster with %d engines", n_engines)
     try:
         write_owner(profile_dir)
+        # Started first: a client killed while the cluster starts leaves
+        # processes that the watchdog finds by their profile directory.
+        watchdog = start_watchdog(profile_dir)
         # Libraries an engine loads after its last message, or that run
         # before the first one, size their pools from these (see _threads).
         config = Config()
@@ -527,7 +530,6 @@ def _start_local_cluster(n_engines, timeout):
         )
         cluster.start_cluster_sync()
         write_processes(profile_dir, _cluster_processes(cluster))
-        watchdog = start_watchdog(profile_dir)
         client = cluster.connect_client_sync()
     except BaseException:
         if cluster is not None:

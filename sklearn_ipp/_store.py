@@ -541,7 +541,10 @@ def stale_stores(parent, hostname=None, prefix=STORE_PREFIX):
             if prefix == STORE_PREFIX and entry.name.startswith(_CLUSTER_PREFIX):
                 continue  # a local cluster's profile: its processes end first
             try:
-                if entry.stat(follow_symlinks=False).st_uid != os.geteuid():
+                info = entry.stat(follow_symlinks=False)
+                # Only what this user made, private: what a record in a
+                # directory others could write says is not to be acted on.
+                if info.st_uid != os.geteuid() or info.st_mode & 0o077:
                     continue
                 with open(os.path.join(entry.path, OWNER_FILE)) as f:
                     owner = json.load(f)

@@ -131,12 +131,39 @@ def with_descendants(processes):
     processes : list of psutil.Process
         Those that are gone are left out.
     """
+    # One scan of the process table for all of them: psutil's children()
+    # scans it once per call, which on a large host takes a core.
+    children = {}
+    for one in psutil.process_iter(["ppid"]):
+        children.setdefault(one.info["ppid"], []).append(one)
     found = {}
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            for one in [process, *process.children(recursive=True)]:
-                found.setdefault(one.pid, one)
+    waiting = list(processes)
+    while waiting:
+        process = waiting.pop()
+        if process.pid in found:
+            continue
+        found[process.pid] = process
+        waiting.extend(children.get(process.pid, ()))
     return [process for process in found.values() if _running(process)]
+
+
+def processes_of(profile_dir):
+    """Return this user's processes started with ``profile_dir`` as profile.
+
+    ipyparallel gives the controller and the engines it launches their
+    profile directory in ``IPP_PROFILE_DIR``: this finds them even when the
+    client died before it could record them.
+    """
+    found = []
+    for process in psutil.process_iter(["uids"]):
+        try:
+            if process.info["uids"].real != os.getuid():
+                continue
+            if process.environ().get("IPP_PROFILE_DIR") == profile_dir:
+                found.append(process)
+        except (psutil.Error, AttributeError):
+            continue
+    return found
 
 
 def end_processes(processes, timeout=_TERMINATE_TIMEOUT):
@@ -175,6 +202,20 @@ def _running(process):
         return True
 
 
+def end_cluster(profile_dir, processes, rounds=5):
+    """End ``processes``, their descendants and the others of ``profile_dir``.
+
+    Again until none is left: a controller ended while it starts may have
+    started a process that no scan saw yet.
+    """
+    for _ in range(rounds):
+        found = with_descendants([*processes, *processes_of(profile_dir)])
+        if not found:
+            return
+        end_processes(found)
+        processes = []
+
+
 def remove_stale_clusters(parent=None):
     """Remove the local clusters of this user's dead processes on this host.
 
@@ -199,7 +240,7 @@ def remove_stale_clusters(parent=None):
     for path, owner in stale_stores(parent, prefix=PROFILE_PREFIX).items():
         if process_is_alive(owner):
             continue
-        end_processes(with_descendants(recorded_processes(path)))
+        end_cluster(path, recorded_processes(path))
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
@@ -284,7 +325,7 @@ def watch(profile_dir, poll_interval=POLL_INTERVAL):
         # Engines started later in place of stuck ones are recorded then.
         processes = with_descendants(processes + recorded_processes(profile_dir))
         if owner is None or not _running(owner):
-            end_processes(with_descendants(processes))
+            end_cluster(profile_dir, processes)
             shutil.rmtree(profile_dir, ignore_errors=True)
             return True
         time.sleep(poll_interval)

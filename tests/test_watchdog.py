@@ -241,6 +241,7 @@ def test_no_watchdog_is_left_after_the_cluster_is_stopped(tmp_path):
 
 def _write_record(directory, name, record):
     directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)  # as mkdtemp makes them
     (directory / name).write_text(json.dumps(record))
 
 
@@ -367,7 +368,8 @@ def test_starting_a_local_cluster_removes_stale_ones_first(
     with pytest.raises(Refused):
         _cluster._start_local_cluster(1, timeout=1)
     assert not stale.exists()
-    assert made == [[_watchdog.OWNER_FILE]]
+    # The watchdog runs before the cluster starts.
+    assert made == [sorted([_watchdog.OWNER_FILE, _watchdog._LOG_FILE])]
     # The new profile directory went with the failed start.
     assert os.listdir(tmp_path) == []
     assert _cluster._local_cluster is None and _cluster._local_watchdog is None
@@ -528,9 +530,90 @@ def test_an_engine_stuck_in_compiled_code_is_replaced_after_the_grace(tmp_path):
     assert "was ended, and a new engine started in its place" in completed.stderr
 
 
-def test_engines_of_clusters_this_process_did_not_start_are_never_ended(client):
-    # The session cluster was started by the test fixtures, not as the local
-    # cluster of this process: its engines are left alone, whatever they run.
-    pids = client[:].apply_sync(os.getpid)
-    assert _cluster.end_stuck_engines(pids) == []
-    assert client[:].apply_sync(os.getpid) == pids
+def test_only_engines_of_the_local_cluster_of_this_process_are_ended(
+    client, monkeypatch
+):
+    # A fake local cluster of this process whose one engine is a sleeper.
+    sleeper = _sleeper()
+    started = []
+
+    class FakeCluster:
+        def start_engines_sync(self, n):
+            started.append(n)
+
+    local_client = object()
+    monkeypatch.setattr(_cluster, "_local_cluster", FakeCluster())
+    monkeypatch.setattr(_cluster, "_local_client", local_client)
+    monkeypatch.setattr(_cluster, "_local_profile_dir", None)
+    monkeypatch.setattr(_cluster, "_cluster_processes", lambda cluster: [sleeper])
+    monkeypatch.setattr(_cluster, "write_processes", lambda *args: None)
+    try:
+        # The session cluster's engines, even asked for by the local client:
+        # not the local cluster's processes.
+        pids = client[:].apply_sync(os.getpid)
+        assert _cluster.end_stuck_engines(pids, local_client) == []
+        # The local cluster's engine, asked for by another client: left alone.
+        assert _cluster.end_stuck_engines([sleeper.pid], client) == []
+        assert _alive(sleeper) and started == []
+        # Asked for by its own client: ended, and a new engine started.
+        assert _cluster.end_stuck_engines([sleeper.pid], local_client) == [sleeper.pid]
+        assert not _wait_until_gone([sleeper], timeout=10)
+        assert started == [1]
+        assert client[:].apply_sync(os.getpid) == pids
+    finally:
+        with contextlib.suppress(psutil.Error):
+            sleeper.kill()
+
+
+def test_profile_directories_others_could_write_are_left_alone(tmp_path):
+    # A record in a directory others could have written is not acted on.
+    dead = _sleeper()
+    owner = _owner(dead)
+    dead.kill()
+    dead.wait()
+    directory = tmp_path / "sklearn_ipp-cluster-open"
+    _write_record(directory, _watchdog.OWNER_FILE, owner)
+    directory.chmod(0o777)
+    assert _watchdog.remove_stale_clusters(str(tmp_path)) == []
+    assert directory.exists()
+    directory.chmod(0o700)
+    assert _watchdog.remove_stale_clusters(str(tmp_path)) == [str(directory)]
+
+
+def test_a_client_killed_while_its_cluster_starts_leaves_nothing(tmp_path):
+    environment = _client_environment(tmp_path)
+    temp_dir = environment["TMPDIR"]
+    client = subprocess.Popen(
+        [sys.executable, "-c", "import sklearn_ipp; sklearn_ipp.get_client()"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def cluster_processes():
+        found = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("IPP_PROFILE_DIR", "").startswith(temp_dir):
+                    found.append(process)
+        return found
+
+    try:
+        # Killed as soon as the controller runs, before the cluster is up.
+        deadline = time.monotonic() + 60
+        while not (started := cluster_processes()):
+            assert time.monotonic() < deadline, "the cluster did not start"
+            assert client.poll() is None, "the client ended on its own"
+            time.sleep(0.02)
+        client.kill()
+        client.wait()
+        assert not _wait_until_gone(started, _CLEANUP_DEADLINE)
+        # Engines launched meanwhile are gone too, and so is the profile.
+        assert not _wait_until_gone(cluster_processes(), 5)
+        deadline = time.monotonic() + 10
+        while [n for n in os.listdir(temp_dir) if n.startswith("sklearn_ipp-cl")]:
+            assert time.monotonic() < deadline, "the profile directory is left"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            client.kill()
