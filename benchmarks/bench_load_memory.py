@@ -13,6 +13,7 @@ larger search.
 """
 
 import argparse
+import contextlib
 import os
 import tempfile
 import threading
@@ -27,10 +28,8 @@ MB = 1e6
 def _rss(processes):
     total = 0
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.Error):  # ended meanwhile
             total += process.memory_info().rss
-        except psutil.Error:
-            pass
     return total / MB
 
 
@@ -108,9 +107,7 @@ def main():
     finally:
         client.close()
         cluster.stop_cluster_sync()
-    print(
-        "| fits | seconds | process | start | 25% | 50% | 75% | 100% | peak | rise |"
-    )
+    print("| fits | seconds | process | start | 25% | 50% | 75% | 100% | peak | rise |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         for name in ("client", "controller"):

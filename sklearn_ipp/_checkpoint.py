@@ -49,14 +49,18 @@ _IGNORED_ARGUMENTS = {
     "caller",
 }
 _SUFFIX = ".result"
+# Files being written: renamed to their result's name once complete.
+_PART_PREFIX = "sklearn_ipp-"
 _PART_SUFFIX = ".part"
+# Unusable files named in a warning each, before one warning for the rest.
+_NAMED_WARNINGS = 5
 
 # A result file: this marker, the HMAC-SHA256 of its name and payload, then
 # the pickled result.
 _MAGIC = b"sklearn_ipp-result-1\n"
 _SIGNATURE_BYTES = hashlib.sha256().digest_size
 _KEY_BYTES = 32
-KEY_ENVIRONMENT_VARIABLE = "SKLEARN_IPP_CHECKPOINT_KEY"
+KEY_ENVIRONMENT_VARIABLE = "SKLEARN_IPP_CHECKPOINT_KEY_FILE"
 # Files are opened without following a symbolic link where the OS can.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -160,7 +164,7 @@ class DirectoryCheckpoint:
         self._warned = set()  # files already said to be unusable
 
     def __len__(self):
-        return sum(name.endswith(_SUFFIX) for name in os.listdir(self.path))
+        return sum(name.endswith(_SUFFIX) for name in self._names())
 
     def get(self, key):
         """Return ``(True, result)`` if saved and verified, else ``(False, None)``."""
@@ -200,45 +204,81 @@ class DirectoryCheckpoint:
             return False, None
 
     def put(self, key, result):
-        """Save a finished result (atomically: never a partial file)."""
+        """Save a finished result (atomically: never a partial file).
+
+        Written and renamed through the checked directory's descriptor.
+        """
         payload = cloudpickle.dumps(result)
         name = key + _SUFFIX
         content = _MAGIC + _signature(self._key, name, payload) + payload
-        os.close(self._open_directory())
-        fd, tmp_path = tempfile.mkstemp(dir=self.path, suffix=_PART_SUFFIX)
+        part = f"{_PART_PREFIX}{secrets.token_hex(8)}{_PART_SUFFIX}"
+        directory = self._open_directory()
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(content)
-            os.replace(tmp_path, os.path.join(self.path, name))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp_path)
-            raise
+            fd = os.open(
+                part,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW,
+                0o600,
+                dir_fd=directory,
+            )
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(content)
+                os.replace(part, name, src_dir_fd=directory, dst_dir_fd=directory)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(part, dir_fd=directory)
+                raise
+        finally:
+            os.close(directory)
 
     def keep_only(self, keys):
         """Remove saved results whose key is not in ``keys``.
 
         Called after a complete fit: what another grid, data or estimator
-        left there no longer applies. Files of writes that never finished
-        (``.part``) go too.
+        left there no longer applies. Files of writes of ours that never
+        finished go too; other files are left alone.
         """
-        for name in os.listdir(self.path):
-            stale = name.endswith(_PART_SUFFIX) or (
-                name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] not in keys
-            )
-            if stale:
-                with contextlib.suppress(OSError):
-                    os.remove(os.path.join(self.path, name))
+        directory = self._open_directory()
+        try:
+            for name in os.listdir(directory):
+                stale = (
+                    name.startswith(_PART_PREFIX) and name.endswith(_PART_SUFFIX)
+                ) or (name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] not in keys)
+                if stale:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=directory)
+        finally:
+            os.close(directory)
+
+    def _names(self):
+        directory = self._open_directory()
+        try:
+            return os.listdir(directory)
+        finally:
+            os.close(directory)
 
     def _open_directory(self):
         """Open the directory, checked as it is now; return its descriptor.
 
         Checked at every use, through the descriptor that is then used: a path
-        swapped since (a symbolic link re-pointed in a shared ``/tmp``) is
-        caught, and files are opened relative to what was checked.
+        swapped since (a directory replaced by another user's) is caught, and
+        files are opened relative to what was checked. A symbolic link to it
+        must be this user's too: another user's link could lead anywhere.
         """
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            link = os.lstat(self.path)
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise type(exc)(
+                exc.errno,
+                f"Cannot open the checkpoint directory {self.path!r}: "
+                f"{exc.strerror or exc}. Pass checkpoint_dir= a directory this "
+                "user can write.",
+                self.path,
+            ) from exc
         problem = _unsafe(os.fstat(fd), "directory")
+        if stat.S_ISLNK(link.st_mode) and link.st_uid != os.geteuid():
+            problem = f"it is a symbolic link of uid {link.st_uid}"
         if problem:
             os.close(fd)
             raise PermissionError(
@@ -255,12 +295,21 @@ class DirectoryCheckpoint:
         if name in self._warned:
             return
         self._warned.add(name)
-        warnings.warn(
-            f"The saved result {os.path.join(self.path, name)!r} is not used, and "
-            f"its fit runs again: {why}.",
-            CheckpointWarning,
-            stacklevel=2,
-        )
+        if len(self._warned) <= _NAMED_WARNINGS:
+            message = (
+                f"The saved result {os.path.join(self.path, name)!r} is not used, "
+                f"and its fit runs again: {why}."
+            )
+        elif len(self._warned) == _NAMED_WARNINGS + 1:
+            # A directory from another user, or a new key: one more warning
+            # then, not one per file.
+            message = (
+                f"More saved results in {self.path!r} are not used, and their "
+                f"fits run again (the next ones without a warning each): {why}."
+            )
+        else:
+            return
+        warnings.warn(message, CheckpointWarning, stacklevel=2)
 
 
 def _unsafe(info, what):
@@ -275,9 +324,11 @@ def _unsafe(info, what):
 
 
 def _signature(key, name, payload):
-    # The name is signed with the content: a valid result renamed to another
+    # The name is signed with the content, its length first so that no name
+    # and payload run into each other: a valid result renamed to another
     # fit's key does not verify either.
-    digest = hmac.new(key, _MAGIC + name.encode(), hashlib.sha256)
+    name = name.encode()
+    digest = hmac.new(key, _MAGIC + len(name).to_bytes(4, "big") + name, hashlib.sha256)
     digest.update(payload)
     return digest.digest()
 
@@ -298,7 +349,7 @@ def checkpoint_key():
     """Return this user's checkpoint key, made on first use.
 
     The key is 32 random bytes in a file only this user can read: the file
-    named by the ``SKLEARN_IPP_CHECKPOINT_KEY`` environment variable, else
+    named by the ``SKLEARN_IPP_CHECKPOINT_KEY_FILE`` environment variable, else
     ``sklearn_ipp/checkpoint.key`` in ``$XDG_CONFIG_HOME`` (``~/.config``).
     It stays outside the checkpoint directories, so that whoever can put a
     file there cannot also sign it.
@@ -364,11 +415,23 @@ def checkpoint_key_path():
 
 
 def _make_key(path):
-    """Write a new key to ``path``; return a descriptor to read it from."""
+    """Write a new key to ``path``; return a descriptor to read it from.
+
+    The key is written whole under another name, then linked to ``path``,
+    which fails if the file exists: two processes making it at once agree
+    on one key, and nobody reads a file not yet written.
+    """
+    directory = os.path.dirname(path)
     try:
-        os.makedirs(os.path.dirname(path), mode=FOLDER_PERMISSIONS, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
-    except FileExistsError:  # made meanwhile by another process
+        os.makedirs(directory, mode=FOLDER_PERMISSIONS, exist_ok=True)
+        fd, part = tempfile.mkstemp(dir=directory, prefix=".checkpoint-key-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(_KEY_BYTES))
+            with contextlib.suppress(FileExistsError):  # made meanwhile
+                os.link(part, path)
+        finally:
+            os.remove(part)
         return os.open(path, os.O_RDONLY | _NOFOLLOW)
     except OSError as exc:
         raise OSError(
@@ -377,9 +440,6 @@ def _make_key(path):
             f"{KEY_ENVIRONMENT_VARIABLE} to a file path this user can write.",
             path,
         ) from exc
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(_KEY_BYTES))
-    return os.open(path, os.O_RDONLY | _NOFOLLOW)
 
 
 class SavedFits:
@@ -420,12 +480,18 @@ class SavedFits:
         try:
             self.checkpoint.put(self._key(task), result)
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                fix = "free space there, or pass checkpoint_dir= another directory"
+            else:
+                fix = (
+                    "check that the directory exists and that only this user can "
+                    "write it, or pass checkpoint_dir= another directory"
+                )
             raise OSError(
                 exc.errno,
                 f"Cannot save the result of a fit in the checkpoint directory "
                 f"{getattr(self.checkpoint, 'path', '')!r}: {exc.strerror or exc}. "
-                "The results saved so far are kept: free space there, or pass "
-                "checkpoint_dir= another directory, and fit again.",
+                f"The results saved so far are kept: {fix}, and fit again.",
             ) from exc
 
     def _key(self, task):

@@ -54,6 +54,10 @@ class ControllerWatch:
         controller asked anything.
         """
         now = time.monotonic()
+        if self._asked is None and not busy():
+            # Nothing runs: time between calls is not silence.
+            self._last_heard = now
+            return
         if self._asked is not None:
             when, answered = self._asked
             if answered.is_set():
@@ -61,7 +65,7 @@ class ControllerWatch:
             elif now - when > CONTROLLER_TIMEOUT:
                 raise self._error(now - self._last_heard, n_done, n_submitted)
             return
-        if now - self._last_heard < QUIET_SECONDS or not busy():
+        if now - self._last_heard < QUIET_SECONDS:
             return
         answered = threading.Event()
         self._asked = (now, answered)

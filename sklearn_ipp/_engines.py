@@ -120,6 +120,12 @@ def engine_facts(client=None, *, timeout=DEFAULT_TIMEOUT):
         ``n_cpus`` is the number of CPUs the engine may use and ``versions``
         maps each package of :data:`CHECKED_PACKAGES` to its version on that
         engine (None when missing).
+
+    Notes
+    -----
+    Like every first contact of sklearn_ipp with an engine, this installs
+    sklearn_ipp's SIGUSR1 handler there, so that a stop signal never ends the
+    engine (see :doc:`resilience`).
     """
     with resolve_cluster(client, timeout=timeout) as connection:
         return start_probe(connection).get_dict(timeout=timeout)

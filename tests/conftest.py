@@ -50,13 +50,13 @@ def pytest_configure(config):
     _ipython_dir = tempfile.mkdtemp(prefix="sklearn_ipp-tests-ipython-")
     os.environ["IPYTHONDIR"] = _ipython_dir
     # The checkpoint key of the tests, not the user's own.
-    os.environ["SKLEARN_IPP_CHECKPOINT_KEY"] = os.path.join(
+    os.environ["SKLEARN_IPP_CHECKPOINT_KEY_FILE"] = os.path.join(
         _ipython_dir, "checkpoint.key"
     )
 
 
 def pytest_unconfigure(config):
-    os.environ.pop("SKLEARN_IPP_CHECKPOINT_KEY", None)
+    os.environ.pop("SKLEARN_IPP_CHECKPOINT_KEY_FILE", None)
     if _saved_ipythondir is None:
         os.environ.pop("IPYTHONDIR", None)
     else:

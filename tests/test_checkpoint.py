@@ -80,7 +80,7 @@ def _result(i=0):
     return {"test_scores": 0.5 + i, "fit_time": 0.1, "fit_error": None}
 
 
-def test_the_key_is_made_on_first_use_readable_by_this_user_only(key_file):
+def test_the_key_is_made_on_first_use_readable_by_this_user_only(key_file, monkeypatch):
     assert not key_file.exists()
     key = checkpoint_key()
     assert len(key) == 32
@@ -92,9 +92,28 @@ def test_the_key_is_made_on_first_use_readable_by_this_user_only(key_file):
     key_file.chmod(0o600)
     link = key_file.parent / "link.key"
     link.symlink_to(key_file)
-    os.environ[KEY_ENVIRONMENT_VARIABLE] = str(link)
+    monkeypatch.setenv(KEY_ENVIRONMENT_VARIABLE, str(link))
     with pytest.raises(PermissionError, match="symbolic link"):
         checkpoint_key()
+
+
+def test_processes_making_the_key_at_once_agree_on_it(key_file):
+    import threading
+
+    keys = []
+    start = threading.Barrier(8)
+
+    def make():
+        start.wait()
+        keys.append(checkpoint_key())
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(keys) == 8 and len(set(keys)) == 1
+    assert os.listdir(key_file.parent) == [key_file.name]  # nothing else left
 
 
 def test_results_come_back_and_the_key_stays_out_of_the_directory(key_file, tmp_path):
@@ -188,32 +207,46 @@ def test_files_are_checked_at_every_open(key_file, tmp_path):
 
 
 @as_root
-def test_a_directory_swapped_by_another_user_is_refused(key_file, tmp_path, shared_tmp):
-    # In a shared /tmp, a link (made by another user) leads to this user's
-    # directory when first checked, and is re-pointed to theirs later.
-    mine = tmp_path / "mine"
+def test_a_directory_replaced_by_another_user_is_refused(
+    key_file, tmp_path, shared_tmp
+):
+    # This user's checkpoint path leads (through a link of this user's) to a
+    # directory in a shared /tmp, checked when first used; it is removed
+    # (a cleaner of /tmp) and another user makes one of that name, with a
+    # result planted in it.
+    mine = shared_tmp / "checkpoint"
     mine.mkdir(mode=0o700)
-    link = shared_tmp / "checkpoint"
-    as_other_user("import os, sys; os.symlink(*sys.argv[1:])", mine, link, data=b"")
+    link = tmp_path / "checkpoint"
+    link.symlink_to(mine)
     checkpoint = DirectoryCheckpoint(link)
     checkpoint.put("5" * 64, _result())
     assert checkpoint.get("5" * 64) == (True, _result())
+    shutil.rmtree(mine)
     marker = tmp_path / "planted-ran"
     script = (
         "import os, sys; os.makedirs(sys.argv[1], mode=0o700);"
         "path = os.path.join(sys.argv[1], sys.argv[2]);"
-        "open(path, 'wb').write(sys.stdin.buffer.read());"
-        "os.remove(sys.argv[3]); os.symlink(sys.argv[1], sys.argv[3])"
+        "open(path, 'wb').write(sys.stdin.buffer.read())"
     )
-    theirs = shared_tmp / "theirs"
     name = "5" * 64 + ".result"
-    as_other_user(script, theirs, name, link, data=pickle.dumps(_RunsCommand(marker)))
-    assert os.readlink(link) == str(theirs)
+    as_other_user(script, mine, name, data=pickle.dumps(_RunsCommand(marker)))
     with pytest.raises(PermissionError, match=f"belongs to uid {OTHER_UID}"):
         checkpoint.get("5" * 64)
     with pytest.raises(PermissionError, match=f"belongs to uid {OTHER_UID}"):
         DirectoryCheckpoint(link)
     assert not marker.exists()
+
+
+@as_root
+def test_a_link_made_by_another_user_is_refused(key_file, tmp_path, shared_tmp):
+    # Another user's link in a shared /tmp, even to a directory of this
+    # user's, could be re-pointed at any time.
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    link = shared_tmp / "checkpoint"
+    as_other_user("import os, sys; os.symlink(*sys.argv[1:])", mine, link, data=b"")
+    with pytest.raises(PermissionError, match=f"symbolic link of uid {OTHER_UID}"):
+        DirectoryCheckpoint(link)
 
 
 @as_root
@@ -273,10 +306,25 @@ def test_a_search_refits_what_does_not_verify_and_runs_nothing_planted(
 def test_part_files_of_interrupted_writes_are_removed(key_file, tmp_path):
     checkpoint = DirectoryCheckpoint(tmp_path / "fits")
     checkpoint.put("7" * 64, _result())
-    (tmp_path / "fits" / "tmpabc.part").write_bytes(b"half a result")
+    checkpoint.put("8" * 64, _result())
+    (tmp_path / "fits" / "sklearn_ipp-0123.part").write_bytes(b"half a result")
+    (tmp_path / "fits" / "notes.part").write_bytes(b"the user's own")
     checkpoint.keep_only({"7" * 64})
-    assert os.listdir(tmp_path / "fits") == ["7" * 64 + ".result"]
-    shutil.rmtree(tmp_path / "fits")
+    assert sorted(os.listdir(tmp_path / "fits")) == ["7" * 64 + ".result", "notes.part"]
+
+
+def test_many_unusable_files_do_not_flood_the_warnings(key_file, tmp_path):
+    theirs = DirectoryCheckpoint(tmp_path / "fits", key=b"k" * 32)
+    for i in range(20):
+        theirs.put(f"{i:064d}", _result(i))
+    mine = DirectoryCheckpoint(tmp_path / "fits")
+    with pytest.warns(CheckpointWarning) as record:
+        for i in range(20):
+            assert mine.get(f"{i:064d}") == (False, None)
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 6
+    assert all("is not used" in message for message in messages[:5])
+    assert messages[5].startswith("More saved results in")
 
 
 class _SlowSVC(SVC):
@@ -324,7 +372,9 @@ def test_a_removed_checkpoint_directory_ends_the_fit_with_the_path(client, tmp_p
     search = _search_on(client, checkpoint_dir)
     search.fit_async(*_data())
     _wait_for(lambda: checkpoint_dir.exists() and len(os.listdir(checkpoint_dir)) >= 2)
-    shutil.rmtree(checkpoint_dir)
+    # Moved away first: results written meanwhile would make removing it fail.
+    checkpoint_dir.rename(tmp_path / "removed")
+    shutil.rmtree(tmp_path / "removed")
     removed = time.monotonic()
     with pytest.raises(OSError, match="checkpoint_dir=") as info:
         search.wait(timeout=30)  # returns False, not raising, if still running

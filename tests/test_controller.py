@@ -20,18 +20,27 @@ class _FakeClient:
     def __init__(self, answers):
         self.answers = answers
         self.asked = 0
+        self.released = threading.Event()
         self._config = {"registration": "tcp://10.0.0.1:5555"}
 
     def queue_status(self):
         self.asked += 1
         if not self.answers:
-            threading.Event().wait()  # a controller that is gone: no answer
+            self.released.wait()  # a controller that is gone: no answer
 
 
 @pytest.fixture
 def quick_watch(monkeypatch):
     monkeypatch.setattr(_controller, "QUIET_SECONDS", 0.2)
     monkeypatch.setattr(_controller, "CONTROLLER_TIMEOUT", 0.5)
+
+
+@pytest.fixture
+def prompt_watch(monkeypatch):
+    # Against a real controller on a loaded machine: long enough that it
+    # always answers in time while it runs.
+    monkeypatch.setattr(_controller, "QUIET_SECONDS", 1.0)
+    monkeypatch.setattr(_controller, "CONTROLLER_TIMEOUT", 4.0)
 
 
 def _check_for(watch, seconds, busy=True):
@@ -50,13 +59,18 @@ def test_a_controller_that_answers_is_asked_only_when_replies_stop(quick_watch):
     watch = ControllerWatch(ClusterConnection(idle))
     _check_for(watch, 0.5, busy=False)
     assert idle.asked == 0  # nothing runs: nothing to ask
+    watch.check(lambda: True, 0, 1)  # a new call: the idle time was no silence
+    assert idle.asked == 0
 
 
 def test_a_controller_that_does_not_answer_ends_the_call(quick_watch):
     client = _FakeClient(answers=False)
     watch = ControllerWatch(ClusterConnection(client, source="profile 'big'"), " kept")
-    with pytest.raises(ControllerLostError) as info:
-        _check_for(watch, 5.0)
+    try:
+        with pytest.raises(ControllerLostError) as info:
+            _check_for(watch, 5.0)
+    finally:
+        client.released.set()
     message = str(info.value)
     assert "profile 'big'" in message and "tcp://10.0.0.1:5555" in message
     assert "3 of 10 tasks" in message and message.endswith(" kept")
@@ -73,7 +87,7 @@ class _SlowSVC(SVC):
 
 
 def test_losing_the_controller_ends_the_fit_and_keeps_the_results(
-    tmp_path, quick_watch
+    tmp_path, prompt_watch
 ):
     cluster = ipp.Cluster(
         n=2,
