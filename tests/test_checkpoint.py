@@ -7,7 +7,6 @@ import random
 import shutil
 import stat
 import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -58,17 +57,22 @@ def shared_tmp():
     shutil.rmtree(path)
 
 
-def as_other_user(script, *args, data):
-    """Run a Python ``script`` as another user, ``data`` on its stdin."""
+def as_other_user(command, *args, data=b""):
+    """Run a shell ``command`` as another user, ``data`` on its stdin.
+
+    A shell, not this Python, which that user may not be allowed to run
+    (an interpreter under /root).
+    """
     subprocess.run(
         [
             "setpriv",
             f"--reuid={OTHER_UID}",
             f"--regid={OTHER_UID}",
             "--clear-groups",
-            sys.executable,
+            "sh",
             "-c",
-            script,
+            command,
+            "sh",
             *map(str, args),
         ],
         input=data,
@@ -223,13 +227,13 @@ def test_a_directory_replaced_by_another_user_is_refused(
     assert checkpoint.get("5" * 64) == (True, _result())
     shutil.rmtree(mine)
     marker = tmp_path / "planted-ran"
-    script = (
-        "import os, sys; os.makedirs(sys.argv[1], mode=0o700);"
-        "path = os.path.join(sys.argv[1], sys.argv[2]);"
-        "open(path, 'wb').write(sys.stdin.buffer.read())"
-    )
     name = "5" * 64 + ".result"
-    as_other_user(script, mine, name, data=pickle.dumps(_RunsCommand(marker)))
+    as_other_user(
+        'mkdir -m 700 "$1" && cat > "$1/$2"',
+        mine,
+        name,
+        data=pickle.dumps(_RunsCommand(marker)),
+    )
     with pytest.raises(PermissionError, match=f"belongs to uid {OTHER_UID}"):
         checkpoint.get("5" * 64)
     with pytest.raises(PermissionError, match=f"belongs to uid {OTHER_UID}"):
@@ -244,7 +248,7 @@ def test_a_link_made_by_another_user_is_refused(key_file, tmp_path, shared_tmp):
     mine = tmp_path / "mine"
     mine.mkdir(mode=0o700)
     link = shared_tmp / "checkpoint"
-    as_other_user("import os, sys; os.symlink(*sys.argv[1:])", mine, link, data=b"")
+    as_other_user('ln -s "$1" "$2"', mine, link)
     with pytest.raises(PermissionError, match=f"symbolic link of uid {OTHER_UID}"):
         DirectoryCheckpoint(link)
 
@@ -259,7 +263,7 @@ def test_files_another_user_planted_before_a_chmod_are_refused(
     marker = tmp_path / "planted-ran"
     name = "6" * 64 + ".result"
     as_other_user(
-        "import sys; open(sys.argv[1], 'wb').write(sys.stdin.buffer.read())",
+        'cat > "$1"',
         directory / name,
         data=pickle.dumps(_RunsCommand(marker)),
     )
