@@ -125,7 +125,7 @@ def engine_facts(client=None, *, timeout=DEFAULT_TIMEOUT):
     -----
     Like every first contact of sklearn_ipp with an engine, this installs
     sklearn_ipp's SIGUSR1 handler there, so that a stop signal never ends the
-    engine (see :doc:`resilience`).
+    engine (see :doc:`/resilience`).
     """
     with resolve_cluster(client, timeout=timeout) as connection:
         return start_probe(connection).get_dict(timeout=timeout)
