@@ -42,7 +42,16 @@ class EngineVersionError(RuntimeError):
         self.facts = facts
 
 
-class EngineLostError(RuntimeError):
+class _CallCut:
+    """An error that ended a call part-way: how far it had come."""
+
+    def __init__(self, message, n_done=None, n_submitted=None):
+        super().__init__(message)
+        self.n_done = n_done
+        self.n_submitted = n_submitted
+
+
+class EngineLostError(_CallCut, RuntimeError):
     """The engines running a call died or left, and no engine took over.
 
     Raised when a task's engine died more often than ``retries`` allows, or
@@ -58,13 +67,8 @@ class EngineLostError(RuntimeError):
         Tasks handed to the cluster.
     """
 
-    def __init__(self, message, n_done=None, n_submitted=None):
-        super().__init__(message)
-        self.n_done = n_done
-        self.n_submitted = n_submitted
 
-
-class ControllerLostError(ConnectionError):
+class ControllerLostError(_CallCut, ConnectionError):
     """The controller of the cluster stopped answering during a call.
 
     Every message goes through the controller: without it no task can end.
@@ -79,11 +83,6 @@ class ControllerLostError(ConnectionError):
     n_submitted : int
         Tasks handed to the cluster.
     """
-
-    def __init__(self, message, n_done=None, n_submitted=None):
-        super().__init__(message)
-        self.n_done = n_done
-        self.n_submitted = n_submitted
 
 
 class StoreError(OSError):
