@@ -25,7 +25,7 @@ import joblib
 import sklearn
 
 from ._exceptions import CheckpointWarning
-from ._store import FOLDER_PERMISSIONS
+from ._store import FOLDER_PERMISSIONS, unsafe
 from ._version import __version__
 
 __all__ = [
@@ -181,7 +181,7 @@ class DirectoryCheckpoint:
             os.close(directory)
         try:
             with os.fdopen(fd, "rb") as f:
-                problem = _unsafe(os.fstat(f.fileno()), "file")
+                problem = unsafe(os.fstat(f.fileno()), "file")
                 if problem:
                     self._unusable(name, problem)
                     return False, None
@@ -276,7 +276,7 @@ class DirectoryCheckpoint:
                 "user can write.",
                 self.path,
             ) from exc
-        problem = _unsafe(os.fstat(fd), "directory")
+        problem = unsafe(os.fstat(fd), "directory")
         if stat.S_ISLNK(link.st_mode) and link.st_uid != os.geteuid():
             problem = f"it is a symbolic link of uid {link.st_uid}"
         if problem:
@@ -310,17 +310,6 @@ class DirectoryCheckpoint:
         else:
             return
         warnings.warn(message, CheckpointWarning, stacklevel=2)
-
-
-def _unsafe(info, what):
-    """Say why a file or directory could have been written by another user."""
-    if what == "file" and not stat.S_ISREG(info.st_mode):
-        return "it is not a regular file"
-    if info.st_uid != os.geteuid():
-        return f"the {what} belongs to uid {info.st_uid}"
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"the {what} has mode {stat.filemode(info.st_mode)}"
-    return None
 
 
 def _signature(key, name, payload):

@@ -197,7 +197,7 @@ def check_private_directory(directory):
     path checked once could be swapped later.
     """
     info = os.stat(directory)
-    if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if unsafe(info, "directory"):
         raise PermissionError(
             errno.EACCES,
             f"Refusing to read data from {directory!r}: it belongs to uid "
@@ -208,12 +208,32 @@ def check_private_directory(directory):
         )
 
 
+def unsafe(info, what):
+    """Say why a file or directory could have been written by another user.
+
+    ``what`` is ``"file"`` (which must also be a regular file) or
+    ``"directory"``; None when only this user can write it.
+    """
+    if what == "file" and not stat.S_ISREG(info.st_mode):
+        return "it is not a regular file"
+    if info.st_uid != os.geteuid():
+        return f"the {what} belongs to uid {info.st_uid}"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"the {what} has mode {stat.filemode(info.st_mode)}"
+    return None
+
+
+def _is_private_directory(info):
+    """Whether ``lstat`` info is a real directory of this user's, closed to others."""
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.geteuid()
+        and not info.st_mode & 0o077
+    )
+
+
 def _check_private_file(info, path):
-    if (
-        not stat.S_ISREG(info.st_mode)
-        or info.st_uid != os.geteuid()
-        or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    ):
+    if unsafe(info, "file"):
         raise PermissionError(
             errno.EACCES,
             f"Refusing to read data from {path!r}: it belongs to uid "
@@ -437,12 +457,7 @@ def directory_for(primary, nbytes):
         shutil.copyfile(
             os.path.join(primary, OWNER_FILE), os.path.join(spill, OWNER_FILE)
         )
-    info = os.lstat(spill)
-    if not (
-        stat.S_ISDIR(info.st_mode)
-        and info.st_uid == os.geteuid()
-        and not info.st_mode & 0o077
-    ):
+    if not _is_private_directory(os.lstat(spill)):
         raise PermissionError(
             errno.EACCES,
             f"{spill!r} is not a private directory of this user's",
@@ -476,11 +491,7 @@ def user_directory(base):
         info = os.lstat(path)
     except OSError:
         return base
-    if (
-        stat.S_ISDIR(info.st_mode)
-        and info.st_uid == os.geteuid()
-        and not info.st_mode & 0o077
-    ):
+    if _is_private_directory(info):
         return path
     return base
 
