@@ -28,7 +28,8 @@ from joblib.parallel import ParallelBackendBase, get_active_backend
 from ._checkpoint import KEPT_RESULTS_NOTE, SavedFits
 from ._cluster import resolve_cluster
 from ._controller import ControllerWatch
-from ._folds import FoldIndex, fit_and_score_arguments
+from ._folds import FoldIndex, _without_callbacks, fit_and_score_arguments
+from ._prefix import prefix_plan
 from ._hosts import EngineLosses, EngineRoster
 from ._messages import Messenger
 from ._output import current_warning_filters
@@ -106,6 +107,10 @@ class ClusterBackend(ParallelBackendBase):
         Seconds to wait for an engine when the cluster has none left before
         failing with EngineLostError; None means
         ``_hosts.ENGINE_WAIT_SECONDS`` (60).
+    reuse_prefixes : bool, default=True
+        Fit the leading steps of a searched ``Pipeline`` once per split for
+        all the candidates that share them, where that cannot change a
+        result (see :ref:`repeated-work`).
     **backend_kwargs
         joblib's: ``inner_max_num_threads``, the BLAS and OpenMP threads of
         each engine while it runs tasks (``parallel_config(backend=...,
@@ -136,9 +141,11 @@ class ClusterBackend(ParallelBackendBase):
         checkpoint=None,
         check_versions=True,
         engine_wait=None,
+        reuse_prefixes=True,
         **backend_kwargs,
     ):
         super().__init__(**backend_kwargs)
+        self.reuse_prefixes = reuse_prefixes
         self.store_dir = store_dir
         self.max_nbytes = _checked_max_nbytes(max_nbytes)
         self.on_progress = on_progress
@@ -193,6 +200,8 @@ class ClusterBackend(ParallelBackendBase):
     n_fold_tasks_sent = _Count("_messenger", "n_fold_tasks_sent")  # fit tasks
     payload_bytes = _Count("_messenger", "payload_bytes")
     max_stored_bytes = _Count("folds", "max_stored_bytes")
+    n_prefix_fits = _Count("folds", "n_prefix_fits")  # pipeline prefixes fitted
+    n_on_prefix = _Count("_messenger", "n_on_prefix")  # fits that ran on one
     n_retried = _Count("_scheduler", "n_retried")  # after their engine died
     n_stopped = _Count("_scheduler", "n_stopped")  # by a stray stop signal
 
@@ -283,6 +292,8 @@ class ClusterBackend(ParallelBackendBase):
                 task.saved = True
                 saved.append((task, result))
             else:
+                if task.split_key is not None and self.reuse_prefixes:
+                    self._share_prefix(task)
                 tasks.append(task)
         self._scheduler.submit(tasks, saved)
         return job
@@ -354,6 +365,19 @@ class ClusterBackend(ParallelBackendBase):
             if self.candidate_position is not None and candidate is not None:
                 task.position = self.candidate_position(candidate[0])
         return task
+
+    def _share_prefix(self, task):
+        """Point a fit task at the pipeline prefix its candidate shares, if any."""
+        if task.fold.pairwise:
+            return
+        context = task.arguments.get("callback_ctx")
+        if context is not None and not _without_callbacks(task.arguments):
+            return  # callbacks see every step fitted, as in scikit-learn
+        plan = prefix_plan(task.arguments)
+        if plan is not None:
+            task.prefix = self.folds.prefix_of(
+                task.split_key, task.fold, task.rows, plan, task.arguments
+            )
 
     def _task_done(self, task, ok, value):
         if not ok or task.arguments is None:

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from sklearn.model_selection import _validation
 from sklearn.utils.validation import _num_samples
 
+from ._prefix import PrefixFold
 from ._store import RowRange, content_hash
 
 __all__ = [
@@ -216,6 +217,12 @@ class FoldIndex:
         self._folds_by_data = {}  # everything but train -> [Fold]
         self._sequence = itertools.count()
         self._hash = _ContentHashes()
+        # Fit tasks of the running call that scikit-learn said would come
+        # (candidates x splits), and that came: once all have, a prefix no
+        # candidate waits for any more is not needed again.
+        self._n_expected = None
+        self._n_fit_tasks = 0
+        self.n_prefix_fits = 0  # prefixes fitted, over every call
 
     def fold_of(self, arguments):
         """Return ``(split_key, fold, rows)`` of a ``_fit_and_score`` task.
@@ -242,6 +249,7 @@ class FoldIndex:
             pairwise,
         )
         split_key = (*data_key, self._hash(arguments["train"]))
+        self._expect(arguments)
         if self.whole_data:
             return self._whole_data_fold(
                 split_key, data_key, X, y, aligned, train, test, pairwise
@@ -299,6 +307,44 @@ class FoldIndex:
                 return fold
         return None
 
+    def _expect(self, arguments):
+        candidates = arguments.get("candidate_progress")
+        splits = arguments.get("split_progress")
+        with self._lock:
+            self._n_fit_tasks += 1
+            if candidates and splits and self._n_expected is None:
+                self._n_expected = candidates[1] * splits[1]
+
+    def _all_submitted(self):
+        return self._n_expected is not None and self._n_fit_tasks >= self._n_expected
+
+    def prefix_of(self, split_key, fold, rows, plan, arguments):
+        """Return the ``PrefixFold`` a fit task's candidate shares, made once.
+
+        ``plan`` is :func:`prefix_plan`'s; the fit parameters are part of
+        what the prefix's fit depends on.
+        """
+        levels, token = plan
+        params = tuple(
+            (name, self._hash(value))
+            for name, value in sorted((arguments.get("fit_params") or {}).items())
+        )
+        key = ("prefix", split_key, levels, token, params)
+        with self._lock:
+            prefix = self._folds.get(key)
+            if prefix is None:
+                prefix = self._folds[key] = PrefixFold(key, fold, levels, rows)
+            prefix.n_candidates += 1
+        return prefix
+
+    def store_prefix(self, prefix, output):
+        """Store a prefix task's ``PrefixOutput`` (None: its candidates run whole)."""
+        prefix.materialise(self._write, output)
+        with self._lock:
+            if output is not None:
+                self.n_prefix_fits += 1
+            self._note_stored_bytes()
+
     def hash(self, obj):
         """Return the content hash of ``obj``, computed once per object."""
         return self._hash(obj)
@@ -310,18 +356,34 @@ class FoldIndex:
         folds are stored together while they are small, so that tasks can
         run in their order across folds (a candidate's splits one after
         another); larger ones ``max_live_folds`` at a time.
+
+        A ``PrefixFold`` is returned as soon as its split's fold is chosen:
+        the caller then fits the prefix. Its candidates run whole at once
+        (``plain``) when no other candidate shares it.
         """
         with self._lock:
             waiting = [self._folds[key] for key in keys if key is not None]
-            unstored = [fold for fold in waiting if not fold.storing]
+            for fold in waiting:
+                if _is_prefix(fold) and not fold.storing and fold.base.storing:
+                    fold.storing = True
+                    if fold.n_candidates < 2 and self._all_submitted():
+                        fold.plain = True
+                    return fold
+            splits = {}
+            for f in waiting:
+                split = f.base if _is_prefix(f) else f
+                splits.setdefault(id(split), split)
+            unstored = [fold for fold in splits.values() if not fold.storing]
             if not unstored:
                 return None
             fold = min(unstored, key=lambda f: f.sequence)
             stored = [f for f in self._folds.values() if f.storing]
+            # Prefixes' rows take room, but only splits count as live folds.
+            n_splits = sum(not _is_prefix(f) for f in stored)
             room = (
-                not stored
+                not n_splits
                 or sum(f.nbytes for f in stored) + fold.nbytes <= self.small_folds_bytes
-                or len(stored) < self.max_live_folds
+                or n_splits < self.max_live_folds
             )
             if not room:
                 return None
@@ -332,19 +394,39 @@ class FoldIndex:
         """Write a fold chosen by :meth:`to_store`."""
         fold.materialise(self._write)
         with self._lock:
-            stored = sum(f.nbytes for f in self._folds.values() if f.stored)
-            self.max_stored_bytes = max(self.max_stored_bytes, stored)
+            self._note_stored_bytes()
+
+    def _note_stored_bytes(self):
+        stored = sum(f.nbytes for f in self._folds.values() if f.refs is not None)
+        self.max_stored_bytes = max(self.max_stored_bytes, stored)
 
     def release_idle(self):
-        """Remove the files of stored folds that no task needs any more."""
+        """Remove the files of stored folds that no task needs any more.
+
+        A prefix whose candidates are done is kept while more fit tasks of
+        the call may come (joblib hands them over a few at a time under
+        scikit-learn's own searches) and the prefixes kept take at most
+        ``small_folds_bytes``, the oldest going first.
+        """
         with self._lock:
             idle = [
                 fold
                 for fold in self._folds.values()
-                if fold.stored and fold.n_outstanding == 0 and not fold.pinned
+                if fold.stored
+                and fold.n_outstanding == 0
+                and not getattr(fold, "pinned", False)
             ]
+            if not self._all_submitted():
+                kept = [f for f in idle if _is_prefix(f)]
+                room = self.small_folds_bytes
+                for prefix in sorted(kept, key=lambda f: f.sequence, reverse=True):
+                    room -= prefix.nbytes
+                    if room >= 0:
+                        idle.remove(prefix)
             for fold in idle:
                 fold.storing = False
+                if _is_prefix(fold):
+                    fold.plain = False
         for fold in idle:
             fold.release(self._remove)
 
@@ -357,9 +439,14 @@ class FoldIndex:
             self._rows_of_split.clear()
             self._folds_by_data.clear()
             self._hash = _ContentHashes()
+            self._n_expected, self._n_fit_tasks = None, 0
         for fold in folds:
-            if fold.stored:
+            if fold.refs is not None:
                 fold.release(self._remove)
+
+
+def _is_prefix(fold):
+    return getattr(fold, "is_prefix", False)
 
 
 class _ContentHashes:

@@ -101,6 +101,7 @@ class Messenger:
         self.n_tasks_sent = 0
         self.n_fold_tasks_sent = 0  # of which sklearn's _fit_and_score
         self.payload_bytes = 0
+        self.n_on_prefix = 0  # fit tasks that ran on a fitted pipeline prefix
 
     def __len__(self):
         """Messages in flight."""
@@ -226,15 +227,26 @@ class Messenger:
             if outcome[0] == STOPPED:
                 read.append(STOPPED)
                 continue
+            said_before = None
             if outcome[0] is True:
-                outcome = (True, outcome[1])
+                value, on_prefix = task.take(outcome[1])
+                outcome = (True, value)
+                if on_prefix:
+                    self.n_on_prefix += 1
+                    said_before = task.prefix.output  # as the prefix's fit did
             else:
                 outcome = (False, _with_remote_traceback(outcome[1], outcome[2]))
-            if output is not None:
-                try:
-                    self._replay(output, task.caller)
-                except Exception as exc:  # a warning the user's filters make an error
-                    outcome = (False, exc)
+            if task.internal:
+                # A prefix's: said again by each candidate that runs on it.
+                task.output = output
+                read.append(outcome)
+                continue
+            try:
+                for said in (said_before, output):
+                    if said is not None:
+                        self._replay(said, task.caller)
+            except Exception as exc:  # a warning the user's filters make an error
+                outcome = (False, exc)
             read.append(outcome)
         return read, seconds
 

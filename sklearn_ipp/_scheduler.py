@@ -22,7 +22,7 @@ import numpy as np
 from ._exceptions import ControllerLostError
 from ._messages import ENGINE_LOST, SEND_AGAIN, STOPPED
 
-__all__ = ["ErrorsInOrder", "Job", "Scheduler", "Task", "TaskQueues"]
+__all__ = ["ErrorsInOrder", "Job", "PrefixTask", "Scheduler", "Task", "TaskQueues"]
 
 logger = logging.getLogger("sklearn_ipp")
 
@@ -117,8 +117,12 @@ class Task:
 
     A task of sklearn's ``_fit_and_score`` has its ``arguments`` by name, the
     ``fold`` its data is stored in and the ``split_key`` naming the content
-    of its data and split; other tasks have None for all three.
+    of its data and split; other tasks have None for all three. One whose
+    candidate shares a fitted pipeline prefix has that ``prefix`` too
+    (``_prefix.PrefixFold``), and waits in its queue.
     """
+
+    internal = False  # a task of the backend's own, not of a joblib batch
 
     __slots__ = (
         "args",
@@ -133,8 +137,11 @@ class Task:
         "job",
         "kwargs",
         "n_stops",
+        "on_prefix",
         "order",
+        "output",
         "position",
+        "prefix",
         "rows",
         "saved",
         "split_key",
@@ -153,11 +160,28 @@ class Task:
         self.saved = False  # its result came from a checkpoint
         self.finished = False  # its job has its outcome
         self.checkpoint_key = None  # see SavedFits
+        self.prefix = None  # the PrefixFold it runs on, if any
+        self.on_prefix = False  # sent to run on its prefix
+        self.output = None  # what an internal task said (a TaskOutput)
 
     @property
     def key(self):
-        """The queue the task waits in: its fold's, or None (no fold)."""
+        """The queue the task waits in: its prefix's, its fold's, or None."""
+        if self.prefix is not None:
+            return self.prefix.key
         return None if self.fold is None else self.fold.key
+
+    @property
+    def stored(self):
+        """Whether the data the task runs on is stored."""
+        return self.fold.stored and (self.prefix is None or self.prefix.stored)
+
+    @property
+    def folds(self):
+        """The folds the task keeps stored until it is finished."""
+        if self.fold is None:
+            return ()
+        return (self.fold,) if self.prefix is None else (self.fold, self.prefix)
 
     @property
     def caller(self):
@@ -176,7 +200,57 @@ class Task:
         if self.fold is None:
             return self.function, self.args, self.kwargs
         args, kwargs = self.fold.rewrite(self.arguments, self.rows)
-        return self.function, args, kwargs
+        if self.prefix is None:
+            return self.function, args, kwargs
+        self.on_prefix = not self.prefix.plain
+        return self.prefix.candidate_item(self.function, args, kwargs)
+
+    def take(self, value):
+        """Return ``(result, on_prefix)`` from what the task's engine gave back.
+
+        ``on_prefix``: whether its remaining steps ran on its prefix, whose
+        share of time its result is then charged.
+        """
+        if not self.on_prefix:
+            return value, False
+        on_prefix, value = value
+        if on_prefix:
+            self.prefix.charge(value)
+        return value, on_prefix
+
+
+class PrefixTask(Task):
+    """The task that fits a pipeline prefix on its split, for its candidates.
+
+    Made from the first of them, whose arguments it runs with; internal: no
+    joblib batch waits for it, and its end stores the prefix.
+    """
+
+    __slots__ = ("fits",)
+    internal = True
+
+    def __init__(self, prefix, candidate):
+        super().__init__(None, 0, candidate.function, candidate.args, candidate.kwargs)
+        self.fits = prefix
+        self.arguments, self.fold, self.rows = (
+            candidate.arguments,
+            prefix.base,
+            prefix.rows,
+        )
+        self.split_key = candidate.split_key
+        call, position, order = candidate.order
+        self.call, self.order = call, (call, position, order - 0.5)
+
+    @property
+    def kind(self):
+        return ("prefix", id(self.fits))
+
+    def message_item(self):
+        args, kwargs = self.fold.rewrite(self.arguments, self.rows)
+        return self.fits.prefix_item(self.function, args, kwargs)
+
+    def take(self, value):
+        return value, False
 
 
 class TaskQueues:
@@ -213,6 +287,11 @@ class TaskQueues:
         for task in reversed(tasks):
             self._waiting.setdefault(task.key, deque()).appendleft(task)
 
+    def first(self, key):
+        """Return the first task in order of queue ``key``, or None."""
+        waiting = self._waiting.get(key)
+        return min(waiting, key=_order) if waiting else None
+
     def clear(self):
         """Empty every queue; return the tasks that were waiting."""
         tasks = [task for waiting in self._waiting.values() for task in waiting]
@@ -231,7 +310,7 @@ class TaskQueues:
             self._waiting[key] = deque(sorted(self._waiting[key], key=_order))
         self._unsorted.clear()
         sendable = [
-            key for key in keys if key is not None and self._waiting[key][0].fold.stored
+            key for key in keys if key is not None and self._waiting[key][0].stored
         ]
         if not sendable and None in keys:
             sendable = [None]
@@ -371,8 +450,8 @@ class Scheduler:
             for task in itertools.chain(tasks, (task for task, _ in saved)):
                 task.call = self._n_calls
                 task.order = (task.call, task.position, next(self._order))
-                if task.fold is not None:
-                    task.fold.n_outstanding += 1  # until _finish
+                for fold in task.folds:
+                    fold.n_outstanding += 1  # until _finish
             for task in tasks:
                 self._queues.add(task)
             # Handed back by the scheduling thread: joblib's callback must
@@ -407,8 +486,10 @@ class Scheduler:
             handles, sent = self._messenger.take_all()
             if exc is None:
                 for task in dropped + sent:
-                    if task.fold is not None:
-                        task.fold.n_outstanding -= 1
+                    if task.internal:  # whatever waits for it runs whole
+                        task.finished = task.fits.plain = True
+                    for fold in task.folds:
+                        fold.n_outstanding -= 1
         if exc is not None:
             for task in dropped + sent:
                 self._finish(task, False, exc)
@@ -480,7 +561,11 @@ class Scheduler:
         return MESSAGES_PER_ENGINE * max(1, len(self._roster.ready))
 
     def _store_folds(self):
-        """Store the folds of waiting tasks while the fold policy allows."""
+        """Store the folds of waiting tasks while the fold policy allows.
+
+        A pipeline prefix chosen is fitted by a task of its own, queued
+        before its candidates; it is stored when that task ends.
+        """
         while True:
             with self._condition:
                 if not self._can_send():
@@ -489,6 +574,14 @@ class Scheduler:
             fold = self._folds.to_store(keys)
             if fold is None:
                 return
+            if getattr(fold, "is_prefix", False):
+                if not fold.plain:
+                    with self._condition:
+                        task = PrefixTask(fold, self._queues.first(fold.key))
+                        for counted in task.folds:
+                            counted.n_outstanding += 1
+                        self._queues.add(task)
+                continue
             # Written outside the lock: ipyparallel's thread takes it too.
             self._folds.store(fold)
 
@@ -585,14 +678,17 @@ class Scheduler:
         if task.finished:
             return
         task.finished = True
+        if task.internal:
+            self._finish_prefix(task, ok, value)
+            return
         try:
             self._on_done(task, ok, value)
         except Exception as exc:
             ok, value = False, exc
         job = task.job
         with self._condition:
-            if task.fold is not None:
-                task.fold.n_outstanding -= 1
+            for fold in task.folds:
+                fold.n_outstanding -= 1
             self.n_done += 1
             if ok:
                 job.results[task.index] = value
@@ -606,6 +702,25 @@ class Scheduler:
             job.done.set()
             if job.callback is not None:
                 job.callback(job)
+
+    def _finish_prefix(self, task, ok, value):
+        """Store a fitted prefix: its candidates can run.
+
+        If it failed, or its data cannot be stored, they run whole, which
+        gives scikit-learn's error, warnings and scores.
+        """
+        prefix = task.fits
+        prefix.output = task.output
+        try:
+            self._folds.store_prefix(prefix, value if ok else None)
+        except Exception:
+            logger.info("A pipeline prefix could not be stored.", exc_info=True)
+            prefix.release(lambda ref: None)
+            self._folds.store_prefix(prefix, None)
+        with self._condition:
+            for fold in task.folds:
+                fold.n_outstanding -= 1
+            self._condition.notify_all()
 
 
 def _order(task):
