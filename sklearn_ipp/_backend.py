@@ -29,10 +29,10 @@ from ._checkpoint import KEPT_RESULTS_NOTE, SavedFits
 from ._cluster import resolve_cluster
 from ._controller import ControllerWatch
 from ._folds import FoldIndex, _without_callbacks, fit_and_score_arguments
-from ._prefix import prefix_plan
 from ._hosts import EngineLosses, EngineRoster
 from ._messages import Messenger
 from ._output import current_warning_filters
+from ._prefix import prefix_plan
 from ._results import FitProgress
 from ._scheduler import MESSAGES_PER_ENGINE, ErrorsInOrder, Job, Scheduler, Task
 from ._store import MMAP_MIN_BYTES, Store
@@ -490,6 +490,7 @@ def on_cluster(
     candidate_position=None,
     caller_backend=None,
     whole_data=False,
+    reuse_prefixes=True,
 ):
     """Run the ``Parallel`` calls of the block on the cluster.
 
@@ -516,7 +517,7 @@ def on_cluster(
         The backend active where the work was asked for, whose
         ``inner_max_num_threads`` applies, as with loky; None: the one
         active in this thread.
-    whole_data : bool, default=False
+    whole_data, reuse_prefixes : bool
         As in :class:`ClusterBackend`.
 
     Yields
@@ -546,6 +547,7 @@ def on_cluster(
             on_result=on_result,
             candidate_position=candidate_position,
             whole_data=whole_data,
+            reuse_prefixes=reuse_prefixes,
             retries=retries,
             checkpoint=checkpoint,
             inner_max_num_threads=getattr(

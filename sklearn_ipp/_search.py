@@ -65,6 +65,14 @@ _CLUSTER_PARAMETERS_DOC = """
         Times a fit is sent again when the engine running it dies. An
         exception raised by the estimator is handled by ``error_score``,
         never retried.
+
+    reuse_prefixes : bool, default=True
+        When the estimator is a ``Pipeline``, fit its leading steps once per
+        split for all the candidates that give them the same parameters,
+        and fit only the remaining steps per candidate, where this cannot
+        change a result (see :ref:`repeated-work`). ``cv_results_`` are
+        scikit-learn's; a candidate's ``fit_time`` and ``score_time``
+        include its share of the prefix's. False fits every pipeline whole.
 """
 
 
@@ -74,6 +82,7 @@ _CLUSTER_CONSTRAINTS = {
     "store_dir": [None, str, os.PathLike],
     "checkpoint_dir": [None, str, os.PathLike],
     "retries": [Interval(Integral, 0, None, closed="left")],
+    "reuse_prefixes": ["boolean"],
 }
 
 
@@ -354,6 +363,7 @@ feature_names_in_
         store_dir=None,
         checkpoint_dir=None,
         retries=3,
+        reuse_prefixes=True,
     ):
         super().__init__(
             estimator=estimator,
@@ -371,6 +381,7 @@ feature_names_in_
         self.store_dir = store_dir
         self.checkpoint_dir = checkpoint_dir
         self.retries = retries
+        self.reuse_prefixes = reuse_prefixes
 
     def _search_space_items(self):
         return _grid_items(self.param_grid, "param_grid")
@@ -462,6 +473,7 @@ feature_names_in_
         store_dir=None,
         checkpoint_dir=None,
         retries=3,
+        reuse_prefixes=True,
     ):
         super().__init__(
             estimator=estimator,
@@ -481,6 +493,7 @@ feature_names_in_
         self.store_dir = store_dir
         self.checkpoint_dir = checkpoint_dir
         self.retries = retries
+        self.reuse_prefixes = reuse_prefixes
 
     def _search_space_items(self):
         return _grid_items(self.param_distributions, "param_distributions")
@@ -599,6 +612,7 @@ feature_names_in_
         store_dir=None,
         checkpoint_dir=None,
         retries=3,
+        reuse_prefixes=True,
     ):
         super().__init__(
             estimator,
@@ -621,6 +635,7 @@ feature_names_in_
         self.store_dir = store_dir
         self.checkpoint_dir = checkpoint_dir
         self.retries = retries
+        self.reuse_prefixes = reuse_prefixes
 
     def _search_space_items(self):
         return _grid_items(self.param_grid, "param_grid")
@@ -728,6 +743,7 @@ feature_names_in_
         store_dir=None,
         checkpoint_dir=None,
         retries=3,
+        reuse_prefixes=True,
     ):
         super().__init__(
             estimator,
@@ -751,6 +767,7 @@ feature_names_in_
         self.store_dir = store_dir
         self.checkpoint_dir = checkpoint_dir
         self.retries = retries
+        self.reuse_prefixes = reuse_prefixes
 
     def _search_space_items(self):
         return _grid_items(self.param_distributions, "param_distributions")

@@ -76,6 +76,7 @@ class SearchRun:
         self._cluster_options = {
             "store_dir": search.store_dir,
             "retries": search.retries,
+            "reuse_prefixes": search.reuse_prefixes,
             "verbose": search.verbose,
             "whole_data": search._stores_whole_data(),
         }
@@ -177,6 +178,14 @@ class SearchRun:
         cluster and send the data there again, but run as they would in
         scikit-learn. The settings are left before the cluster backend is.
         """
+        backend = self._backend
+        if self._cluster_options["verbose"] > 0 and backend is not None:
+            n_fits, n_on = backend.n_prefix_fits, backend.n_on_prefix
+            if n_on:
+                print(
+                    f"Fitted {n_fits} pipeline prefixes once per split for "
+                    f"{n_on} fits: {n_on - n_fits} prefix fits saved"
+                )
         # joblib's parallel_config takes effect when made, not when entered.
         caller_backend, caller_n_jobs = self._caller
         self._after_search.enter_context(
