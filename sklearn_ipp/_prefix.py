@@ -42,6 +42,7 @@ from sklearn.utils.validation import _check_method_params
 
 from ._pickling import dumps
 from ._store import RowRange
+from ._worker import with_read_only_hint
 
 __all__ = [
     "PrefixFold",
@@ -455,7 +456,7 @@ def fit_and_score_on_prefix(refs, *args, **kwargs):
             return True, _on_prefix(refs, _SIGNATURE.bind(*args, **kwargs).arguments)
     except Exception:
         pass
-    return False, _validation._fit_and_score(*args, **kwargs)
+    return False, with_read_only_hint(_validation._fit_and_score(*args, **kwargs))
 
 
 def _on_prefix(refs, arguments):

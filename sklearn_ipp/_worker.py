@@ -30,6 +30,7 @@ __all__ = [
     "restore_user_handler",
     "run_batch",
     "running_a_task",
+    "with_read_only_hint",
 ]
 
 # Marks a reply whose tasks could not even be unpickled on the engine, which
@@ -142,7 +143,7 @@ def _run_tasks(tasks, warning_filters=None):
         try:
             with captured(kwargs.get("caller"), warning_filters) as output:
                 result = _run_stoppable(function, args, kwargs)
-            outcomes.append((True, _with_read_only_hint(result)))
+            outcomes.append((True, with_read_only_hint(result)))
         except TasksStopped:
             n_left = len(tasks) - len(outcomes)
             outcomes += [(STOPPED,)] * n_left
@@ -150,7 +151,7 @@ def _run_tasks(tasks, warning_filters=None):
             outputs += [None] * n_left  # they run again
             break
         except BaseException as exc:  # each task's error goes back on its own
-            error = _reloadable(_with_read_only_hint(exc))
+            error = _reloadable(with_read_only_hint(exc))
             outcomes.append((False, error, traceback.format_exc()))
         seconds.append(time.perf_counter() - start)
         outputs.append(output or None)
@@ -266,7 +267,7 @@ def _engine_shell():
     return shell
 
 
-def _with_read_only_hint(outcome):
+def with_read_only_hint(outcome):
     """Say why an estimator could not write into its data, and what to do.
 
     ``outcome`` is an exception, or sklearn's result dict whose ``fit_error``

@@ -491,3 +491,36 @@ def test_a_prefix_is_charged_to_its_candidates():
     result = {"fit_time": 0.1, "score_time": 0.01}
     prefix.charge(result)
     assert result == pytest.approx({"fit_time": 0.6, "score_time": 0.26})
+
+
+class WritesIntoX(BaseEstimator):
+    """A classifier that scales its training data in place, as some do."""
+
+    _estimator_type = "classifier"
+
+    def fit(self, X, y):
+        X *= 1.0
+        self.model_ = LogisticRegression().fit(X, y)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def predict(self, X):
+        return self.model_.predict(X)
+
+    def score(self, X, y):
+        return self.model_.score(X, y)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.estimator_type = "classifier"
+        return tags
+
+
+def test_remaining_steps_that_write_into_their_data_run_whole(client):
+    # The stored rows are read-only; scikit-learn's StandardScaler gives the
+    # whole pipeline's last step a new array, which it may write into.
+    estimator = Pipeline([("scale", StandardScaler()), ("clf", WritesIntoX())])
+    grid = {"scale__with_std": [True], "clf": [WritesIntoX(), WritesIntoX()]}
+    backend = same_as_sklearn(client, estimator, grid)
+    assert backend.n_prefix_fits == N_SPLITS
+    assert backend.n_on_prefix == 0
