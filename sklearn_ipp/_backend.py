@@ -146,6 +146,8 @@ class ClusterBackend(ParallelBackendBase):
     ):
         super().__init__(**backend_kwargs)
         self.reuse_prefixes = reuse_prefixes
+        # Why a searched pipeline was fitted whole, if the user can change it.
+        self.prefix_note = None
         self.store_dir = store_dir
         self.max_nbytes = _checked_max_nbytes(max_nbytes)
         self.on_progress = on_progress
@@ -373,7 +375,9 @@ class ClusterBackend(ParallelBackendBase):
         context = task.arguments.get("callback_ctx")
         if context is not None and not _without_callbacks(task.arguments):
             return  # callbacks see every step fitted, as in scikit-learn
-        plan = prefix_plan(task.arguments)
+        plan, reason = prefix_plan(task.arguments)
+        if reason is not None and self.prefix_note is None:
+            self.prefix_note = reason
         if plan is not None:
             task.prefix = self.folds.prefix_of(
                 task.split_key, task.fold, task.rows, plan, task.arguments

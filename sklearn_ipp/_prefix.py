@@ -84,7 +84,7 @@ _IGNORED_RANDOM_STATE = {
 
 
 def prefix_plan(arguments):
-    """Return how a ``_fit_and_score`` task's pipeline splits, or None.
+    """Return how a ``_fit_and_score`` task's pipeline splits, and why not.
 
     Parameters
     ----------
@@ -97,66 +97,79 @@ def prefix_plan(arguments):
         The number of leading steps of each nested pipeline that make the
         prefix (the top one first; a last step that is itself a pipeline
         is opened), and a token of everything the prefix's fit depends on
-        besides the split: its steps and their parameters, and the fit
-        parameters. None when the task must run whole: see
-        :ref:`repeated-work`.
+        besides the split: its steps and their parameters. None when the
+        task must run whole: see :ref:`repeated-work`.
+    reason : str or None
+        Why a pipeline searched over several candidates runs whole, where
+        the user can change it; else None.
     """
     estimator = arguments.get("estimator")
     progress = arguments.get("candidate_progress")
-    if type(estimator) is not Pipeline or not progress or progress[1] < 2:
-        return None  # reuse needs a plain pipeline and several candidates
+    if not isinstance(estimator, Pipeline) or not progress or progress[1] < 2:
+        return None, None  # reuse needs a pipeline and several candidates
+    if type(estimator) is not Pipeline:
+        return None, f"{type(estimator).__name__} is a subclass of Pipeline"
     if not _is_plain_scorer(arguments.get("scorer")):
-        return None  # a scorer of the user's may look at the steps or at X
+        # It may look at the steps, or at the data it is given.
+        return None, (
+            "the scoring is a callable of the user's: make it a scorer with "
+            "sklearn.metrics.make_scorer"
+        )
     fit_params = arguments.get("fit_params") or {}
     if fit_params and _routing_enabled():
-        return None
+        return None, "metadata routing is enabled and fit parameters are passed"
     try:
         candidate = clone(estimator)
         parameters = arguments.get("parameters")
         if parameters:
             candidate.set_params(**clone(parameters, safe=False))
     except Exception:
-        return None  # the whole pipeline gives the error, as in scikit-learn
+        return None, None  # the whole pipeline gives the error, as in sklearn
     levels, steps = _split(candidate)
     if levels is None:
-        return None
-    real = [step for _, step in steps if not _is_passthrough(step)]
-    if not real or not all(_is_deterministic(step) for step in real):
-        return None
+        return None, steps
+    for path, step in steps:
+        drawing = None if _is_passthrough(step) else _drawing_random_numbers(step)
+        if drawing is not None:
+            return None, (
+                f"step {path!r} ({type(step).__name__}) has "
+                f"{type(drawing).__name__}(random_state="
+                f"{drawing.get_params(deep=False)['random_state']!r}): give it "
+                "an int random_state to fit it once per split"
+            )
     names = {name for name, _ in candidate.steps}
     if any(key.split("__", 1)[0] not in names or "__" not in key for key in fit_params):
-        return None  # Pipeline's own error, from the whole pipeline
+        return None, None  # Pipeline's own error, from the whole pipeline
     try:
         token = hashlib.sha256(dumps((levels, steps))).digest()
     except Exception:
-        return None
-    return levels, token
+        return None, None
+    return (levels, token), None
 
 
 def _split(pipeline):
-    """Return ``(levels, prefix_steps)`` of a candidate pipeline, or (None, None).
+    """Return ``(levels, prefix_steps)`` of a candidate pipeline.
 
     ``prefix_steps`` are ``(parameter path, step)`` in the order they are
     fitted; a last step that is itself a ``Pipeline`` is opened, so that
-    its own leading steps join the prefix.
+    its own leading steps join the prefix. ``(None, reason)`` when there is
+    no prefix to share, ``reason`` saying why where the user may change it.
     """
     levels, steps, path = [], [], ""
     while True:
-        if (
-            type(pipeline) is not Pipeline
-            or pipeline.memory is not None
-            or pipeline.verbose
-            or getattr(pipeline, "transform_input", None) is not None
-            or len(pipeline.steps) < 1
-        ):
+        if type(pipeline) is not Pipeline or len(pipeline.steps) < 1:
             return None, None
+        for name in ("memory", "verbose", "transform_input"):
+            value = getattr(pipeline, name, None)
+            if value if name == "verbose" else value is not None:
+                return None, f"the pipeline has {name}={value!r}"
         *leading, (last_name, last) = pipeline.steps
         levels.append(len(leading))
         steps += [(path + name, step) for name, step in leading]
         if type(last) is Pipeline:
             pipeline, path = last, f"{path}{last_name}__"
             continue
-        if _is_passthrough(last) or not steps:
+        if _is_passthrough(last) or all(_is_passthrough(s) for _, s in steps):
             return None, None
         return tuple(levels), steps
 
@@ -171,13 +184,13 @@ def _is_plain_scorer(scorer):
     return isinstance(scorer, (_BaseScorer, _PassthroughScorer))
 
 
-def _is_deterministic(step):
-    """Whether fitting the step twice on the same rows gives the same fit.
+def _drawing_random_numbers(step):
+    """Return the estimator in ``step`` whose fits may differ, or None.
 
-    Every estimator inside it has an int ``random_state``, none, or one its
-    configuration never uses. ``None`` elsewhere draws from numpy's global
-    generator, and a ``RandomState`` instance moves on at every fit:
-    scikit-learn's fits of such a step differ from candidate to candidate.
+    That is one with a ``random_state`` that is neither an int nor unused by
+    its configuration: ``None`` draws from numpy's global generator, and a
+    ``RandomState`` instance moves on at every fit, so scikit-learn's fits
+    of such a step differ from candidate to candidate.
     """
     pending = [step]
     while pending:
@@ -191,14 +204,14 @@ def _is_deterministic(step):
                 isinstance(seed, bool)
             )
             if not (seeded or (seed is None and _ignores_random_state(obj))):
-                return False
+                return obj
         for value in params.values():
             if isinstance(value, (list, tuple)):
                 for item in value:
                     pending.extend(item if isinstance(item, tuple) else [item])
             else:
                 pending.append(value)
-    return True
+    return None
 
 
 def _ignores_random_state(obj):

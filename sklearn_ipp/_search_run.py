@@ -186,6 +186,11 @@ class SearchRun:
                     f"Fitted {n_fits} pipeline prefixes once per split for "
                     f"{n_on} fits: {n_on - n_fits} prefix fits saved"
                 )
+            elif backend.prefix_note is not None:
+                print(
+                    "Fitted every pipeline whole, its leading steps for each "
+                    f"candidate: {backend.prefix_note}"
+                )
         # joblib's parallel_config takes effect when made, not when entered.
         caller_backend, caller_n_jobs = self._caller
         self._after_search.enter_context(

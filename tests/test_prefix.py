@@ -425,7 +425,7 @@ def test_a_candidate_on_its_prefix_returns_an_ordinary_pipeline():
 
     parameters = {"clf__C": 0.5}
     arguments = _arguments(pca_pipeline(), parameters)
-    levels, _ = prefix_plan(arguments)
+    (levels, _), _ = prefix_plan(arguments)
     output = fit_prefix(levels, **_arguments(pca_pipeline(), parameters))
     n = output.n_train
     refs = {
@@ -462,24 +462,48 @@ def test_a_candidate_on_its_prefix_returns_an_ordinary_pipeline():
     assert result["parameters"] == parameters
 
 
-def test_plans():
-    assert prefix_plan(_arguments(pca_pipeline(), {"clf__C": 1.0})) is not None
-    # One candidate, no pipeline, a pipeline subclass: no plan.
-    assert prefix_plan(_arguments(pca_pipeline(), {}, candidate_progress=None)) is None
-    assert prefix_plan(_arguments(LogisticRegression(), {"C": 1.0})) is None
+def test_plans_and_why_not():
+    def plan(estimator, parameters, **extra):
+        return prefix_plan(_arguments(estimator, parameters, **extra))
+
+    assert plan(pca_pipeline(), {"clf__C": 1.0})[0] is not None
+    # One candidate, or no pipeline: nothing to say.
+    assert plan(pca_pipeline(), {}, candidate_progress=None) == (None, None)
+    assert plan(LogisticRegression(), {"C": 1.0}) == (None, None)
 
     class MyPipeline(Pipeline):
         pass
 
-    assert prefix_plan(_arguments(MyPipeline(pca_pipeline().steps), {})) is None
+    assert "subclass" in plan(MyPipeline(pca_pipeline().steps), {})[1]
     # The last step's parameters do not change the token; the prefix's do.
-    token = prefix_plan(_arguments(pca_pipeline(), {"clf__C": 1.0}))[1]
-    assert prefix_plan(_arguments(pca_pipeline(), {"clf__C": 2.0}))[1] == token
-    assert prefix_plan(_arguments(pca_pipeline(), {"pca__n_components": 2}))[1] != token
+    token = plan(pca_pipeline(), {"clf__C": 1.0})[0][1]
+    assert plan(pca_pipeline(), {"clf__C": 2.0})[0][1] == token
+    assert plan(pca_pipeline(), {"pca__n_components": 2})[0][1] != token
     # Fit parameters for a step that does not exist: the pipeline's own error.
-    assert (
-        prefix_plan(_arguments(pca_pipeline(), {}, fit_params={"nope__w": 1})) is None
+    assert plan(pca_pipeline(), {}, fit_params={"nope__w": 1}) == (None, None)
+    # Why not, where the user can change it.
+    _, why = plan(pca_pipeline(pca=PCA(5)), {})  # svd_solver="auto" may randomize
+    assert why.startswith("step 'pca' (PCA) has PCA(random_state=None)")
+    assert "int random_state" in why
+    nested = pca_pipeline(
+        scale=ColumnTransformer([("svd", TruncatedSVD(2), [0, 1, 2])])
     )
+    assert "TruncatedSVD(random_state=None)" in plan(nested, {})[1]
+    assert plan(pca_pipeline().set_params(verbose=0), {})[0] is not None
+    assert "verbose=True" in plan(pca_pipeline().set_params(verbose=True), {})[1]
+    assert "memory=" in plan(pca_pipeline().set_params(memory="/tmp"), {})[1]
+    assert "make_scorer" in plan(pca_pipeline(), {}, scorer=lambda e, X, y: 0)[1]
+
+
+def test_verbose_says_why_every_pipeline_was_fitted_whole(client, capsys):
+    grid = {"clf__C": C_VALUES}
+    estimator = pca_pipeline(pca=PCA(5, svd_solver="randomized"))
+    search = IPyParallelGridSearchCV(estimator, grid, cv=CV, client=client, verbose=1)
+    search.fit(X, Y)
+    assert (
+        "Fitted every pipeline whole, its leading steps for each candidate: step "
+        "'pca' (PCA) has PCA(random_state=None): give it an int random_state"
+    ) in capsys.readouterr().out
 
 
 def test_a_prefix_is_charged_to_its_candidates():
