@@ -248,15 +248,6 @@ class PrefixFold:
         self.base = base
         self.levels = levels
         self.rows = rows
-        # The data's row numbers of the prefix's stored rows, where they are
-        # not those of the fold: y and the sample-aligned parameters are then
-        # stored again in the prefix's order.
-        if isinstance(rows, tuple):
-            self.row_numbers = np.concatenate(rows)
-        elif rows != len(base.train):
-            self.row_numbers = np.concatenate([base.train[:rows], base.test])
-        else:
-            self.row_numbers = None
         self.sequence = base.sequence
         self.refs = None  # name -> StoredData, once stored
         self.plain = False  # its candidates run whole (the prefix failed)
@@ -285,8 +276,8 @@ class PrefixFold:
         refs = {"X": write(output.X), "steps": write(output.steps)}
         if output.X_train is not None:
             refs["X_train"] = write(output.X_train)
-        if self.row_numbers is not None:
-            rows = self.row_numbers
+        rows = self._row_numbers()
+        if rows is not None:
             if base.y is not None:
                 refs["y"] = write(_indexable(base.y), rows)
             for name, value in base.aligned_params.items():
@@ -296,6 +287,20 @@ class PrefixFold:
         self.n_train, self.n_test = output.n_train, output.n_test
         self.n_fits += 1
         self.refs = refs
+
+    def _row_numbers(self):
+        """Return the data's row numbers of the stored rows, if not the fold's.
+
+        y and the sample-aligned parameters are then stored again, in the
+        prefix's order. Asked once the fold is stored, when its train rows
+        are final (see ``FoldIndex._fold_sharing_rows``).
+        """
+        rows, base = self.rows, self.base
+        if isinstance(rows, tuple):  # the whole data: the split's rows of it
+            return np.concatenate(rows)
+        if rows != len(base.train):  # the first rows of the fold's train rows
+            return np.concatenate([base.train[:rows], base.test])
+        return None
 
     def release(self, remove):
         refs, self.refs = self.refs, None

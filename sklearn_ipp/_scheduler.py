@@ -575,9 +575,12 @@ class Scheduler:
             if fold is None:
                 return
             if getattr(fold, "is_prefix", False):
-                if not fold.plain:
-                    with self._condition:
-                        task = PrefixTask(fold, self._queues.first(fold.key))
+                with self._condition:
+                    first = self._queues.first(fold.key)
+                    if first is None:  # its candidates were dropped meanwhile
+                        fold.plain = True
+                    if not fold.plain:
+                        task = PrefixTask(fold, first)
                         for counted in task.folds:
                             counted.n_outstanding += 1
                         self._queues.add(task)
