@@ -283,7 +283,9 @@ class PrefixFold:
             for name, value in base.aligned_params.items():
                 refs["param:" + name] = write(_indexable(value), rows)
         self.fit_seconds, self.test_seconds = output.fit_seconds, output.test_seconds
-        self.nbytes = sum(ref.nbytes for ref in refs.values())
+        self.nbytes = sum(
+            _nbytes(data) for data in (output.X, output.X_train, output.steps)
+        )
         self.n_train, self.n_test = output.n_train, output.n_test
         self.n_fits += 1
         self.refs = refs
@@ -350,6 +352,14 @@ class PrefixFold:
         share = max(1, self.n_candidates)
         result["fit_time"] = result.get("fit_time", 0.0) + self.fit_seconds / share
         result["score_time"] = result.get("score_time", 0.0) + self.test_seconds / share
+
+
+def _nbytes(data):
+    if data is None:
+        return 0
+    if sp.issparse(data):
+        return data.data.nbytes + data.indices.nbytes + data.indptr.nbytes
+    return data.nbytes
 
 
 def _indexable(data):

@@ -435,3 +435,90 @@ def test_errors_are_told_in_the_order_of_their_batches():
     assert told == [3, 0, 1, 2]
     # A batch raises its first task's error, whatever came first.
     assert str(jobs[1].exception) == "first of batch 1"
+
+
+def _with_prefixes(folds, tasks):
+    """Point fit tasks at a pipeline prefix per split, as the backend does."""
+    for task in tasks:
+        task.prefix = folds.prefix_of(
+            task.split_key, task.fold, task.rows, ((1,), b"token"), task.arguments
+        )
+    return tasks
+
+
+def _answer_with_prefixes(harness, until, prefix_ok=True):
+    """Answer as engines do: a prefix's output, or the task's ``args[0]``."""
+    from sklearn_ipp._prefix import PrefixOutput
+
+    answered = []  # (kind, task) in the order the replies were given
+    while not until():
+        try:
+            handle = harness.messenger.outbox.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        outcomes = []
+        for task in harness.messenger.sent[handle.number - 1]:
+            if task.internal:
+                n_train, n_test = task.rows, len(task.fold.test)
+                output = PrefixOutput(
+                    np.zeros((n_train + n_test, 2)),
+                    None,
+                    np.zeros(4, np.uint8),
+                    0.2,
+                    0.1,
+                    n_train,
+                    n_test,
+                )
+                outcomes.append((True, output) if prefix_ok else (False, ValueError()))
+                answered.append(("prefix", task))
+            else:
+                outcomes.append((True, task.args[0]))
+                answered.append(("fit", task))
+        harness.reply(handle, outcomes, [0.001] * len(outcomes))
+    return answered
+
+
+def test_prefix_tasks_go_before_their_candidates_then_are_removed():
+    with Harness(n_engines=1) as harness:
+        job, tasks = fit_tasks(harness.folds, n_candidates=3, n_splits=2)
+        harness.submit(_with_prefixes(harness.folds, tasks))
+        answered = _answer_with_prefixes(harness, until=job.done.is_set)
+        assert job.get(0) == list(range(6))
+    prefixes = [task for kind, task in answered if kind == "prefix"]
+    assert len(prefixes) == 2  # one per split, for its 3 candidates
+    for position, (kind, task) in enumerate(answered):
+        if kind == "fit":  # after its prefix's reply
+            done = [t.fits for k, t in answered[:position] if k == "prefix"]
+            assert task.prefix in done
+    assert harness.folds.n_prefix_fits == 2
+    # Internal tasks are not counted as the call's.
+    assert harness.scheduler.n_done == harness.scheduler.n_submitted == 6
+    # The splits and the prefixes' rows and steps, all removed.
+    assert len(harness.written) == 2 * 2 + 2 * 2
+    assert sorted(harness.removed) == sorted(ref for ref, _ in harness.written)
+
+
+def test_candidates_of_a_failed_prefix_run_whole():
+    with Harness(n_engines=2) as harness:
+        job, tasks = fit_tasks(harness.folds, n_candidates=2, n_splits=2)
+        harness.submit(_with_prefixes(harness.folds, tasks))
+        _answer_with_prefixes(harness, until=job.done.is_set, prefix_ok=False)
+        assert job.get(0) == list(range(4))
+    # Sent to run whole, on their split's fold.
+    assert not any(task.on_prefix for task in tasks)
+    assert harness.folds.n_prefix_fits == 0
+
+
+def test_a_prefix_for_one_candidate_is_not_fitted_when_all_tasks_came():
+    with Harness(n_engines=1) as harness:
+        job, tasks = fit_tasks(harness.folds, n_candidates=2, n_splits=2)
+        # Each candidate its own prefix: nothing to share.
+        for task in tasks:
+            token = str(task.arguments["parameters"]).encode()
+            task.prefix = harness.folds.prefix_of(
+                task.split_key, task.fold, task.rows, ((1,), token), task.arguments
+            )
+        harness.submit(tasks)
+        answered = _answer_with_prefixes(harness, until=job.done.is_set)
+    assert [kind for kind, _ in answered] == ["fit"] * 4
+    assert not any(task.on_prefix for task in tasks)
