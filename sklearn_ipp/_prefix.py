@@ -231,7 +231,7 @@ class PrefixFold:
     Parameters
     ----------
     key : tuple
-        ``("prefix", split key, levels, token)``.
+        ``("prefix", split key, levels, token, fit parameters' hashes)``.
     base : Fold
         The split's fold.
     levels : tuple of int
@@ -257,7 +257,6 @@ class PrefixFold:
         self.output = None  # what fitting the prefix said (a TaskOutput)
         self.fit_seconds = self.test_seconds = 0.0
         self.nbytes = 0
-        self.n_fits = 0  # times the prefix was fitted
 
     @property
     def stored(self):
@@ -287,7 +286,6 @@ class PrefixFold:
             _nbytes(data) for data in (output.X, output.X_train, output.steps)
         )
         self.n_train, self.n_test = output.n_train, output.n_test
-        self.n_fits += 1
         self.refs = refs
 
     def _row_numbers(self):
