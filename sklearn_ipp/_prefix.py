@@ -272,7 +272,9 @@ class PrefixFold:
             self.plain = True
             return
         base = self.base
-        refs = {"X": write(output.X), "steps": write(output.steps)}
+        refs = {"X": write(output.X)}
+        if output.steps is not None:
+            refs["steps"] = write(output.steps)
         if output.X_train is not None:
             refs["X_train"] = write(output.X_train)
         rows = self._row_numbers()
@@ -331,7 +333,7 @@ class PrefixFold:
             "levels": self.levels,
             "X": self.refs["X"],
             "X_train": self.refs.get("X_train"),
-            "steps": self.refs["steps"],
+            "steps": self.refs.get("steps"),
             "train": RowRange(0, self.n_train),
             "test": RowRange(self.n_train, self.n_train + self.n_test),
             "params": {
@@ -393,8 +395,11 @@ class PrefixOutput:
         The train rows transformed by the fitted steps, which train scores
         are computed on (some steps' ``fit_transform`` differs from their
         ``transform``); None when the search does not want train scores.
-    steps : ndarray of uint8
-        The fitted steps, pickled.
+    steps : ndarray of uint8 or None
+        The fitted steps, pickled; None unless the candidates return their
+        estimator (they need nothing else of them: their scorers are
+        scikit-learn's, which call the pipeline's methods, and those skip
+        the prefix's steps).
     fit_seconds, test_seconds : float
         The time of the fit (and of transforming the train rows), and of
         transforming the test rows.
@@ -444,7 +449,9 @@ def fit_prefix(levels, *args, **kwargs):
     stacked = _stacked(Xt_train, Xt_test)
     if stacked is None or (Xt_scored is not None and _stacked(Xt_scored) is None):
         return None
-    fitted = np.frombuffer(dumps([step for _, step in steps]), dtype=np.uint8)
+    fitted = None
+    if arguments.get("return_estimator"):
+        fitted = np.frombuffer(dumps([step for _, step in steps]), dtype=np.uint8)
     return PrefixOutput(
         stacked,
         Xt_scored,
@@ -487,7 +494,9 @@ def fit_and_score_on_prefix(refs, *args, **kwargs):
 
 def _on_prefix(refs, arguments):
     estimator = _configured(arguments)
-    fitted = pickle.loads(np.asarray(refs["steps"]).tobytes())
+    fitted = None
+    if refs["steps"] is not None:  # the estimator is returned: with them
+        fitted = pickle.loads(np.asarray(refs["steps"]).tobytes())
     pipelines = _with_fitted_prefix(estimator, refs["levels"], fitted)
     tail = dict(arguments)
     tail.update(
@@ -566,13 +575,18 @@ def _prefix_steps(estimator, levels):
 
 
 def _with_fitted_prefix(estimator, levels, fitted):
-    """Put the fitted steps in place of the prefix's; return the pipelines."""
+    """Mark the prefix's steps fitted; return the pipelines.
+
+    ``fitted``, the fitted steps, replace the prefix's own; None leaves them
+    unfitted, never to be used: fitting, predicting and scoring skip them.
+    """
     pipelines = _levels(estimator, levels)
-    fitted = iter(fitted)
+    fitted = None if fitted is None else iter(fitted)
     for pipeline, n_steps in pipelines:
         pipeline.steps = list(pipeline.steps)
-        for i in range(n_steps):
-            pipeline.steps[i] = (pipeline.steps[i][0], next(fitted))
+        if fitted is not None:
+            for i in range(n_steps):
+                pipeline.steps[i] = (pipeline.steps[i][0], next(fitted))
         pipeline._sklearn_ipp_n_fitted = n_steps
     return pipelines
 
