@@ -184,7 +184,7 @@ class SearchRun:
             if n_on:
                 print(
                     f"Fitted {n_fits} pipeline prefixes once per split for "
-                    f"{n_on} fits: {n_on - n_fits} prefix fits saved"
+                    f"{n_on} fits: {max(0, n_on - n_fits)} prefix fits saved"
                 )
             elif backend.prefix_note is not None:
                 print(
