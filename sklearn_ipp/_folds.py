@@ -29,7 +29,6 @@ import scipy.sparse as sp
 from sklearn.model_selection import _validation
 from sklearn.utils.validation import _num_samples
 
-from ._prefix import PrefixFold
 from ._store import RowRange, content_hash
 
 __all__ = [
@@ -324,6 +323,10 @@ class FoldIndex:
         ``plan`` is :func:`prefix_plan`'s; the fit parameters are part of
         what the prefix's fit depends on.
         """
+        # Here, not at the top: _prefix reads this module's description of
+        # _fit_and_score's arguments.
+        from ._prefix import PrefixFold
+
         levels, token = plan
         params = tuple(
             (name, self._hash(value))

@@ -303,6 +303,9 @@ def captured(caller=None, warning_filters=None):
     stdout, stderr = io.StringIO(), io.StringIO()
     routing = _callback_routing()
     if routing is not None:
+        # Blocks may nest (a fit on a pipeline prefix collects what it says
+        # inside its task's block): the outer one gets its routing back.
+        outer = routing.capture, routing.caller
         routing.capture, routing.caller = output.callback_messages, caller
     try:
         with (
@@ -316,7 +319,7 @@ def captured(caller=None, warning_filters=None):
             yield output
     finally:
         if routing is not None:
-            routing.capture = routing.caller = None
+            routing.capture, routing.caller = outer
         output.stdout, output.stderr = stdout.getvalue(), stderr.getvalue()
         output.warnings = [
             (record.message, record.category, record.filename, record.lineno)

@@ -23,13 +23,9 @@ import contextlib
 import copy
 import functools
 import hashlib
-import inspect
-import io
 import numbers
 import pickle
-import sys
 import time
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,8 +36,10 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils.metaestimators import _safe_split
 from sklearn.utils.validation import _check_method_params
 
+from ._folds import _FIT_AND_SCORE_SIGNATURE, _indexable, _split_arguments
+from ._output import captured
 from ._pickling import dumps
-from ._store import RowRange
+from ._store import RowRange, _sparse_nbytes
 from ._worker import with_read_only_hint
 
 __all__ = [
@@ -285,7 +283,9 @@ class PrefixFold:
                 refs["param:" + name] = write(_indexable(value), rows)
         self.fit_seconds, self.test_seconds = output.fit_seconds, output.test_seconds
         self.nbytes = sum(
-            _nbytes(data) for data in (output.X, output.X_train, output.steps)
+            getattr(data, "nbytes", 0) or _sparse_nbytes(data)
+            for data in (output.X, output.X_train, output.steps)
+            if data is not None
         )
         self.n_train, self.n_test = output.n_train, output.n_test
         self.refs = refs
@@ -354,18 +354,6 @@ class PrefixFold:
         result["score_time"] = result.get("score_time", 0.0) + self.test_seconds / share
 
 
-def _nbytes(data):
-    if data is None:
-        return 0
-    if sp.issparse(data):
-        return data.data.nbytes + data.indices.nbytes + data.indptr.nbytes
-    return data.nbytes
-
-
-def _indexable(data):
-    return data.tocsr() if sp.issparse(data) else data
-
-
 def _calling(function, replacement):
     """Return ``function`` calling ``replacement`` instead of what it wraps.
 
@@ -412,9 +400,6 @@ class PrefixOutput:
         self.n_train, self.n_test = n_train, n_test
 
 
-_SIGNATURE = inspect.signature(_validation._fit_and_score)
-
-
 def fit_prefix(levels, *args, **kwargs):
     """Fit a candidate's prefix on its split; return a ``PrefixOutput`` or None.
 
@@ -422,7 +407,7 @@ def fit_prefix(levels, *args, **kwargs):
     not a numeric array or a CSR matrix (a DataFrame, say), which the store
     would not give back as they are: the candidates then run whole.
     """
-    arguments = _SIGNATURE.bind(*args, **kwargs).arguments
+    arguments = _FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
     estimator = _configured(arguments)
     steps = _prefix_steps(estimator, levels)
     X, y, train, test = (arguments[name] for name in ("X", "y", "train", "test"))
@@ -486,7 +471,8 @@ def fit_and_score_on_prefix(refs, *args, **kwargs):
     """
     try:
         with _said_unless_failed():
-            return True, _on_prefix(refs, _SIGNATURE.bind(*args, **kwargs).arguments)
+            arguments = _FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
+            return True, _on_prefix(refs, arguments)
     except Exception:
         pass
     return False, with_read_only_hint(_validation._fit_and_score(*args, **kwargs))
@@ -518,7 +504,8 @@ def _on_prefix(refs, arguments):
     try:
         for pipeline, _ in pipelines:
             pipeline.__class__ = _PrefixFitted
-        result = _validation._fit_and_score(**_by_kind(tail))
+        tail_args, tail_kwargs = _split_arguments(tail)
+        result = _validation._fit_and_score(*tail_args, **tail_kwargs)
         if arguments.get("return_train_score"):
             X_train = refs["X_train"]
             y = tail["y"]
@@ -534,19 +521,6 @@ def _on_prefix(refs, arguments):
             pipeline.__class__ = Pipeline
             del pipeline._sklearn_ipp_n_fitted
     return result
-
-
-def _by_kind(arguments):
-    """``_fit_and_score``'s arguments by name, as keywords it takes."""
-    kwargs = {}
-    for name, parameter in _SIGNATURE.parameters.items():
-        if name not in arguments:
-            continue
-        if parameter.kind is parameter.VAR_KEYWORD:
-            kwargs.update(arguments[name])
-        else:
-            kwargs[name] = arguments[name]
-    return kwargs
 
 
 def _configured(arguments):
@@ -617,16 +591,6 @@ def _said_unless_failed():
     A candidate whose remaining steps fail runs whole, which says it all
     again, as scikit-learn would have.
     """
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with (
-        warnings.catch_warnings(record=True) as records,
-        contextlib.redirect_stdout(stdout),
-        contextlib.redirect_stderr(stderr),
-    ):
+    with captured() as output:
         yield
-    print(stdout.getvalue(), end="")
-    print(stderr.getvalue(), end="", file=sys.stderr)
-    for record in records:
-        warnings.warn_explicit(
-            record.message, record.category, record.filename, record.lineno
-        )
+    output.replay()

@@ -718,7 +718,6 @@ class Scheduler:
             self._folds.store_prefix(prefix, value if ok else None)
         except Exception:
             logger.info("A pipeline prefix could not be stored.", exc_info=True)
-            prefix.release(lambda ref: None)
             self._folds.store_prefix(prefix, None)
         with self._condition:
             for fold in task.folds:
