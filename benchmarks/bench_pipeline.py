@@ -47,7 +47,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_search_memory import _footprint, _PeakSampler
+from bench_search_memory import _footprint, _PeakSampler, local_cluster
 
 CASES = ("pca", "text", "columns")
 SYSTEMS = ("loky", "loky memory=", "dask-ml", "sklearn_ipp", "sklearn_ipp whole")
@@ -127,18 +127,9 @@ def _run_child(system, case, n_workers, scale):
     estimator, grid, cv, X, y = _case(case, scale)
     stop_cluster = cache = None
     if system.startswith("sklearn_ipp"):
-        import ipyparallel as ipp
-
         from sklearn_ipp import IPyParallelGridSearchCV
 
-        os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
-        cluster = ipp.Cluster(n=n_workers, log_level=40)
-        client = cluster.start_and_connect_sync()
-
-        def stop_cluster():
-            client.close()
-            cluster.stop_cluster_sync()
-
+        client, stop_cluster = local_cluster(n_workers)
         search = IPyParallelGridSearchCV(
             estimator,
             grid,

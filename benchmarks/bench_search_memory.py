@@ -110,6 +110,24 @@ class _PeakSampler(threading.Thread):
         self.peak = max(self.peak, _footprint())
 
 
+def local_cluster(n_engines):
+    """Start a local cluster in a profile of its own; return ``(client, stop)``.
+
+    The other benchmarks start theirs with this too.
+    """
+    import ipyparallel as ipp
+
+    os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
+    cluster = ipp.Cluster(n=n_engines, log_level=40)
+    client = cluster.start_and_connect_sync()
+
+    def stop():
+        client.close()
+        cluster.stop_cluster_sync()
+
+    return client, stop
+
+
 def _workload(n_samples, n_features):
     rng = np.random.RandomState(0)
     X = rng.standard_normal((n_samples, n_features))
@@ -148,15 +166,7 @@ def _run_child(system, n_workers, n_samples, n_features, cold):
         run = search.fit
         stop_cluster = None
     else:
-        import ipyparallel as ipp
-
-        os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
-        cluster = ipp.Cluster(n=n_workers, log_level=40)
-        client = cluster.start_and_connect_sync()
-
-        def stop_cluster():
-            client.close()
-            cluster.stop_cluster_sync()
+        client, stop_cluster = local_cluster(n_workers)
 
         if system == "sklearn_ipp":
             from sklearn_ipp import IPyParallelGridSearchCV

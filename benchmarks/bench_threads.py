@@ -21,11 +21,9 @@ limited: slow, so not run unless asked.
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -77,15 +75,13 @@ def _run_child(system, workload, n_workers, scale):
     from sklearn.model_selection import GridSearchCV
 
     estimator, grid, cv, X, y = _workload(workload, scale)
-    client = cluster = None
+    stop_cluster = None
     if system.startswith("sklearn_ipp"):
-        import ipyparallel as ipp
+        from bench_search_memory import local_cluster
 
         from sklearn_ipp import IPyParallelGridSearchCV
 
-        os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
-        cluster = ipp.Cluster(n=n_workers, log_level=40)
-        client = cluster.start_and_connect_sync()
+        client, stop_cluster = local_cluster(n_workers)
         search = IPyParallelGridSearchCV(estimator, grid, cv=cv, client=client)
     else:
         n_jobs = None if system == "serial" else n_workers
@@ -99,9 +95,8 @@ def _run_child(system, workload, n_workers, scale):
         wall = time.perf_counter() - start
     scores = search.cv_results_["mean_test_score"].tolist()
     print(json.dumps({"wall": wall, "scores": scores}))
-    if client is not None:
-        client.close()
-        cluster.stop_cluster_sync()
+    if stop_cluster is not None:
+        stop_cluster()
 
 
 def _run(system, workload, n_workers, scale):
