@@ -5,6 +5,7 @@ imported only when something is drawn.
 """
 
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 from sklearn.model_selection import LearningCurveDisplay as _SklearnLearningCurve
@@ -94,6 +95,45 @@ def _distinct_values(params, name):
     return distinct
 
 
+def _grid_values(search, name):
+    """Return the values a search's grid lists for ``name``, else None.
+
+    A running or stopped search has results for some candidates only: the
+    heatmap shows the whole grid, where a blank cell is a candidate not
+    evaluated (yet), rather than only the values that some result has. None
+    when ``name`` is drawn from a distribution or the search has no grid.
+    """
+    grid = getattr(search, "param_grid", None)
+    if grid is None:
+        grid = getattr(search, "param_distributions", None)
+    if grid is None:
+        return None
+    values = {}
+    for space in [grid] if isinstance(grid, Mapping) else grid:
+        listed = space.get(name, ()) if isinstance(space, Mapping) else ()
+        if hasattr(listed, "rvs") or isinstance(listed, (str, bytes)):
+            return None
+        try:
+            for value in listed:
+                values.setdefault(repr(value), value)
+        except TypeError:  # neither a list nor a distribution: not a grid
+            return None
+    return list(values.values()) or None
+
+
+def _with_grid(observed, listed):
+    """``observed`` values plus those only the grid lists, sorted as they are."""
+    if listed is None:
+        return observed
+    merged = {repr(value): value for value in listed}
+    for value in observed:
+        merged.setdefault(repr(value), value)
+    values = list(merged.values())
+    if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+        values.sort()
+    return values
+
+
 def _label(value):
     if isinstance(value, numbers.Real) and not isinstance(
         value, (bool, numbers.Integral)
@@ -155,7 +195,9 @@ class ParameterBoxplotDisplay:
         self.score_name = score_name
 
     @classmethod
-    def from_search(cls, search, *, display_train=False, metric=None, ax=None):
+    def from_search(
+        cls, search, *, display_train=False, metric=None, score_name=None, ax=None
+    ):
         """Plot the score distribution per parameter value of a search.
 
         Parameters
@@ -168,6 +210,9 @@ class ParameterBoxplotDisplay:
         metric : str or None, default=None
             For a multi-metric search, which one; None uses the search's
             ``refit`` metric.
+        score_name : str or None, default=None
+            The score's name on the y axis, such as ``"accuracy"``; None uses
+            the metric's name.
         ax : array of matplotlib Axes or None, default=None
             One per varying parameter; None makes a new figure.
 
@@ -205,7 +250,7 @@ class ParameterBoxplotDisplay:
             param_values=values,
             test_scores=test_scores,
             train_scores=train_scores if display_train else None,
-            score_name=metric,
+            score_name=metric if score_name is None else score_name,
         )
         return display.plot(ax=ax)
 
@@ -224,7 +269,15 @@ class ParameterBoxplotDisplay:
         plt = _pyplot()
         n_params = len(self.param_names)
         if ax is None:
-            _, ax = plt.subplots(1, n_params, figsize=(4 * n_params, 4), squeeze=False)
+            # One y scale for all: the parameters are compared with each other.
+            _, ax = plt.subplots(
+                1,
+                n_params,
+                figsize=(1.0 + 4.0 * n_params, 4.0),
+                sharey=True,
+                squeeze=False,
+                layout="constrained",
+            )
         axes = np.ravel(ax)
         if len(axes) != n_params:
             raise ValueError(f"ax must hold {n_params} Axes, one per parameter.")
@@ -236,40 +289,45 @@ class ParameterBoxplotDisplay:
             shift = width / 2 if self.train_scores else 0.0
             positions = np.arange(1, n_values + 1)
             self.boxplots_.append(
-                axis.boxplot(
-                    self.test_scores[index],
-                    positions=positions - shift,
-                    widths=width,
-                    patch_artist=True,
-                    boxprops={"facecolor": "C0", "alpha": 0.6},
-                )
+                _boxes(axis, self.test_scores[index], positions - shift, width, "C0")
             )
             if self.train_scores:
                 self.train_boxplots_.append(
-                    axis.boxplot(
-                        self.train_scores[index],
-                        positions=positions + shift,
-                        widths=width,
-                        patch_artist=True,
-                        boxprops={"facecolor": "C1", "alpha": 0.6},
+                    _boxes(
+                        axis, self.train_scores[index], positions + shift, width, "C1"
                     )
-                )
-                axis.legend(
-                    [
-                        self.boxplots_[-1]["boxes"][0],
-                        self.train_boxplots_[-1]["boxes"][0],
-                    ],
-                    ["validation", "train"],
                 )
             axis.set_xticks(positions)
             axis.set_xticklabels(labels, rotation=45 if n_values > 6 else 0)
             axis.set_xlabel(name)
+            axis.grid(axis="y", alpha=0.3)
             if index == 0:
                 kind = "" if self.train_scores else "validation "
                 axis.set_ylabel(f"{kind}{self.score_name}")
+        if self.train_scores:
+            # One legend for the figure, beside the boxes rather than on them.
+            axes[0].figure.legend(
+                [self.boxplots_[0]["boxes"][0], self.train_boxplots_[0]["boxes"][0]],
+                ["validation", "train"],
+                loc="outside right upper",
+            )
         self.axes_ = axes
         self.figure_ = axes[0].figure
         return self
+
+
+def _boxes(axis, scores, positions, width, color):
+    """Draw one box per value, filled with ``color``; return Axes.boxplot's dict."""
+    return axis.boxplot(
+        scores,
+        positions=positions,
+        widths=width,
+        patch_artist=True,
+        boxprops={"facecolor": color, "alpha": 0.6},
+        # Black medians show on both colours; small fliers do not hide boxes.
+        medianprops={"color": "black"},
+        flierprops={"marker": "o", "markersize": 3, "alpha": 0.5},
+    )
 
 
 class ScoreHeatmapDisplay:
@@ -308,7 +366,15 @@ class ScoreHeatmapDisplay:
 
     @classmethod
     def from_search(
-        cls, search, *, x_param=None, y_param=None, metric=None, ax=None, cmap="viridis"
+        cls,
+        search,
+        *,
+        x_param=None,
+        y_param=None,
+        metric=None,
+        score_name=None,
+        ax=None,
+        cmap="viridis",
     ):
         """Plot the mean validation score of a two-parameter grid.
 
@@ -321,6 +387,9 @@ class ScoreHeatmapDisplay:
             parameters, in the order of its grid.
         metric : str or None, default=None
             For a multi-metric search, which one.
+        score_name : str or None, default=None
+            The score's name on the colour bar, such as ``"accuracy"``; None
+            uses the metric's name.
         ax : matplotlib Axes or None, default=None
             Where to draw; None makes a new figure.
         cmap : str or matplotlib Colormap, default="viridis"
@@ -349,8 +418,15 @@ class ScoreHeatmapDisplay:
                     f"{name!r} is not a parameter that the search varies "
                     f"({', '.join(varying)})."
                 )
-        x_values = _distinct_values(params, x_param)
-        y_values = _distinct_values(params, y_param)
+        # A search that did not run every candidate still shows its whole
+        # grid: the cells not evaluated stay blank.
+        x_values, y_values = (
+            _with_grid(
+                _distinct_values(params, name),
+                None if isinstance(search, dict) else _grid_values(search, name),
+            )
+            for name in (x_param, y_param)
+        )
         means = np.asarray(results[f"mean_test_{metric}"], dtype=float)
         scores = np.full((len(y_values), len(x_values)), np.nan)
         for row, y_value in enumerate(y_values):
@@ -371,7 +447,7 @@ class ScoreHeatmapDisplay:
             y_param=y_param,
             x_values=x_values,
             y_values=y_values,
-            score_name=metric,
+            score_name=metric if score_name is None else score_name,
         )
         return display.plot(ax=ax, cmap=cmap)
 
@@ -391,8 +467,13 @@ class ScoreHeatmapDisplay:
         """
         plt = _pyplot()
         if ax is None:
-            _, ax = plt.subplots()
+            _, ax = plt.subplots(layout="constrained")
         self.im_ = ax.imshow(self.scores, cmap=cmap, origin="lower", aspect="auto")
+        # Cells without a score (not evaluated) show the background: grey,
+        # so that they read as missing rather than as a colour of the scale.
+        ax.set_facecolor("0.9")
+        n_rows, n_columns = self.scores.shape
+        fontsize = 10 if max(n_rows, n_columns) <= 6 else 8
         self.colorbar_ = ax.figure.colorbar(self.im_, ax=ax)
         self.colorbar_.set_label(f"mean validation {self.score_name}")
         ax.set_xticks(np.arange(len(self.x_values)))
@@ -414,6 +495,7 @@ class ScoreHeatmapDisplay:
                 ha="center",
                 va="center",
                 color="black" if light else "white",
+                fontsize=fontsize,
             )
         self.ax_ = ax
         self.figure_ = ax.figure
