@@ -40,6 +40,8 @@ import time
 
 import numpy as np
 import psutil
+import ratio_plot
+import saved_run
 
 SYSTEMS = (
     "sklearn_ipp",
@@ -261,30 +263,64 @@ def _run_child(system, size_mb, n_engines, fake_host):
     )
 
 
-def _plot(rows, path):
+def _plot(rows, path, command):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
-    fig, (per_fit, per_host) = plt.subplots(1, 2, figsize=(10, 4))
-    for system in dict.fromkeys(row["system"] for row in rows):
-        mine = [row for row in rows if row["system"] == system]
-        sizes = [row["x_mb"] for row in mine]
-        kb_per_fit = [row["bytes_per_fit"] / 1e3 for row in mine]
-        per_fit.plot(sizes, kb_per_fit, "o-", label=system)
-        if mine[0]["other_host"] is not None:
-            received = [r["other_host"] / 1e6 for r in mine]
-            per_host.plot(sizes, received, "o-", label=system)
-    for ax, title in (
-        (per_fit, "task messages, KB per fit"),
-        (per_host, "received by a host without the store, MB"),
-    ):
-        ax.set(xscale="log", yscale="log", xlabel="size of X, MB", title=title)
-        ax.grid(True, which="both", alpha=0.3)
-    per_fit.legend()
-    fig.tight_layout()
-    fig.savefig(path)
+    with plt.rc_context({"font.size": ratio_plot.FONT_SIZE}):
+        fig, (per_fit, per_host) = plt.subplots(
+            1,
+            2,
+            figsize=(ratio_plot.FIGURE_WIDTH, 4.2),
+            dpi=ratio_plot.DPI,
+            layout="constrained",
+        )
+        systems = list(dict.fromkeys(row["system"] for row in rows))
+        for index, system in enumerate(systems):
+            mine = [row for row in rows if row["system"] == system]
+            sizes = [row["x_mb"] for row in mine]
+            # sklearn_ipp and its backend send the same bytes: the later
+            # lines are dashed, with smaller markers, so that both show.
+            style = {
+                "color": ratio_plot.colour(system),
+                "marker": "osD^"[index % 4],
+                "markersize": 8 if index == 0 else 4.5,
+                "linestyle": "-" if index == 0 else "--",
+                "linewidth": 2,
+                "label": ratio_plot.label(system),
+            }
+            kb_per_fit = [row["bytes_per_fit"] / 1e3 for row in mine]
+            per_fit.plot(sizes, kb_per_fit, **style)
+            if mine[0]["other_host"] is not None:
+                received = [r["other_host"] / 1e6 for r in mine]
+                per_host.plot(sizes, received, **style)
+        plain = FuncFormatter(lambda value, _: f"{value:,.0f}")
+        for ax, title, ylabel in (
+            (per_fit, "task messages per fit", "KB per fit"),
+            (per_host, "received by a host without the store", "MB received"),
+        ):
+            ax.set(xscale="log", yscale="log", xlabel="size of X, MB", ylabel=ylabel)
+            ax.set_title(title, fontsize=ratio_plot.FONT_SIZE)
+            ax.xaxis.set_major_formatter(plain)
+            ax.yaxis.set_major_formatter(plain)
+            ax.grid(True, which="major", alpha=0.3)
+            ax.spines[["top", "right"]].set_visible(False)
+        handles, _ = per_fit.get_legend_handles_labels()
+        fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+        fig.suptitle(
+            "\n".join(
+                [
+                    "Bytes sent per fit and per host as X grows",
+                    *ratio_plot.wrap_command(command),
+                ]
+            ),
+            fontsize=ratio_plot.FONT_SIZE + 1,
+        )
+        fig.savefig(path)
+        plt.close(fig)
 
 
 def _mb(nbytes):
@@ -302,12 +338,17 @@ def main(argv=None):
         default=100,
         help="largest X for ipyparallel's own backend",
     )
-    parser.add_argument("--plot", help="also draw the results into this PNG file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--fake-host", action="store_true", help=argparse.SUPPRESS)
+    saved_run.add_arguments(parser)
     args = parser.parse_args(argv)
+    saved_run.check_arguments(parser, args)
     if args.child:
         _run_child(args.child, args.sizes_mb[0], args.engines, args.fake_host)
+        return
+    if args.replot:
+        run = saved_run.load(args.replot)
+        _plot(run["rows"], args.plot, run["command"])
         return
 
     fake_host = _can_fake_hosts()
@@ -345,8 +386,10 @@ def main(argv=None):
             f"{_mb(row['other_host']):>16} "
             f"{row['wall']:>7.1f}"
         )
+    if args.save:
+        saved_run.save(args.save, rows, argv)
     if args.plot:
-        _plot(rows, args.plot)
+        _plot(rows, args.plot, saved_run.command(argv))
     print(
         "\ndata sent: the stored splits the client sends to hosts that do not see"
         " its files; to other host: every byte that went over the other host's"

@@ -47,7 +47,9 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import saved_run
 from bench_search_memory import _footprint, _PeakSampler, local_cluster
+from ratio_plot import plot_ratios, ratios
 
 CASES = ("pca", "text", "columns")
 SYSTEMS = ("loky", "loky memory=", "dask-ml", "sklearn_ipp", "sklearn_ipp whole")
@@ -207,6 +209,22 @@ def _dask_ml_installed():
     return True
 
 
+def _plot(rows, path, command):
+    bars = ratios(
+        rows,
+        ("wall", "peak_mb"),
+        group=lambda row: f"{row['case']}, {row['workers']} workers",
+        stated={"wall": "x_loky"},
+    )
+    plot_ratios(
+        path,
+        bars,
+        title="Pipeline searches: wall time and peak extra memory relative to loky",
+        xlabels=("wall time / loky's", "peak extra memory / loky's"),
+        subtitle=command,
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4])
@@ -216,9 +234,15 @@ def main(argv=None):
         "--scale", type=float, default=1.0, help="fraction of the rows to use"
     )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    saved_run.add_arguments(parser)
     args = parser.parse_args(argv)
+    saved_run.check_arguments(parser, args)
     if args.child:
         _run_child(*args.child, args.workers[0], args.scale)
+        return
+    if args.replot:
+        run = saved_run.load(args.replot)
+        _plot(run["rows"], args.plot, run["command"])
         return
 
     import sklearn
@@ -240,11 +264,18 @@ def main(argv=None):
             results = {
                 system: _run(system, case, n_workers, args.scale) for system in systems
             }
-            loky = results.get("loky")
+            loky = results.get("loky", {})
             for system, result in results.items():
-                if reference is None and "scores" in result:
-                    reference = result["scores"]
-                rows.append((case, system, n_workers, result, loky, reference))
+                row = {"case": case, "system": system, "workers": n_workers}
+                if "error" not in result:
+                    if reference is None:
+                        reference = result["scores"]
+                    scores = result.pop("scores")
+                    same = np.allclose(scores, reference, rtol=1e-9)
+                    row["same_scores"] = bool(same)
+                    if "wall" in loky:
+                        row["x_loky"] = result["wall"] / loky["wall"]
+                rows.append({**row, **result})
             print(f"{case} on {n_workers} workers done", file=sys.stderr)
     print()
     print(
@@ -252,19 +283,21 @@ def main(argv=None):
         f"{'peak MB':>8} {'same scores':>12}"
     )
     print("-" * 74)
-    for case, system, n_workers, result, loky, reference in rows:
-        if "error" in result:
-            print(f"{case:<8} {system:<18} {n_workers:>7} failed: {result['error']}")
+    for row in rows:
+        start = f"{row['case']:<8} {row['system']:<18} {row['workers']:>7}"
+        if "error" in row:
+            print(f"{start} failed: {row['error']}")
             continue
-        ratio = "-"
-        if loky and "wall" in loky:
-            ratio = f"{result['wall'] / loky['wall']:.2f}"
-        same = np.allclose(result["scores"], reference, rtol=1e-9)
+        ratio = f"{row['x_loky']:.2f}" if "x_loky" in row else "-"
         print(
-            f"{case:<8} {system:<18} {n_workers:>7} {result['wall']:>8.1f} "
-            f"{ratio:>7} {result['peak_mb']:>8.0f} {'yes' if same else 'NO':>12}"
+            f"{start} {row['wall']:>8.1f} {ratio:>7} {row['peak_mb']:>8.0f} "
+            f"{'yes' if row['same_scores'] else 'NO':>12}"
         )
     print(f"\n{TARGET}")
+    if args.save:
+        saved_run.save(args.save, rows, argv)
+    if args.plot:
+        _plot(rows, args.plot, saved_run.command(argv))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 import psutil
+import saved_run
+from ratio_plot import label, plot_ratios
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 SYSTEMS = ("loky", "sklearn_ipp")
@@ -96,6 +98,43 @@ def _run_child(system, n_workers, repeats):
         cluster.stop_cluster_sync()
 
 
+def _efficiency_range(row):
+    """Return the lowest and highest efficiency of a row's searches."""
+    if "range" in row:  # transcribed from the docs' table
+        return tuple(row["range"])
+    if "walls" in row:
+        return row["ideal"] / max(row["walls"]), row["ideal"] / min(row["walls"])
+    return None
+
+
+def _plot(rows, path, command):
+    # Efficiency is already a ratio, to the ideal wall time: drawn as it is,
+    # with the spread of the repeated searches.
+    bars = [
+        {
+            "group": f"{row['workers']} workers",
+            "series": ", ".join(filter(None, [label(row["system"]), row.get("run")])),
+            "system": row["system"],
+            "values": (row["efficiency"],),
+            "ranges": (_efficiency_range(row),),
+        }
+        for row in rows
+    ]
+    plot_ratios(
+        path,
+        bars,
+        title=(
+            f"Scheduling efficiency: fits sleeping {SLEEP_SECONDS} s, "
+            f"{FITS_PER_WORKER} per worker"
+        ),
+        xlabels=("efficiency: ideal wall time / measured (median, range)",),
+        reference="ideal",
+        target=(TARGET, f"target: {TARGET:.0%}"),
+        percent=True,
+        subtitle=command,
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[4, 8, 16])
@@ -104,9 +143,15 @@ def main(argv=None):
         "--repeats", type=int, default=3, help="timed searches per configuration"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    saved_run.add_arguments(parser)
     args = parser.parse_args(argv)
+    saved_run.check_arguments(parser, args)
     if args.child:
         _run_child(args.child, args.workers[0], args.repeats)
+        return
+    if args.replot:
+        run = saved_run.load(args.replot)
+        _plot(run["rows"], args.plot, run["command"])
         return
 
     print(
@@ -138,6 +183,10 @@ def main(argv=None):
             f"{row['ideal'] / min(row['walls']):.0%}"
         )
     print(f"\nsklearn_ipp target: at least {TARGET:.0%} of ideal")
+    if args.save:
+        saved_run.save(args.save, rows, argv)
+    if args.plot:
+        _plot(rows, args.plot, saved_run.command(argv))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 import psutil
+import saved_run
+from ratio_plot import plot_ratios, ratios
 
 DASK = "dask scatter=[X, y]"
 SYSTEMS = (
@@ -231,6 +233,21 @@ def _machine():
     )
 
 
+def _plot(rows, path, command):
+    bars = ratios(
+        rows,
+        ("wall", "peak_extra_x"),
+        group=lambda row: f"{row['workers']} workers",
+    )
+    plot_ratios(
+        path,
+        bars,
+        title=f"Grid search on X of {rows[0]['x_mb']:.0f} MB, relative to loky",
+        xlabels=("wall time / loky's", "peak extra memory / loky's"),
+        subtitle=command,
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4])
@@ -245,7 +262,13 @@ def main(argv=None):
     parser.add_argument(
         "--child", nargs=2, metavar=("SYSTEM", "WORKERS"), help=argparse.SUPPRESS
     )
+    saved_run.add_arguments(parser)
     args = parser.parse_args(argv)
+    saved_run.check_arguments(parser, args)
+    if args.replot:
+        run = saved_run.load(args.replot)
+        _plot(run["rows"], args.plot, run["command"])
+        return
     if args.child:
         _run_child(
             args.child[0],
@@ -318,6 +341,10 @@ def main(argv=None):
                 f"{'':>10}   {wall:>11.1f} {memory:>9.1f}x"
             )
     print(f"\n{TARGET}")
+    if args.save:
+        saved_run.save(args.save, rows, argv)
+    if args.plot:
+        _plot(rows, args.plot, saved_run.command(argv))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 import psutil
+import saved_run
+from ratio_plot import plot_ratios, ratios
 
 SYSTEMS = ("serial", "loky", "sklearn_ipp", "sklearn_ipp-all-cpus")
 DEFAULT_SYSTEMS = ("serial", "loky", "sklearn_ipp")
@@ -109,6 +111,35 @@ def _run(system, workload, n_workers, scale):
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def _plot(rows, path, command):
+    # serial has a single row per workload: it is compared with loky on each
+    # number of workers, as the table's "x loky" column compares the others.
+    workers = {}
+    for row in rows:
+        workers.setdefault(row["workload"], []).append(row["workers"])
+    expanded = []
+    for row in rows:
+        if row["system"] == "serial":
+            numbers = dict.fromkeys(n for n in workers[row["workload"]] if n != 1)
+            expanded += [{**row, "workers": n} for n in numbers]
+        else:
+            expanded.append(row)
+    bars = ratios(
+        expanded,
+        ("wall",),
+        group=lambda row: f"{row['workload']}, {row['workers']} workers",
+        stated={"wall": "x_loky"},
+    )
+    plot_ratios(
+        path,
+        bars,
+        title="Searches of multi-threaded estimators: wall time relative to loky",
+        xlabels=("wall time / loky's",),
+        target=(TARGET, f"target: sklearn_ipp at most {TARGET:g}x"),
+        subtitle=command,
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4])
@@ -122,9 +153,15 @@ def main(argv=None):
         "--scale", type=float, default=1.0, help="fraction of the rows to use"
     )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    saved_run.add_arguments(parser)
     args = parser.parse_args(argv)
+    saved_run.check_arguments(parser, args)
     if args.child:
         _run_child(*args.child, args.workers[0], args.scale)
+        return
+    if args.replot:
+        run = saved_run.load(args.replot)
+        _plot(run["rows"], args.plot, run["command"])
         return
 
     print(
@@ -132,37 +169,47 @@ def main(argv=None):
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python "
         f"{platform.python_version()}; rows x {args.scale:g}"
     )
-    rows = []  # (workload, system, workers, result, loky's result or None)
+    rows = []
     for workload in args.workloads:
         first = len(rows)
-        if "serial" in args.systems:
-            serial = _run("serial", workload, 1, args.scale)
-            rows.append((workload, "serial", 1, serial, None))
-        for n_workers in args.workers:
-            results = {
-                system: _run(system, workload, n_workers, args.scale)
-                for system in args.systems
-                if system != "serial"
-            }
-            for system, result in results.items():
-                rows.append((workload, system, n_workers, result, results.get("loky")))
-        # Every system must find the scores of the first one.
-        reference = rows[first][3]["scores"]
-        rows[first:] = [
-            (*row, np.allclose(row[3]["scores"], reference, rtol=1e-9))
-            for row in rows[first:]
+        runs = [("serial", 1)] if "serial" in args.systems else []
+        runs += [
+            (system, n_workers)
+            for n_workers in args.workers
+            for system in args.systems
+            if system != "serial"
         ]
+        for system, n_workers in runs:
+            result = _run(system, workload, n_workers, args.scale)
+            row = {"workload": workload, "system": system, "workers": n_workers}
+            rows.append({**row, **result})
+        # Every system must find the scores of the first one.
+        reference = rows[first]["scores"]
+        for row in rows[first:]:
+            same = np.allclose(row.pop("scores"), reference, rtol=1e-9)
+            row["same_scores"] = bool(same)
+    loky = {
+        (row["workload"], row["workers"]): row["wall"]
+        for row in rows
+        if row["system"] == "loky"
+    }
     print()
     header = f"{'workload':<10} {'system':<22} {'workers':>7} {'wall s':>8}"
     print(f"{header} {'x loky':>7} {'same scores':>12}")
     print("-" * 70)
-    for workload, system, n_workers, result, loky, same in rows:
-        ratio = f"{result['wall'] / loky['wall']:.2f}" if loky else "-"
+    for row in rows:
+        reference = loky.get((row["workload"], row["workers"]))
+        ratio = f"{row['wall'] / reference:.2f}" if reference else "-"
         print(
-            f"{workload:<10} {system:<22} {n_workers:>7} {result['wall']:>8.1f} "
-            f"{ratio:>7} {'yes' if same else 'NO':>12}"
+            f"{row['workload']:<10} {row['system']:<22} {row['workers']:>7} "
+            f"{row['wall']:>8.1f} {ratio:>7} "
+            f"{'yes' if row['same_scores'] else 'NO':>12}"
         )
     print(f"\nsklearn_ipp target: at most {TARGET} x loky's wall time")
+    if args.save:
+        saved_run.save(args.save, rows, argv)
+    if args.plot:
+        _plot(rows, args.plot, saved_run.command(argv))
 
 
 if __name__ == "__main__":
