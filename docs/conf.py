@@ -7,7 +7,7 @@ import sklearn_ipp
 
 # gallery.py, next to this file: the gallery's order and cluster.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gallery  # noqa: E402
+import gallery
 
 project = "sklearn_ipp"
 copyright = "2026, the sklearn_ipp developers"

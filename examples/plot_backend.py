@@ -25,7 +25,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.inspection import permutation_importance
 from sklearn.model_selection import cross_validate, train_test_split
 
-import sklearn_ipp  # noqa: F401  (registers the "ipyparallel" backend)
+import sklearn_ipp  # registers the "ipyparallel" backend
 
 data = load_breast_cancer()
 X_train, X_test, y_train, y_test = train_test_split(

@@ -58,8 +58,9 @@ for ax in (ax_learning, ax_validation):
 
 # %%
 # The validation accuracy still rises slowly at the full training set: more
-# digits would help a little. The validation curve peaks at ``gamma=0.001``; with larger values the
-# model learns the training set by heart and fails on new digits.
+# digits would help a little. The validation curve peaks at ``gamma=0.001``;
+# with larger values the model learns the training set by heart and fails on
+# new digits.
 for size, test in zip(learning.train_sizes, learning.test_scores, strict=True):
     print(f"{size:5d} training digits: validation accuracy {test.mean():.3f}")
 
@@ -73,6 +74,7 @@ from sklearn.model_selection import learning_curve
 _, _, test_scores = learning_curve(
     SVC(gamma=0.001), X, y, train_sizes=np.linspace(0.1, 1.0, 5), cv=cv
 )
-print("same validation scores as scikit-learn:", np.array_equal(
-    test_scores, learning.test_scores
-))
+print(
+    "same validation scores as scikit-learn:",
+    np.array_equal(test_scores, learning.test_scores),
+)

@@ -48,9 +48,7 @@ EXPECTED = {
 
 
 def test_every_example_is_checked():
-    assert sorted(path.name for path in EXAMPLES.glob("plot_*.py")) == sorted(
-        EXPECTED
-    )
+    assert sorted(path.name for path in EXAMPLES.glob("plot_*.py")) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
