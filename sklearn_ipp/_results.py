@@ -3,26 +3,35 @@
 ``LiveResults`` collects every finished ``_fit_and_score`` result as the
 backend hands it over (its ``on_result``) and builds from them, at any time,
 a ``cv_results_`` of the fits finished so far (the tutorial's
-``find_bests``). ``format_progress`` and ``format_top_candidates`` write the
-tutorial's text report; ``FitProgress`` is the progress bar of finished fits
-(tqdm, which ipyparallel already needs).
+``find_bests``). ``top_candidates`` computes the report's rows, which
+``format_progress`` and ``format_top_candidates`` write as the tutorial's
+text report; ``FitProgress`` is the progress bar of finished fits (tqdm,
+which ipyparallel already needs), a widget in a Jupyter kernel with
+ipywidgets.
 """
 
+import os
+import sys
 import threading
+from typing import NamedTuple
 
 import numpy as np
 from scipy.stats import rankdata
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 __all__ = [
     "FitProgress",
     "LiveResults",
+    "TopCandidate",
     "best_first",
     "finished_mean_std",
+    "format_candidates",
     "format_progress",
     "format_top_candidates",
+    "in_kernel",
     "rank_by_mean",
     "split_scores",
+    "top_candidates",
 ]
 
 
@@ -104,6 +113,63 @@ def _plain(params):
     }
 
 
+class TopCandidate(NamedTuple):
+    """One candidate of the report, with its scores over its finished splits."""
+
+    rank: int
+    params: dict  # numpy scalars as Python numbers
+    test_mean: float
+    test_sem: float  # standard error of the mean
+    train_mean: float | None  # None when train scores were not computed
+    train_sem: float | None
+    n_finished: int  # splits finished
+    n_splits: int
+
+
+def top_candidates(cv_results, n_top=5, metric="score"):
+    """Return the ``n_top`` best candidates with mean ± standard error.
+
+    Parameters
+    ----------
+    cv_results : dict
+        A search's ``cv_results_``, or the partial one of a running search
+        (means and standard errors are then over the finished splits).
+    n_top : int, default=5
+        How many candidates to return.
+    metric : str, default="score"
+        The metric name: ``"score"``, or a key of a multi-metric ``scoring``.
+
+    Returns
+    -------
+    candidates : list of TopCandidate
+        Best first; ties keep the search's order and NaN scores (failed
+        fits) rank last, like sklearn's ``rank_test_score``.
+    """
+    test_scores = split_scores(cv_results, f"test_{metric}")
+    test_mean, test_sem = _mean_and_sem(test_scores)
+    n_finished = test_scores.count(axis=1)
+    has_train = f"split0_train_{metric}" in cv_results
+    if has_train:
+        train_mean, train_sem = _mean_and_sem(
+            split_scores(cv_results, f"train_{metric}")
+        )
+    candidates = []
+    for rank, index in enumerate(best_first(test_mean)[:n_top], start=1):
+        candidates.append(
+            TopCandidate(
+                rank=rank,
+                params=_plain(cv_results["params"][index]),
+                test_mean=float(test_mean[index]),
+                test_sem=float(test_sem[index]),
+                train_mean=float(train_mean[index]) if has_train else None,
+                train_sem=float(train_sem[index]) if has_train else None,
+                n_finished=int(n_finished[index]),
+                n_splits=test_scores.shape[1],
+            )
+        )
+    return candidates
+
+
 def format_top_candidates(cv_results, n_top=5, metric="score"):
     """Format the ``n_top`` best candidates with mean ± standard error.
 
@@ -127,23 +193,17 @@ def format_top_candidates(cv_results, n_top=5, metric="score"):
 
         The train part is left out when train scores were not computed.
     """
-    test_mean, test_sem = _mean_and_sem(split_scores(cv_results, f"test_{metric}"))
-    has_train = f"split0_train_{metric}" in cv_results
-    if has_train:
-        train_mean, train_sem = _mean_and_sem(
-            split_scores(cv_results, f"train_{metric}")
-        )
-    # NaN scores (failed fits) rank last, like sklearn's rank_test_score.
-    order = best_first(test_mean)
+    return format_candidates(top_candidates(cv_results, n_top, metric))
+
+
+def format_candidates(candidates):
+    """Write :func:`top_candidates` as the blocks of :func:`format_top_candidates`."""
     blocks = []
-    for rank, index in enumerate(order[:n_top], start=1):
-        line = (
-            f"Rank {rank}: validation: {test_mean[index]:.5f} "
-            f"(+/-{test_sem[index]:.5f})"
-        )
-        if has_train:
-            line += f" train: {train_mean[index]:.5f} (+/-{train_sem[index]:.5f})"
-        blocks.append(f"{line}:\n{_plain(cv_results['params'][index])}")
+    for c in candidates:
+        line = f"Rank {c.rank}: validation: {c.test_mean:.5f} (+/-{c.test_sem:.5f})"
+        if c.train_mean is not None:
+            line += f" train: {c.train_mean:.5f} (+/-{c.train_sem:.5f})"
+        blocks.append(f"{line}:\n{c.params}")
     return "\n".join(blocks)
 
 
@@ -314,8 +374,43 @@ def rank_by_mean(means):
 QUIET_DELAY_SECONDS = 10.0
 
 
+def in_kernel():
+    """Whether this process is a Jupyter kernel, whose outputs go to a notebook.
+
+    IPython is not imported for this: a process that has not imported it is
+    no kernel.
+    """
+    ipython = sys.modules.get("IPython")
+    shell = None if ipython is None else ipython.get_ipython()
+    return getattr(shell, "kernel", None) is not None
+
+
+def _bar_class():
+    """Return tqdm's widget bar in a kernel with ipywidgets, else its text bar.
+
+    Not ``tqdm.auto``: in a kernel without ipywidgets it warns "IProgress not
+    found" when imported, and older tqdm (4.62, for one) picks the widget bar
+    anyway, which raises ImportError when made.
+    """
+    # Qt consoles and Spyder run kernels that show no widgets (tqdm.auto's test).
+    qt_console = any(
+        name == "QT_API" or name.startswith("SPYDER") for name in os.environ
+    )
+    if in_kernel() and not qt_console:
+        # tqdm.notebook imports without ipywidgets, with IProgress None.
+        from tqdm.notebook import IProgress
+        from tqdm.notebook import tqdm as widget_bar
+
+        if IProgress is not None:
+            return widget_bar
+    return tqdm
+
+
 class FitProgress:
     """Count finished fits on a tqdm bar, safely from any thread.
+
+    The bar is a widget in a Jupyter kernel where ipywidgets can be
+    imported, and text otherwise.
 
     Parameters
     ----------
@@ -336,13 +431,14 @@ class FitProgress:
         """Show ``n_done`` of ``n_submitted`` fits finished."""
         with self._lock:
             if self._bar is None:
-                self._bar = tqdm(
+                self._bar = _bar_class()(
                     total=n_submitted,
                     desc=self._description,
                     unit="fit",
                     delay=0 if self._verbose > 0 else QUIET_DELAY_SECONDS,
-                    # On a terminal or in Jupyter; in logs only when asked for.
-                    disable=False if self._verbose > 0 else None,
+                    # On a terminal or in Jupyter (whose streams are no
+                    # terminal); in logs only when asked for.
+                    disable=False if self._verbose > 0 or in_kernel() else None,
                     leave=self._verbose > 0,
                 )
             if self._bar.total != n_submitted:

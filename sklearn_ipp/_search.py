@@ -138,11 +138,12 @@ class _ClusterSearchMixin(WatchedSearchMixin):
 
         The parameters and the connection to the cluster are checked before
         it returns; everything else happens in a background thread, whose
-        progress :meth:`report`, :meth:`progress` and :meth:`partial_results`
-        show while it runs. :meth:`wait` waits for the end (and raises the
-        error of a failed fit), :meth:`abort` stops it. Once every fit is
-        done and the best candidate refitted, the search is an ordinary
-        fitted search: ``best_params_``, ``predict`` and so on.
+        progress :meth:`report` (:meth:`live_report` in Jupyter),
+        :meth:`progress` and :meth:`partial_results` show while it runs.
+        :meth:`wait` waits for the end (and raises the error of a failed
+        fit), :meth:`abort` stops it. Once every fit is done and the best
+        candidate refitted, the search is an ordinary fitted search:
+        ``best_params_``, ``predict`` and so on.
 
         Parameters
         ----------

@@ -6,7 +6,8 @@ live results, the backend (to abort it), the switch back to the caller's
 joblib settings for the refit, the order in which candidates run, and the
 results of the fits that finished should the fit not complete.
 ``WatchedSearchMixin`` gives the searches their methods to watch and stop
-their run: ``report``, ``progress``, ``partial_results``, ``abort``...
+their run: ``report``, ``live_report``, ``progress``, ``partial_results``,
+``abort``...
 """
 
 import contextlib
@@ -18,7 +19,14 @@ from joblib import parallel_config
 
 from ._backend import on_cluster
 from ._checkpoint import DirectoryCheckpoint, MemoryCheckpoint
-from ._results import LiveResults, best_first, format_progress, format_top_candidates
+from ._report import LiveReport
+from ._results import (
+    LiveResults,
+    best_first,
+    format_candidates,
+    format_progress,
+    top_candidates,
+)
 
 __all__ = [
     "ABORTED",
@@ -360,11 +368,50 @@ class WatchedSearchMixin:
         -------
         report : str
         """
-        lines = [format_progress(*self.progress(), self._status())]
-        results = self.partial_results()
-        if results is not None:
-            lines.append(format_top_candidates(results, n_top, self._report_metric()))
-        return "\n".join(lines)
+        progress, candidates, _ = self._report_content(n_top)
+        if candidates is None:
+            return progress
+        return f"{progress}\n{format_candidates(candidates)}"
+
+    def live_report(self, n_top=5):
+        """Return the report as a table in Jupyter, refreshed on demand.
+
+        Displayed in a Jupyter notebook, the returned object is an HTML
+        table of the search's state at that moment: the progress line of
+        :meth:`report`, then one row per best candidate with its rank, mean
+        validation (and train) score ± standard error, finished splits and
+        parameters. Its ``refresh()`` method recomputes it and updates in
+        place every output where it is displayed, without adding one. Its
+        text (``print``, a console) is :meth:`report`.
+
+        Parameters
+        ----------
+        n_top : int, default=5
+            How many candidates to show.
+
+        Returns
+        -------
+        report : LiveReport
+            Displays as the table; ``report.refresh()`` updates it. Outside
+            a Jupyter kernel, ``refresh()`` does nothing.
+
+        See Also
+        --------
+        report : The same report as text.
+
+        Examples
+        --------
+        In a notebook cell, while the search runs in the background::
+
+            search.fit_async(X, y)
+            report = search.live_report()
+            report  # shows the table
+
+        then, in a later cell, update the table above::
+
+            report.refresh()
+        """
+        return LiveReport(self, n_top)
 
     def __sklearn_is_fitted__(self):
         # Not while a fit runs (or after it was aborted or failed), even if
@@ -373,6 +420,18 @@ class WatchedSearchMixin:
         if run is not None and run.status != COMPLETED:
             return False
         return hasattr(self, "cv_results_")
+
+    def _report_content(self, n_top):
+        """Return the report's progress line, best candidates and metric, now.
+
+        The candidates are None while no fit has finished.
+        """
+        progress = format_progress(*self.progress(), self._status())
+        metric = self._report_metric()
+        results = self.partial_results()
+        if results is None:
+            return progress, None, metric
+        return progress, top_candidates(results, n_top, metric), metric
 
     def _status(self):
         run = self._run
