@@ -373,6 +373,11 @@ def rank_by_mean(means):
 # many seconds, so short searches stay quiet.
 QUIET_DELAY_SECONDS = 10.0
 
+# Where the bar's text is no terminal (a log file, a captured stream), each
+# update is kept as written: update it this often at most, not ten times a
+# second as on a terminal, so that a log holds a few lines per search.
+LOG_INTERVAL_SECONDS = 10.0
+
 
 def in_kernel():
     """Whether this process is a Jupyter kernel, whose outputs go to a notebook.
@@ -404,6 +409,15 @@ def _bar_class():
         if IProgress is not None:
             return widget_bar
     return tqdm
+
+
+def _on_screen():
+    """Whether the bar is seen as it changes: a terminal, or a kernel's output."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    try:
+        return in_kernel() or bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
 
 
 class FitProgress:
@@ -440,6 +454,7 @@ class FitProgress:
                     # terminal); in logs only when asked for.
                     disable=False if self._verbose > 0 or in_kernel() else None,
                     leave=self._verbose > 0,
+                    mininterval=0.1 if _on_screen() else LOG_INTERVAL_SECONDS,
                 )
             if self._bar.total != n_submitted:
                 self._bar.total = n_submitted

@@ -201,6 +201,18 @@ def test_verbose_shows_sklearn_output_and_a_progress_bar(client, capsys):
     assert re.search(r"fits: 100%\|.*\| 6/6", captured.err)
 
 
+def test_progress_bar_in_a_log_is_drawn_a_few_times(client, capsys):
+    # stderr is no terminal here, as in a log file: the bar is drawn when it
+    # starts and when it ends, not at each of its 90 updates.
+    search = IPyParallelGridSearchCV(
+        SVC(), {"C": [0.01 * 1.4**k for k in range(30)]}, cv=3, verbose=1, client=client
+    )
+    search.fit(IRIS_X, IRIS_Y)
+    err = capsys.readouterr().err
+    assert re.search(r"fits: 100%\|.*\| 90/90", err)
+    assert 2 <= err.count("fits: ") <= 3, err
+
+
 def test_quiet_search_prints_nothing(client, capsys):
     IPyParallelGridSearchCV(SVC(), {"C": [1, 10]}, cv=3, client=client).fit(
         IRIS_X, IRIS_Y
