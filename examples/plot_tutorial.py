@@ -80,6 +80,12 @@ print(search.report(n_top=3))
 print("best parameters:", {name: float(v) for name, v in search.best_params_.items()})
 
 # %%
+# In Jupyter, :meth:`~sklearn_ipp.IPyParallelGridSearchCV.live_report` shows
+# the same report as a table. Displayed while the search runs, its
+# ``refresh()`` updates the table in place; here the search is done.
+search.live_report(n_top=5)
+
+# %%
 # How the search went: fits finished and the best score over time.
 import matplotlib.pyplot as plt
 

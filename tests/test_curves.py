@@ -10,6 +10,7 @@ import matplotlib
 import numpy as np
 import pytest
 from joblib import parallel_config
+from scipy.stats import loguniform
 from sklearn import model_selection
 from sklearn.datasets import load_digits, make_classification
 from sklearn.linear_model import RidgeClassifier
@@ -161,6 +162,76 @@ def test_score_heatmap_holds_the_mean_validation_scores(client):
     np.testing.assert_allclose(swapped.scores, expected.T)
     with pytest.raises(ValueError, match="'gamma' is not a parameter that the search"):
         ScoreHeatmapDisplay.from_search(search, x_param="gamma", y_param="alpha")
+
+
+class _StoppedSearch:
+    """A search stopped early: its search space, and some candidates' results."""
+
+    def __init__(self, results, keep, **space):
+        vars(self).update(space)  # param_grid= or param_distributions=
+        self._partial = {
+            key: [value[i] for i in keep]
+            if key == "params"
+            else np.asarray(value)[keep]
+            for key, value in results.items()
+        }
+
+    def partial_results(self):
+        return self._partial
+
+
+def _all_but_alpha_1_and_one_more(results):
+    return [
+        i
+        for i, p in enumerate(results["params"])
+        if p["alpha"] != 1.0 and (p["alpha"], p["fit_intercept"]) != (100.0, False)
+    ]
+
+
+def test_heatmap_of_a_stopped_search_shows_its_whole_grid(client):
+    search, _ = _two_parameter_search(client)
+    results = search.cv_results_
+    keep = _all_but_alpha_1_and_one_more(results)
+    stopped = _StoppedSearch(results, keep, param_grid=search.param_grid)
+    display = ScoreHeatmapDisplay.from_search(stopped, score_name="accuracy")
+    assert display.y_values == [0.01, 1.0, 100.0]
+    assert display.x_values == [True, False]
+    expected = np.asarray(results["mean_test_score"]).reshape(3, 2)
+    expected[1, :] = expected[2, 1] = np.nan
+    np.testing.assert_array_equal(display.im_.get_array().filled(np.nan), expected)
+    assert display.text_[1, 0].get_text() == display.text_[2, 1].get_text() == ""
+    assert display.text_[2, 0].get_text() == f"{expected[2, 0]:.3f}"
+    assert display.colorbar_.ax.get_ylabel() == "mean validation accuracy"
+    # A cv_results_ dict has no grid: only the values that have results.
+    from_dict = ScoreHeatmapDisplay.from_search(stopped.partial_results())
+    assert from_dict.y_values == [0.01, 100.0]
+
+
+def test_heatmap_takes_a_drawn_parameter_from_the_results(client):
+    search, _ = _two_parameter_search(client)
+    results = search.cv_results_
+    keep = _all_but_alpha_1_and_one_more(results)
+    space = {"alpha": loguniform(0.01, 100.0), "fit_intercept": [True, False]}
+    stopped = _StoppedSearch(results, keep, param_distributions=space)
+    display = ScoreHeatmapDisplay.from_search(stopped)
+    assert display.y_values == [0.01, 100.0]
+    assert display.x_values == [True, False]
+
+
+def test_boxplots_share_one_scale_and_name_the_score(client):
+    search, _ = _two_parameter_search(client, return_train_score=True)
+    display = ParameterBoxplotDisplay.from_search(
+        search, display_train=True, score_name="accuracy"
+    )
+    first, second = display.axes_
+    assert first.get_ylabel() == "accuracy"
+    assert first.get_shared_y_axes().joined(first, second)
+    # One legend for the figure, none on the axes the boxes are drawn on.
+    assert [t.get_text() for t in display.figure_.legends[0].get_texts()] == [
+        "validation",
+        "train",
+    ]
+    assert first.get_legend() is None and second.get_legend() is None
 
 
 def test_heatmap_needs_two_parameters(client):
