@@ -8,7 +8,9 @@ third, gives them three times as much data, and so on until one is left or the
 data runs out. :class:`~sklearn_ipp.IPyParallelHalvingRandomSearchCV` is
 scikit-learn's ``HalvingRandomSearchCV`` with the fits of every iteration on
 the engines; the data is stored once for the whole search, and each
-iteration's subsets are views of it.
+iteration's subsets are views of it. Importing sklearn_ipp enables
+scikit-learn's halving searches: no ``enable_halving_search_cv`` import is
+needed.
 """
 
 # %%
@@ -18,7 +20,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy.stats import loguniform
 from sklearn.datasets import load_digits
-from sklearn.experimental import enable_halving_search_cv  # noqa: F401
 from sklearn.svm import SVC
 
 import sklearn_ipp

@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 import sklearn_ipp
 
 X, y = make_classification(
-    n_samples=3000, n_features=600, n_informative=60, random_state=0
+    n_samples=3000, n_features=800, n_informative=60, random_state=0
 )
 pipeline = Pipeline(
     [
