@@ -699,12 +699,18 @@ class Scheduler:
                 job.fail(task.index, value)
             job.n_remaining -= 1
             finished = job.n_remaining == 0
-        if self._on_progress is not None:
-            self._on_progress(self.n_done, self.n_submitted)
-        if finished:
-            job.done.set()
-            if job.callback is not None:
-                job.callback(job)
+        try:
+            if self._on_progress is not None:
+                self._on_progress(self.n_done, self.n_submitted)
+        finally:
+            # A progress display that fails (a raising callback, a broken
+            # stream) stops the scheduling thread, which fails the tasks still
+            # to come; a job it ended must still be told, or its caller waits
+            # for ever.
+            if finished:
+                job.done.set()
+                if job.callback is not None:
+                    job.callback(job)
 
     def _finish_prefix(self, task, ok, value):
         """Store a fitted prefix: its candidates can run.

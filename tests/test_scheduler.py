@@ -95,7 +95,9 @@ class FakeMessenger:
 class Harness:
     """A scheduler with fake parts, and a fake engine answering it."""
 
-    def __init__(self, n_engines=2, retries=3, engine_wait=None, on_done=None):
+    def __init__(
+        self, n_engines=2, retries=3, engine_wait=None, on_done=None, on_progress=None
+    ):
         self.roster = FakeRoster(n_engines)
         self.messenger = FakeMessenger()
         self.written, self.removed = [], []
@@ -108,6 +110,7 @@ class Harness:
             self.folds,
             EngineLosses(self.roster, retries, engine_wait, ""),
             on_done=self._record,
+            on_progress=on_progress,
         )
 
     def _write(self, obj, rows=None, columns=None):
@@ -143,7 +146,9 @@ class Harness:
     def answer_all(self, seconds_per_task=0.001, until=None):
         """Answer every message with each task's ``args[0]``, till all done."""
         until = until or (lambda: False)
+        deadline = time.monotonic() + TIMEOUT
         while not until():
+            assert time.monotonic() < deadline, "timed out"
             try:
                 handle = self.messenger.outbox.get(timeout=0.05)
             except queue.Empty:
@@ -380,6 +385,28 @@ def test_an_error_in_the_scheduling_thread_fails_the_call_not_the_next():
         harness.submit(tasks)
         harness.answer_all(until=job.done.is_set)
         assert job.get(0) == [0, 1]
+
+
+@pytest.mark.parametrize("failing_call", [1, 3])
+def test_a_failing_progress_display_ends_the_call_instead_of_hanging(failing_call):
+    calls = []
+
+    def on_progress(n_done, n_submitted):
+        calls.append(n_done)
+        if len(calls) == failing_call:
+            raise OSError("the progress bar's stream is closed")
+
+    with Harness(n_engines=1, on_progress=on_progress) as harness:
+        job, tasks = plain_tasks(3)
+        harness.submit(tasks)
+        harness.answer_all(until=job.done.is_set)
+        if failing_call < 3:
+            # The tasks still to come fail with the display's error.
+            with pytest.raises(OSError, match="stream is closed"):
+                job.get(0)
+        else:
+            # The last task's display failed: every result is there.
+            assert job.get(0) == [0, 1, 2]
 
 
 def test_tasks_of_a_reply_being_handled_when_the_thread_fails_fail_too():
