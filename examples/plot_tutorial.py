@@ -14,6 +14,8 @@ none is running, it starts a local cluster of its own, one engine per CPU,
 and stops it when Python exits.
 """
 
+# sphinx_gallery_thumbnail_number = 3
+
 # %%
 # The engines and their hosts
 # ---------------------------

@@ -4,7 +4,7 @@
 backend hands it over (its ``on_result``) and builds from them, at any time,
 a ``cv_results_`` of the fits finished so far (the tutorial's
 ``find_bests``). ``top_candidates`` computes the report's rows, which
-``format_progress`` and ``format_top_candidates`` write as the tutorial's
+``format_progress`` and ``format_candidates`` write as the tutorial's
 text report; ``FitProgress`` is the progress bar of finished fits (tqdm,
 which ipyparallel already needs), a widget in a Jupyter kernel with
 ipywidgets.
@@ -27,7 +27,6 @@ __all__ = [
     "finished_mean_std",
     "format_candidates",
     "format_progress",
-    "format_top_candidates",
     "in_kernel",
     "rank_by_mean",
     "split_scores",
@@ -170,34 +169,23 @@ def top_candidates(cv_results, n_top=5, metric="score"):
     return candidates
 
 
-def format_top_candidates(cv_results, n_top=5, metric="score"):
-    """Format the ``n_top`` best candidates with mean ± standard error.
+def format_candidates(candidates):
+    """Write the rows of :func:`top_candidates` as the tutorial's text blocks.
 
     Parameters
     ----------
-    cv_results : dict
-        A search's ``cv_results_``, or the partial one of a running search
-        (means and standard errors are then over the finished splits).
-    n_top : int, default=5
-        How many candidates to show.
-    metric : str, default="score"
-        The metric name: ``"score"``, or a key of a multi-metric ``scoring``.
+    candidates : list of TopCandidate
 
     Returns
     -------
     text : str
-        One block per rank, best first (ties keep the search's order)::
+        One block per rank, best first::
 
             Rank 1: validation: 0.99022 (+/-0.00151) train: 0.99896 (+/-0.00038):
             {'C': 1.0, 'gamma': 0.001}
 
         The train part is left out when train scores were not computed.
     """
-    return format_candidates(top_candidates(cv_results, n_top, metric))
-
-
-def format_candidates(candidates):
-    """Write :func:`top_candidates` as the blocks of :func:`format_top_candidates`."""
     blocks = []
     for c in candidates:
         line = f"Rank {c.rank}: validation: {c.test_mean:.5f} (+/-{c.test_sem:.5f})"

@@ -13,7 +13,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import make_classification
 from sklearn.model_selection import GridSearchCV, KFold, ParameterGrid, cross_validate
 
-from sklearn_ipp._results import LiveResults, format_progress, format_top_candidates
+from sklearn_ipp._results import (
+    LiveResults,
+    format_candidates,
+    format_progress,
+    top_candidates,
+)
 
 N_SPLITS = 4
 
@@ -150,7 +155,7 @@ def test_partial_results_are_over_the_finished_splits():
     assert results["mean_test_score"][0] == pytest.approx(np.mean(expected))
     assert results["std_test_score"][0] == pytest.approx(np.std(expected))
     # The report: standard error over the 2 finished splits, ddof=1.
-    text = format_top_candidates(results, n_top=2)
+    text = format_candidates(top_candidates(results, n_top=2))
     sem = np.std(expected, ddof=1) / np.sqrt(2)
     assert f"{np.mean(expected):.5f} (+/-{sem:.5f})" in text
     # One finished split: no standard error.
@@ -169,7 +174,7 @@ def test_a_failed_fit_makes_the_mean_nan_as_in_sklearn():
     assert np.isnan(reference["mean_test_score"][3])
     assert results["rank_test_score"].tolist() == [1, 2]
     assert (
-        format_top_candidates(results)
+        format_candidates(top_candidates(results))
         .splitlines()[2]
         .startswith("Rank 2: validation: nan (+/-nan)")
     )
