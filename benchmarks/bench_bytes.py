@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -39,7 +38,6 @@ import tempfile
 import time
 
 import numpy as np
-import psutil
 import ratio_plot
 import saved_run
 
@@ -353,12 +351,7 @@ def main(argv=None):
 
     fake_host = _can_fake_hosts()
     hosts = f" and {args.engines} on a fake host" if fake_host else " (one host)"
-    print(
-        f"{platform.node()}: {psutil.cpu_count()} CPUs, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python "
-        f"{platform.python_version()}; {args.engines} engines on the client's host"
-        + hosts
-    )
+    print(f"{saved_run.machine()}; {args.engines} engines on the client's host" + hosts)
     rows = []
     for size_mb in args.sizes_mb:
         for system in args.systems:

@@ -36,7 +36,6 @@ scores (rtol 1e-9).
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,6 @@ import tempfile
 import time
 
 import numpy as np
-import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import saved_run
@@ -249,9 +247,7 @@ def main(argv=None):
 
     systems = list(args.systems)
     print(
-        f"{platform.node()}: {psutil.cpu_count()} CPUs, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python "
-        f"{platform.python_version()}, scikit-learn {sklearn.__version__}; "
+        f"{saved_run.machine()}, scikit-learn {sklearn.__version__}; "
         f"rows x {args.scale:g}"
     )
     if "dask-ml" in systems and not _dask_ml_installed():

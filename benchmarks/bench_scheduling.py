@@ -13,14 +13,12 @@ wall time (the refit is left out: ``refit=False``), the median of
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
-import psutil
 import saved_run
 from ratio_plot import label, plot_ratios
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -155,9 +153,7 @@ def main(argv=None):
         return
 
     print(
-        f"{platform.node()}: {psutil.cpu_count()} CPUs, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python "
-        f"{platform.python_version()}; fits sleep {SLEEP_SECONDS} s, "
+        f"{saved_run.machine()}; fits sleep {SLEEP_SECONDS} s, "
         f"{FITS_PER_WORKER} fits per worker, median of {args.repeats} searches"
     )
     rows = []

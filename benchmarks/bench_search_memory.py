@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -225,14 +224,6 @@ def _dask_installed():
     return True
 
 
-def _machine():
-    return (
-        f"{platform.node()}: {psutil.cpu_count()} CPUs, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python "
-        f"{platform.python_version()}"
-    )
-
-
 def _plot(rows, path, command):
     bars = ratios(
         rows,
@@ -285,7 +276,7 @@ def main(argv=None):
 
     import sklearn_ipp
 
-    print(_machine())
+    print(saved_run.machine())
     print(
         f"scikit-learn {sklearn.__version__}, joblib {joblib.__version__}, "
         f"ipyparallel {ipyparallel.__version__}, sklearn_ipp {sklearn_ipp.__version__}"

@@ -21,13 +21,11 @@ limited: slow, so not run unless asked.
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 
 import numpy as np
-import psutil
 import saved_run
 from ratio_plot import plot_ratios, ratios
 
@@ -164,11 +162,7 @@ def main(argv=None):
         _plot(run["rows"], args.plot, run["command"])
         return
 
-    print(
-        f"{platform.node()}: {psutil.cpu_count()} CPUs, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python "
-        f"{platform.python_version()}; rows x {args.scale:g}"
-    )
+    print(f"{saved_run.machine()}; rows x {args.scale:g}")
     rows = []
     for workload in args.workloads:
         first = len(rows)

@@ -11,14 +11,12 @@ process after a warm-up search.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
-import psutil
 import saved_run
 from ratio_plot import plot_ratios, ratios
 
@@ -127,11 +125,7 @@ def main(argv=None):
         _plot(run["rows"], args.plot, run["command"])
         return
 
-    print(
-        f"{platform.node()}: {psutil.cpu_count()} CPUs, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python "
-        f"{platform.python_version()}; {args.workers} workers"
-    )
+    print(f"{saved_run.machine()}; {args.workers} workers")
     rows = []
     for system in args.systems:
         command = [sys.executable, __file__, "--child", system]
