@@ -85,52 +85,43 @@ def _varying_parameters(params):
 
 def _distinct_values(params, name):
     """Return the values of a parameter, sorted when they are all numbers."""
-    values = {}
-    for candidate in params:
-        if name in candidate:
-            values.setdefault(repr(candidate[name]), candidate[name])
-    distinct = list(values.values())
+    return _unique(candidate[name] for candidate in params if name in candidate)
+
+
+def _unique(values):
+    """Return ``values`` once each (by repr), sorted when they are all numbers."""
+    unique = {}
+    for value in values:
+        unique.setdefault(repr(value), value)
+    distinct = list(unique.values())
     if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in distinct):
         distinct.sort()
     return distinct
 
 
 def _grid_values(search, name):
-    """Return the values a search's grid lists for ``name``, else None.
+    """Return the values a search's grid lists for ``name``, else none.
 
     A running or stopped search has results for some candidates only: the
     heatmap shows the whole grid, where a blank cell is a candidate not
     evaluated (yet), rather than only the values that some result has. None
-    when ``name`` is drawn from a distribution or the search has no grid.
+    are listed when ``name`` is drawn from a distribution or the search has
+    no grid (a ``cv_results_`` dict).
     """
     grid = getattr(search, "param_grid", None)
     if grid is None:
         grid = getattr(search, "param_distributions", None)
     if grid is None:
-        return None
-    values = {}
+        return []
+    values = []
     for space in [grid] if isinstance(grid, Mapping) else grid:
         listed = space.get(name, ()) if isinstance(space, Mapping) else ()
         if hasattr(listed, "rvs") or isinstance(listed, (str, bytes)):
-            return None
+            return []
         try:
-            for value in listed:
-                values.setdefault(repr(value), value)
+            values.extend(listed)
         except TypeError:  # neither a list nor a distribution: not a grid
-            return None
-    return list(values.values()) or None
-
-
-def _with_grid(observed, listed):
-    """``observed`` values plus those only the grid lists, sorted as they are."""
-    if listed is None:
-        return observed
-    merged = {repr(value): value for value in listed}
-    for value in observed:
-        merged.setdefault(repr(value), value)
-    values = list(merged.values())
-    if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
-        values.sort()
+            return []
     return values
 
 
@@ -421,10 +412,7 @@ class ScoreHeatmapDisplay:
         # A search that did not run every candidate still shows its whole
         # grid: the cells not evaluated stay blank.
         x_values, y_values = (
-            _with_grid(
-                _distinct_values(params, name),
-                None if isinstance(search, dict) else _grid_values(search, name),
-            )
+            _unique([*_grid_values(search, name), *_distinct_values(params, name)])
             for name in (x_param, y_param)
         )
         means = np.asarray(results[f"mean_test_{metric}"], dtype=float)

@@ -10,7 +10,7 @@ adding an output. Its text is the search's ``report()``.
 import html
 import uuid
 
-from ._results import in_kernel
+from ._results import format_report, in_kernel
 
 __all__ = ["LiveReport", "report_html"]
 
@@ -65,7 +65,13 @@ class LiveReport:
         self._displayed = True
 
     def _bundle(self):
-        return {"text/plain": repr(self), "text/html": self._repr_html_()}
+        # One look at the search for both: a running search's text and table
+        # show the same fits.
+        progress, candidates, metric = self._search._report_content(self._n_top)
+        return {
+            "text/plain": format_report(progress, candidates),
+            "text/html": report_html(progress, candidates, metric),
+        }
 
 
 def report_html(progress, candidates, metric="score"):

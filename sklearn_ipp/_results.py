@@ -27,6 +27,7 @@ __all__ = [
     "finished_mean_std",
     "format_candidates",
     "format_progress",
+    "format_report",
     "in_kernel",
     "rank_by_mean",
     "split_scores",
@@ -167,6 +168,26 @@ def top_candidates(cv_results, n_top=5, metric="score"):
             )
         )
     return candidates
+
+
+def format_report(progress, candidates):
+    """Write the tutorial's text report: the progress line, then the candidates.
+
+    Parameters
+    ----------
+    progress : str
+        The progress line (:func:`format_progress`).
+    candidates : list of TopCandidate or None
+        The best candidates (:func:`top_candidates`); None while no fit has
+        finished, for the progress line alone.
+
+    Returns
+    -------
+    report : str
+    """
+    if candidates is None:
+        return progress
+    return f"{progress}\n{format_candidates(candidates)}"
 
 
 def format_candidates(candidates):

@@ -23,8 +23,8 @@ from ._report import LiveReport
 from ._results import (
     LiveResults,
     best_first,
-    format_candidates,
     format_progress,
+    format_report,
     top_candidates,
 )
 
@@ -369,9 +369,7 @@ class WatchedSearchMixin:
         report : str
         """
         progress, candidates, _ = self._report_content(n_top)
-        if candidates is None:
-            return progress
-        return f"{progress}\n{format_candidates(candidates)}"
+        return format_report(progress, candidates)
 
     def live_report(self, n_top=5):
         """Return the report as a table in Jupyter, refreshed on demand.
