@@ -526,23 +526,30 @@ class Scheduler:
                         self._condition.wait(HOLD_SECONDS / 2)
                     if self._stopping:
                         return
-                self._roster.refresh()
-                self._hand_back_saved()
-                self._handle_replies()
-                self._resend_stranded()
-                self._losses.check_engines_left(
-                    self._busy, self.n_done, self.n_submitted
-                )
-                if self._controller is not None:
-                    self._controller.check(self._busy, self.n_done, self.n_submitted)
-                self._folds.release_idle()
-                self._store_folds()
-                self._send_ready()
+                self.step()
         except BaseException as exc:  # surfaced to joblib through the jobs
             for task in self._handling:  # taken from the messenger already
                 self._finish(task, False, exc)
             # No thread sends what comes next: the rest of the call fails too.
             self.stop(exc, cancel=True)
+
+    def step(self):
+        """Do what is to be done now: replies, engines lost, folds, messages.
+
+        The scheduling thread calls it whenever it is woken. A simulation
+        (``benchmarks/bench_scheduler.py``) calls it instead, without the
+        thread, after each event it makes up.
+        """
+        self._roster.refresh()
+        self._hand_back_saved()
+        self._handle_replies()
+        self._resend_stranded()
+        self._losses.check_engines_left(self._busy, self.n_done, self.n_submitted)
+        if self._controller is not None:
+            self._controller.check(self._busy, self.n_done, self.n_submitted)
+        self._folds.release_idle()
+        self._store_folds()
+        self._send_ready()
 
     def _can_send(self):
         held = not self._sending and time.monotonic() - self._last_submit < HOLD_SECONDS
