@@ -17,8 +17,6 @@ import threading
 import time
 from collections import OrderedDict, deque
 
-import numpy as np
-
 from ._exceptions import ControllerLostError
 from ._messages import ENGINE_LOST, SEND_AGAIN, STOPPED
 
@@ -266,6 +264,9 @@ class TaskQueues:
     def __init__(self):
         self._waiting = OrderedDict()  # fold key (None: no fold) -> deque
         self._unsorted = set()  # fold keys whose queue is out of order
+        # Fold keys whose queue is longest first, with how many durations
+        # were known when it was sorted.
+        self._by_duration = {}
         self._seconds_per_task = None
         self._seconds_by_kind = {}
 
@@ -286,6 +287,7 @@ class TaskQueues:
         """Put tasks back at the front of their queues, in their order."""
         for task in reversed(tasks):
             self._waiting.setdefault(task.key, deque()).appendleft(task)
+            self._by_duration.pop(task.key, None)
 
     def first(self, key):
         """Return the first task in order of queue ``key``, or None."""
@@ -308,6 +310,7 @@ class TaskQueues:
         keys = self.keys()
         for key in self._unsorted.intersection(keys):
             self._waiting[key] = deque(sorted(self._waiting[key], key=_order))
+            self._by_duration.pop(key, None)
         self._unsorted.clear()
         sendable = [
             key for key in keys if key is not None and self._waiting[key][0].stored
@@ -320,29 +323,39 @@ class TaskQueues:
         n_waiting = sum(len(waiting) for waiting in queues)
         size = min(self._message_size(n_waiting, n_in_flight_max), n_waiting)
         tasks = []
+        # The last tasks, one per message: all of them are in flight soon, and
+        # the longest, started first, leave no engine idle at the end.
+        last = size == 1 and n_waiting <= n_in_flight_max and self._seconds_by_kind
         for _ in range(size):
             first = min(filter(None, queues), key=lambda waiting: waiting[0].order)
-            if size == 1 and self._seconds_by_kind:
-                self._longest_first(first)
+            if last:
+                first = self._longest_first(first[0].key)
             tasks.append(first.popleft())
         for key in sendable:
             if not self._waiting[key]:
                 del self._waiting[key]
+                self._by_duration.pop(key, None)
         return tasks
 
-    def _longest_first(self, waiting):
-        """Move the task expected to take longest to the front.
+    def _longest_first(self, key):
+        """Return queue ``key`` sorted by expected duration, longest first.
 
-        Started first, long tasks do not leave the other engines idle at the
-        end of a fold; durations come from the same candidate on earlier folds.
+        Durations come from the same candidate on earlier folds. The queue
+        is sorted again only when more durations are known than when it was
+        last sorted: once per new candidate at most, not once per message,
+        which on a long queue would cost the client its length per task.
         """
-        expected = [self._seconds_by_kind.get(task.kind, -1.0) for task in waiting]
-        longest = int(np.argmax(expected))
-        if longest:
-            waiting.rotate(-longest)
-            task = waiting.popleft()
-            waiting.rotate(longest)
-            waiting.appendleft(task)
+        waiting = self._waiting[key]
+        n_known = len(self._seconds_by_kind)
+        if self._by_duration.get(key) != n_known:
+            expected = self._seconds_by_kind
+            ordered = sorted(
+                waiting, key=lambda task: (-expected.get(task.kind, -1.0), task.order)
+            )
+            waiting.clear()
+            waiting.extend(ordered)
+            self._by_duration[key] = n_known
+        return waiting
 
     def _message_size(self, n_waiting, n_in_flight_max):
         """Tasks per message: enough work to hide the message cost, balanced."""
