@@ -15,6 +15,8 @@ Reported per run:
   the tasks, taking the replies, every ``step()``) over the number of fits;
   the simulated cluster's bookkeeping is left out, and so is what the real
   messenger adds (pickling each message, ZeroMQ), which is per message;
+  **fold us** is the backend's lookup of each task's fold before that
+  (``FoldIndex.fold_of``), also client CPU;
 - **efficiency**: the work of the fits over the engine time available until
   the last fit ends (engines count from when they join to when they die);
 - **list bound**: the same for greedy list scheduling of the same fits in
@@ -97,15 +99,18 @@ class SimulatedCluster:
     # The simulation ------------------------------------------------------
 
     def at(self, when, action, argument):
+        """Call ``action(argument)`` at simulated time ``when``."""
         heapq.heappush(self._events, (when, next(self._sequence), action, argument))
 
     def join(self, engine_id):
+        """Register a new engine, ready for messages now."""
         self.joined_at[engine_id] = self.now
         self.roster.ready[engine_id] = "host"
         self._idle.append(engine_id)
         self._dispatch()
 
     def die(self, engine_id):
+        """End an engine: its running message is lost, as ipyparallel says."""
         if engine_id not in self.roster.ready:
             return
         self.died_at[engine_id] = self.now
@@ -154,6 +159,7 @@ class SimulatedCluster:
         return len(self._in_flight)
 
     def send(self, tasks):
+        """Queue a message at the controller; it goes to the next idle engine."""
         self.n_messages += 1
         handle = Handle(self.n_messages)
         self._in_flight[handle] = list(tasks)
@@ -162,24 +168,28 @@ class SimulatedCluster:
         return True
 
     def take(self, handle):
+        """Return a message's tasks, once, and forget it."""
         return self._in_flight.pop(handle, None)
 
     def take_stranded(self):
-        return []  # the controller's queue is open to every engine
+        """Return no message: the controller's queue is open to every engine."""
+        return []
 
     def take_all(self):
+        """Forget every message in flight; return their handles and tasks."""
         in_flight, self._in_flight = self._in_flight, {}
         return list(in_flight), [task for tasks in in_flight.values() for task in tasks]
 
     def read(self, handle, tasks):
+        """Return a message's ``(outcomes, seconds)``."""
         return self._replies.pop(handle)
 
     def stop(self, handles, end_stuck=True):
-        pass
+        """Stop nothing: a simulated engine has no signal to receive."""
 
 
 def fit_tasks(folds, n_fits, n_splits, job):
-    """The tasks of a search of ``n_fits // n_splits`` candidates, split-major."""
+    """Make the tasks of a search of ``n_fits // n_splits`` candidates."""
     rng = np.random.RandomState(0)
     X, y = rng.standard_normal((1000, 10)), rng.randint(0, 2, 1000)
     splits = list(KFold(n_splits).split(X))
@@ -220,7 +230,11 @@ def simulate(n_engines, n_fits, median, sigma, message_seconds, churn, seed=0):
     cluster = SimulatedCluster(durations, message_seconds)
     folds = FoldIndex(lambda obj, rows=None, columns=None: object(), lambda ref: None)
     job = Job(n_fits, None)
+    # What the backend does per task before the scheduler sees it: find the
+    # task's fold (hashes of X, y and the split, cached by object).
+    lookup = time.process_time()
     tasks = fit_tasks(folds, n_fits, 5, job)
+    lookup = time.process_time() - lookup
     scheduler = Scheduler(
         cluster.roster,
         cluster,
@@ -238,10 +252,14 @@ def simulate(n_engines, n_fits, median, sigma, message_seconds, churn, seed=0):
         rng = np.random.RandomState(seed + 1)
         n_changed = max(1, n_engines // 10)
         dying = rng.choice(n_engines, n_changed, replace=False)
-        for engine_id, when in zip(dying, rng.uniform(0, ideal / 2, n_changed)):
+        for engine_id, when in zip(
+            dying, rng.uniform(0, ideal / 2, n_changed), strict=True
+        ):
             cluster.at(when, cluster.die, int(engine_id))
         joining = range(n_engines, n_engines + n_changed)
-        for engine_id, when in zip(joining, rng.uniform(ideal / 2, ideal, n_changed)):
+        for engine_id, when in zip(
+            joining, rng.uniform(ideal / 2, ideal, n_changed), strict=True
+        ):
             cluster.at(when, cluster.join, engine_id)
 
     cpu = time.process_time()
@@ -273,6 +291,7 @@ def simulate(n_engines, n_fits, median, sigma, message_seconds, churn, seed=0):
         "fits": n_fits,
         "churn": churn,
         "cpu_us_per_fit": 1e6 * cpu / n_fits,
+        "fold_us_per_fit": 1e6 * lookup / n_fits,
         "messages": cluster.n_messages,
         "retried": scheduler.n_retried,
         "makespan": makespan,
@@ -303,7 +322,8 @@ def main(argv=None):
         f"{args.sigma}), {1000 * args.message_seconds:g} ms per message\n"
     )
     header = (
-        f"{'engines':>7}  {'churn':>5}  {'CPU us/fit':>10}  {'messages':>8}  "
+        f"{'engines':>7}  {'churn':>5}  {'CPU us/fit':>10}  {'fold us':>7}  "
+        f"{'messages':>8}  "
         f"{'retried':>7}  {'makespan s':>10}  {'efficiency':>10}  "
         f"{'list bound':>10}  {'x bound':>7}"
     )
@@ -322,7 +342,8 @@ def main(argv=None):
             bound = row["bound"]
             print(
                 f"{row['engines']:>7}  {'yes' if churn else 'no':>5}  "
-                f"{row['cpu_us_per_fit']:>10.1f}  {row['messages']:>8}  "
+                f"{row['cpu_us_per_fit']:>10.1f}  {row['fold_us_per_fit']:>7.1f}  "
+                f"{row['messages']:>8}  "
                 f"{row['retried']:>7}  {row['makespan']:>10.1f}  "
                 f"{row['efficiency']:>10.1%}  "
                 + (
