@@ -19,7 +19,7 @@ from sklearn_ipp._exceptions import EngineLostError
 from sklearn_ipp._folds import FoldIndex
 from sklearn_ipp._hosts import EngineLosses
 from sklearn_ipp._messages import ENGINE_LOST, STOPPED
-from sklearn_ipp._scheduler import Job, Scheduler, Task
+from sklearn_ipp._scheduler import Job, Scheduler, Task, TaskQueues
 
 TIMEOUT = 10
 
@@ -549,3 +549,56 @@ def test_a_prefix_for_one_candidate_is_not_fitted_when_all_tasks_came():
         answered = _answer_with_prefixes(harness, until=job.done.is_set)
     assert [kind for kind, _ in answered] == ["fit"] * 4
     assert not any(task.on_prefix for task in tasks)
+
+
+def _candidate_tasks(n_candidates, n_splits):
+    """Tasks without data, candidate after candidate, each of its own kind."""
+    job = Job(n_candidates * n_splits, None)
+    tasks = []
+    for candidate in range(n_candidates):
+        parameters = {"C": candidate}
+        for _ in range(n_splits):
+            task = Task(job, len(tasks), abs, (len(tasks),), {})
+            task.arguments = {"parameters": parameters}
+            task.order = (0, 0, len(tasks))
+            tasks.append(task)
+    return tasks
+
+
+def _drain(queues, n_in_flight_max):
+    sent = []
+    while True:
+        message = queues.next_message(n_in_flight_max)
+        if not message:
+            return sent
+        sent.extend(task.arguments["parameters"]["C"] for task in message)
+
+
+def test_the_last_tasks_go_longest_first_and_the_others_in_order(monkeypatch):
+    n_kind = []
+    kind = Task.kind
+    monkeypatch.setattr(
+        Task, "kind", property(lambda t: n_kind.append(1) or kind.fget(t))
+    )
+    for n_in_flight_max, expected in [
+        # Every task fits in flight: the longest candidates go first.
+        (100, [1] * 4 + [2] * 4 + [0] * 4),
+        # More tasks than fit in flight: in order, one per message.
+        (4, [0] * 4 + [1] * 4 + [2] * 4),
+    ]:
+        queues = TaskQueues()
+        tasks = _candidate_tasks(3, 4)
+        for task in tasks:
+            queues.add(task)
+        # Durations of each candidate on an earlier fold: 2 s on average, so
+        # one task per message.
+        queues.record_durations([tasks[0], tasks[4], tasks[8]], [0.1, 5.0, 1.0])
+        n_kind.clear()
+        sent = _drain(queues, n_in_flight_max)
+        if n_in_flight_max == 100:
+            assert sent == expected
+            # Sorted once, not scanned whole for each of the 12 messages.
+            assert len(n_kind) <= 12
+        else:
+            # Once 4 or fewer are left, those go longest first too.
+            assert sent[:8] == expected[:8]
