@@ -222,6 +222,11 @@ class FoldIndex:
         self._n_expected = None
         self._n_fit_tasks = 0
         self.n_prefix_fits = 0  # prefixes fitted, over every call
+        # Changes when a fold is chosen, stored or released: with the task
+        # queues' own version (new tasks, and the folds made for them before
+        # they are queued), it tells the scheduler when to_store() may have
+        # another answer, so that it is not asked at every reply.
+        self.version = 0
 
     def fold_of(self, arguments):
         """Return ``(split_key, fold, rows)`` of a ``_fit_and_score`` task.
@@ -344,6 +349,7 @@ class FoldIndex:
         """Store a prefix task's ``PrefixOutput`` (None: its candidates run whole)."""
         prefix.materialise(self._write, output)
         with self._lock:
+            self.version += 1
             if output is not None:
                 self.n_prefix_fits += 1
             self._note_stored_bytes()
@@ -369,6 +375,7 @@ class FoldIndex:
             for fold in waiting:
                 if _is_prefix(fold) and not fold.storing and fold.base.storing:
                     fold.storing = True
+                    self.version += 1
                     if fold.n_candidates < 2 and self._all_submitted():
                         fold.plain = True
                     return fold
@@ -391,6 +398,7 @@ class FoldIndex:
             if not room:
                 return None
             fold.storing = True
+            self.version += 1
             return fold
 
     def store(self, fold):
@@ -426,6 +434,8 @@ class FoldIndex:
                     room -= prefix.nbytes
                     if room >= 0:
                         idle.remove(prefix)
+            if idle:
+                self.version += 1
             for fold in idle:
                 fold.storing = False
                 if _is_prefix(fold):
@@ -443,6 +453,7 @@ class FoldIndex:
             self._folds_by_data.clear()
             self._hash = _ContentHashes()
             self._n_expected, self._n_fit_tasks = None, 0
+            self.version += 1
         for fold in folds:
             if fold.refs is not None:
                 fold.release(self._remove)

@@ -267,6 +267,7 @@ class TaskQueues:
         # Fold keys whose queue is longest first, with how many durations
         # were known when it was sorted.
         self._by_duration = {}
+        self.version = 0  # changes when tasks or queues come or go
         self._seconds_per_task = None
         self._seconds_by_kind = {}
 
@@ -278,6 +279,7 @@ class TaskQueues:
         return [key for key, tasks in self._waiting.items() if tasks]
 
     def add(self, task):
+        self.version += 1
         waiting = self._waiting.setdefault(task.key, deque())
         if waiting and waiting[-1].order > task.order:
             self._unsorted.add(task.key)
@@ -285,6 +287,7 @@ class TaskQueues:
 
     def requeue(self, tasks):
         """Put tasks back at the front of their queues, in their order."""
+        self.version += 1
         for task in reversed(tasks):
             self._waiting.setdefault(task.key, deque()).appendleft(task)
             self._by_duration.pop(task.key, None)
@@ -298,6 +301,7 @@ class TaskQueues:
         """Empty every queue; return the tasks that were waiting."""
         tasks = [task for waiting in self._waiting.values() for task in waiting]
         self._waiting.clear()
+        self.version += 1
         return tasks
 
     def next_message(self, n_in_flight_max):
@@ -335,6 +339,7 @@ class TaskQueues:
             if not self._waiting[key]:
                 del self._waiting[key]
                 self._by_duration.pop(key, None)
+                self.version += 1
         return tasks
 
     def _longest_first(self, key):
@@ -426,6 +431,7 @@ class Scheduler:
         self._order = itertools.count()
         self._n_calls = 0
         self._sending = False
+        self._nothing_to_store = None  # (queues, folds) versions, see _store_folds
         self._last_submit = time.monotonic()
         self._cancelled = None
         self._stopping = False
@@ -590,9 +596,15 @@ class Scheduler:
             with self._condition:
                 if not self._can_send():
                     return
+                # Asked again only when tasks or folds changed since it said
+                # there was nothing to store.
+                state = (self._queues.version, self._folds.version)
+                if state == self._nothing_to_store:
+                    return
                 keys = self._queues.keys()
             fold = self._folds.to_store(keys)
             if fold is None:
+                self._nothing_to_store = state
                 return
             if getattr(fold, "is_prefix", False):
                 with self._condition:
