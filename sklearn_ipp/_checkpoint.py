@@ -83,6 +83,16 @@ def fit_key(fold_key, arguments, data_names):
     data_names : set of str
         Arguments (and fit or score parameters) already in ``fold_key``.
     """
+    return _digest(*fit_identity(fold_key, arguments, data_names))
+
+
+def fit_identity(fold_key, arguments, data_names):
+    """Return what a fit's key is made of, without hashing it yet.
+
+    ``(fold_key, rest)``, where ``rest`` holds the arguments that are not
+    data: the estimator, its parameters, the scorer... It holds no
+    reference to the data, so it can be kept after the fit.
+    """
     rest = {}
     for name, value in arguments.items():
         if name in _IGNORED_ARGUMENTS or name in data_names:
@@ -90,6 +100,10 @@ def fit_key(fold_key, arguments, data_names):
         if name in ("fit_params", "score_params") and value:
             value = {k: v for k, v in value.items() if k not in data_names}
         rest[name] = value
+    return fold_key, rest
+
+
+def _digest(fold_key, rest):
     digest = hashlib.sha256()
     digest.update(repr((fold_key, sklearn.__version__, __version__)).encode())
     try:
@@ -101,16 +115,28 @@ def fit_key(fold_key, arguments, data_names):
 
 
 class MemoryCheckpoint:
-    """Finished results kept in this process, for a fit that did not finish."""
+    """Finished results kept in this process, for a fit that did not finish.
+
+    Results are kept with what their key is made of (``fit_identity``) and
+    hashed only when a later fit looks for them: most fits complete, and
+    then nothing is looked for. Hashing a fit's arguments (the estimator and
+    its parameters, with joblib) costs about a millisecond, as much as a
+    tiny fit: done as each fit ends, it held the client back.
+    """
 
     def __init__(self):
         self._results = {}
+        self._unhashed = []  # (identity, result) not looked for yet
 
     def __len__(self):
-        return len(self._results)
+        return len(self._results) + len(self._unhashed)
 
     def get(self, key):
         """Return ``(True, result)`` if saved, else ``(False, None)``."""
+        if self._unhashed:
+            unhashed, self._unhashed = self._unhashed, []
+            for identity, result in unhashed:
+                self._results[_digest(*identity)] = result
         if key in self._results:
             return True, self._results[key]
         return False, None
@@ -118,6 +144,10 @@ class MemoryCheckpoint:
     def put(self, key, result):
         """Save a finished result."""
         self._results[key] = result
+
+    def put_unhashed(self, identity, result):
+        """Save a finished result under its ``fit_identity``, hashed if needed."""
+        self._unhashed.append((identity, result))
 
 
 class DirectoryCheckpoint:
@@ -466,6 +496,9 @@ class SavedFits:
         """
         if isinstance(result, dict) and result.get("fit_error"):
             return
+        if isinstance(self.checkpoint, MemoryCheckpoint):
+            self.checkpoint.put_unhashed(self._identity(task), result)
+            return
         try:
             self.checkpoint.put(self._key(task), result)
         except OSError as exc:
@@ -485,7 +518,10 @@ class SavedFits:
 
     def _key(self, task):
         if task.checkpoint_key is None:
-            data_names = {"X", "y", "train", "test", *task.fold.aligned_params}
-            task.checkpoint_key = fit_key(task.split_key, task.arguments, data_names)
+            task.checkpoint_key = _digest(*self._identity(task))
             self.keys.add(task.checkpoint_key)
         return task.checkpoint_key
+
+    def _identity(self, task):
+        data_names = {"X", "y", "train", "test", *task.fold.aligned_params}
+        return fit_identity(task.split_key, task.arguments, data_names)
