@@ -268,7 +268,13 @@ class RowRangeArray(np.ndarray):
         as_slice = _contiguous_range(rows)
         if as_slice is not None:
             key = (as_slice, *rest)
-        return super().__getitem__(key)
+        selected = super().__getitem__(key)
+        # What the estimator gets is a plain ndarray (a view all the same):
+        # scikit-learn's input checks take longer on a subclass, at every
+        # call of every fit, predict and score.
+        return (
+            selected.view(np.ndarray) if isinstance(selected, np.ndarray) else selected
+        )
 
 
 def _contiguous_range(rows):

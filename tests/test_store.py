@@ -242,6 +242,9 @@ def test_row_range_array_gives_views_for_ranges_and_copies_otherwise():
     np.testing.assert_array_equal(view, np.arange(20.0).reshape(10, 2)[2:6])
     view = array[np.arange(3, 5), ...]
     assert np.shares_memory(view, array)
+    # The estimator gets plain arrays: scikit-learn checks them faster.
+    assert type(view) is np.ndarray
+    assert type(array[np.array([3, 1])]) is np.ndarray
     for key in (np.array([3, 1]), np.array([1, 2, 4]), np.array([-2, -1])):
         picked = array[key]
         assert not np.shares_memory(picked, array)
