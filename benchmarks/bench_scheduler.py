@@ -337,6 +337,11 @@ def main(argv=None):
         help="cost of one message to an engine beyond its fits (s)",
     )
     args = parser.parse_args(argv)
+    # Imported here: tests load this module by path, without benchmarks/ on
+    # sys.path, and need only simulate().
+    import saved_run
+
+    print(saved_run.machine())
     print(
         f"{args.fits} fits, log-normal durations (median {args.median} s, sigma "
         f"{args.sigma}), {1000 * args.message_seconds:g} ms per message, "
