@@ -237,6 +237,9 @@ class ClusterBackend(ParallelBackendBase):
             self.store,
             self.check_versions,
             on_probe_reply=lambda: scheduler.wake(),
+            # The folds' data was hashed to find them: hosts that get it
+            # whole name it by that hash, not by a second one.
+            content_key=self.folds.hash,
         )
         self._messenger = Messenger(
             self.connection,
@@ -428,7 +431,7 @@ class _Resources:
     def write(self, obj, rows=None, columns=None):
         """Store data and make it available on every host."""
         ref = self.store.write(obj, rows, columns)
-        self.roster.add(ref)
+        self.roster.add(ref, obj, rows, columns)
         return ref
 
     def remove(self, ref):

@@ -5,8 +5,11 @@ joins later): its host, its package versions, and whether it sees the
 client's store, by reading a marker file with a random token at the store's
 path. Hosts that do (this host, or one sharing the filesystem such as NFS)
 read the client's files directly. A host that does not gets its own store
-directory, and every stored file is sent to one engine of that host, once,
-whatever the number of its engines; the engines of that host read that copy.
+directory, and the data (X, y, the parameters with one value per sample) is
+sent to one engine of that host once, whatever the number of its engines,
+splits or candidates; that engine then cuts each fold the client stores from
+its copy, given only the fold's row numbers, and the engines of the host read
+what it wrote.
 
 An engine receives tasks only once its host holds the data; engines that
 leave (or die) are dropped as the client sees them go.
@@ -19,9 +22,14 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import socket
 import time
 import warnings
+
+import joblib
+import numpy as np
+from sklearn.utils import _safe_indexing
 
 from ._engines import check_versions, start_probe
 from ._exceptions import EngineLostError, EngineVersionError
@@ -29,14 +37,23 @@ from ._store import (
     COPY_CHUNK_BYTES,
     _this_process,
     check_private_directory,
+    content_hash,
     default_parent,
     directory_for,
     in_ram,
+    is_plain_array,
+    load_stored,
     make_store_directory,
+    npy_chunks,
+    npy_size,
+    pack_rows,
+    packed_nbytes,
     process_is_alive,
     remove_store,
+    selected_nbytes,
     spill_directory,
     stale_stores,
+    unpack_rows,
 )
 from ._threads import threads_per_engine
 
@@ -63,7 +80,8 @@ class _Host:
         self.n_cpus = n_cpus
         self.directory = None  # its own store, when not shared
         self.engines = set()
-        self.n_files = 0  # files sent to it, and their bytes
+        self.sources = {}  # content hash -> name of the whole data it holds
+        self.n_files = 0  # files sent to it, and every byte sent (rows too)
         self.nbytes = 0
 
 
@@ -85,19 +103,33 @@ class EngineRoster:
         Called with no argument, in ipyparallel's thread, when a probe's
         engines answer: a scheduler that waits for ready engines wakes up
         then rather than at its next poll.
+    content_key : callable or None, default=None
+        ``content_key(obj)``: the content hash of data, which names its copy
+        on other hosts (a caller that hashed it already saves a second
+        pass); None: :func:`content_hash`.
     """
 
-    def __init__(self, connection, store, check_versions=True, on_probe_reply=None):
+    def __init__(
+        self,
+        connection,
+        store,
+        check_versions=True,
+        on_probe_reply=None,
+        content_key=None,
+    ):
         self.connection = connection
         self.store = store
         self.check_versions = check_versions
         self.on_probe_reply = on_probe_reply
+        self._content_key = content_key or content_hash
         self.ready = {}  # engine id -> hostname
         self.pids = {}  # engine id -> process id, on its host
         self.hosts = {}  # hostname -> _Host
         self._seen = set()  # engine ids probed or being probed
         self._probes = []  # AsyncResults of probes not yet handled
-        self._live = {}  # file name -> StoredData, what hosts must hold
+        # File name -> (StoredData, data, rows, columns): what hosts must hold,
+        # and what it was cut from.
+        self._live = {}
         self._first_probe = True
 
     # Engines ---------------------------------------------------------------
@@ -181,20 +213,89 @@ class EngineRoster:
 
     def _open_host_store(self, host, engine_id):
         view = self.connection.direct_view([engine_id])
-        largest = max((ref.nbytes for ref in self._live.values()), default=0)
+        largest = max((live[0].nbytes for live in self._live.values()), default=0)
         [(directory, others)] = view.apply(make_host_store, largest, _this_process())
         stale = [path for path, owner in others.items() if not process_is_alive(owner)]
         if stale:
             view.apply(remove_host_stores, stale)
         host.directory = directory
-        self._send_files(host, engine_id, list(self._live.values()))
+        for live in list(self._live.values()):
+            self._cut(host, engine_id, *live).get()
         self.store.host_dirs[host.hostname] = directory
 
-    def add(self, ref):
-        """Make stored data available on every host (call after writing it)."""
-        self._live[ref.name] = ref
-        for host in self._remote_hosts():
-            self._send_files(host, min(host.engines), [ref])
+    def add(self, ref, data, rows=None, columns=None):
+        """Make stored data available on every host (call after writing it).
+
+        Parameters
+        ----------
+        ref : StoredData
+            What the client's store holds: ``data[rows][:, columns]``.
+        data : object
+            The data it was cut from, sent whole to a host that lacks it.
+        rows, columns : array-like of int or None, default=None
+            The rows (and columns) of ``data`` that ``ref`` holds; None: all.
+        """
+        self._live[ref.name] = (ref, data, rows, columns)
+        cuts = [
+            self._cut(host, min(host.engines), ref, data, rows, columns)
+            for host in self._remote_hosts()
+        ]
+        for cut in cuts:
+            cut.get()
+
+    def _cut(self, host, engine_id, ref, data, rows, columns):
+        """Have a host cut ``ref`` from its copy of ``data``; return the call.
+
+        The data goes there first if the host lacks it, once.
+        """
+        source, kind = self._send_source(host, engine_id, data)
+        rows, columns = pack_rows(rows), pack_rows(columns)
+        host.nbytes += packed_nbytes(rows) + packed_nbytes(columns)
+        view = self.connection.direct_view([engine_id])
+        view.block = False
+        return view.apply_async(
+            cut_stored, host.directory, source, kind, ref.name, rows, columns
+        )
+
+    def _send_source(self, host, engine_id, data):
+        """Send ``data`` whole to a host unless it has it; return its name, kind."""
+        key = self._content_key(data)
+        kind = "npy" if is_plain_array(data) else "joblib"
+        name = f"data-{key[:40]}.{kind}"
+        if key in host.sources:
+            return name, kind
+        self._forget_idle_sources(host)
+        if kind == "npy":
+            self._send(host, engine_id, name, npy_chunks(data), npy_size(data))
+        else:
+            # joblib writes only to files: the client's store holds it while
+            # it is sent.
+            ref = self.store.write(data)
+            try:
+                with open(ref.path, "rb") as f:
+                    chunks = iter(lambda: f.read(TRANSFER_CHUNK_BYTES), b"")
+                    self._send(host, engine_id, name, chunks, os.path.getsize(ref.path))
+            finally:
+                self.store.remove(ref)
+        host.sources[key] = name
+        return name, kind
+
+    def _forget_idle_sources(self, host):
+        """Remove the data a host holds that no stored file was cut from.
+
+        Kept until other data comes, so that the rounds of a search (each
+        iteration of successive halving) and later calls on the same data
+        do not send it again; removed then, so that a backend used for many
+        datasets does not fill the host.
+        """
+        used = {self._content_key(live[1]) for live in self._live.values()}
+        idle = [key for key in host.sources if key not in used]
+        if not idle:
+            return
+        names = [host.sources.pop(key) for key in idle]
+        view = self.connection.direct_view([min(host.engines)])
+        view.block = False
+        view.apply_async(remove_host_files, host.directory, names)
 
     def remove(self, ref):
         """Forget stored data on every host (its client file is removed)."""
@@ -220,6 +321,7 @@ class EngineRoster:
             except Exception as exc:  # a host that went away keeps its copy
                 logger.info("Could not remove %s: %s", host.directory, exc)
             host.directory = None
+            host.sources.clear()
         # Bounded: a controller that is gone would never answer.
         deadline = time.monotonic() + CLOSE_TIMEOUT
         for directory, removal in removals:
@@ -236,50 +338,68 @@ class EngineRoster:
             if host.directory is not None and host.engines
         ]
 
-    def _send_files(self, host, engine_id, refs):
+    def _send(self, host, engine_id, name, chunks, size):
+        """Send a file, given as blocks of bytes, to a host's store."""
         view = self.connection.direct_view([engine_id])
         view.block = False
-        for ref in refs:
-            size = os.path.getsize(ref.path)
-            digest = hashlib.sha256()
-            pending = []
-            with open(ref.path, "rb") as f:
-                offset = 0
-                while True:
-                    data = f.read(TRANSFER_CHUNK_BYTES)
-                    digest.update(data)
-                    last = offset + len(data) >= size
-                    pending.append(
-                        view.apply_async(
-                            receive_chunk,
-                            host.directory,
-                            ref.name,
-                            offset,
-                            data,
-                            digest.hexdigest() if last else None,
-                            size,
-                        )
-                    )
-                    offset += len(data)
-                    if len(pending) >= TRANSFERS_IN_FLIGHT:
-                        pending.pop(0).get()
-                    if last:
-                        break
-            for result in pending:
-                result.get()
-            host.n_files += 1
-            host.nbytes += size
+        digest = hashlib.sha256()
+        pending = []
+        offset = 0
+        for data in _rechunked(chunks, TRANSFER_CHUNK_BYTES):
+            digest.update(data)
+            last = offset + len(data) >= size
+            pending.append(
+                view.apply_async(
+                    receive_chunk,
+                    host.directory,
+                    name,
+                    offset,
+                    data,
+                    digest.hexdigest() if last else None,
+                    size,
+                )
+            )
+            offset += len(data)
+            if len(pending) >= TRANSFERS_IN_FLIGHT:
+                pending.pop(0).get()
+        if offset != size:
+            raise RuntimeError(f"Sent {offset} bytes of {name}, not {size}.")
+        for result in pending:
+            result.get()
+        host.n_files += 1
+        host.nbytes += size
 
     def transfers(self):
-        """Files and bytes sent to each host, ``{hostname: (files, bytes)}``."""
+        """Files and bytes sent to each host, ``{hostname: (files, bytes)}``.
+
+        Files are the data sent whole; bytes count them and the row numbers
+        of the folds cut from them.
+        """
         return {name: (host.n_files, host.nbytes) for name, host in self.hosts.items()}
+
+
+def _rechunked(chunks, size):
+    """Yield the bytes of ``chunks`` again, in blocks of ``size`` (the last less).
+
+    Each block is a copy: ipyparallel may still be sending one while the
+    next is read, and the blocks of :func:`npy_chunks` reuse one buffer.
+    """
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        while len(pending) >= size:
+            yield bytes(pending[:size])
+            del pending[:size]
+    if pending:
+        yield bytes(pending)
 
 
 # On the engines of hosts without the client's filesystem ------------------
 #
-# Run there by reference: the client sends each stored file once to one engine
-# of such a host, which writes it into a store directory of its own; the other
-# engines of the host read the same copy.
+# Run there by reference: the client sends each dataset once to one engine of
+# such a host, which writes it into a store directory of its own, then cuts
+# from it the folds the client stores; the other engines of the host read the
+# same files.
 
 
 class EngineLosses:
@@ -421,6 +541,59 @@ def receive_chunk(directory, name, offset, data, sha256=None, size=0):
             "the client's file (SHA-256 differs): it was corrupted on the way."
         )
     os.rename(part, path)
+
+
+def cut_stored(directory, source, kind, name, rows=None, columns=None):
+    """Write ``name`` in a host store: rows (and columns) of the data ``source``.
+
+    What the client wrote into its own store, the same bytes, made here from
+    this host's copy of the data instead of sent. ``rows`` and ``columns``
+    come packed (:func:`pack_rows`); with neither, ``name`` is a hard link to
+    the data (a copy where a link cannot be made). Columns are cut from
+    arrays only, as the client's store does.
+    """
+    source_path = _host_file(directory, source)
+    rows, columns = unpack_rows(rows), unpack_rows(columns)
+    whole = rows is None and columns is None
+    if whole:
+        nbytes = os.path.getsize(source_path)
+    else:
+        data = load_stored(source_path, kind)  # checked to be private
+        if kind == "npy":
+            data = data.view(np.ndarray)
+            nbytes = selected_nbytes(data, rows, columns)
+        else:
+            data = _safe_indexing(data, rows) if rows is not None else data
+            nbytes = getattr(data, "nbytes", 0)
+    target = directory_for(directory, nbytes)
+    check_private_directory(target)
+    path = os.path.join(target, name)
+    part = path + ".part"
+    try:
+        if whole:
+            try:
+                os.link(source_path, part)
+            except OSError:  # another filesystem (the spill directory)
+                shutil.copyfile(source_path, part)
+        elif kind == "npy":
+            with open(part, "wb") as f:
+                for block in npy_chunks(data, rows, columns):
+                    f.write(block)
+        else:
+            joblib.dump(data, part)
+        os.rename(part, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(part)
+        raise
+
+
+def _host_file(directory, name):
+    """Return the path of ``name`` in a host store or in its spill twin."""
+    path = os.path.join(directory, name)
+    if not os.path.exists(path) and in_ram(directory):
+        path = os.path.join(spill_directory(directory), name)
+    return path
 
 
 def remove_host_files(directory, names):

@@ -17,6 +17,7 @@ data per fit. (Slices would say the same more directly, but scikit-learn >=
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import socket
 import stat
 import tempfile
 import uuid
+import zlib
 
 import joblib
 import numpy as np
@@ -41,6 +43,9 @@ __all__ = [
     "StoredData",
     "content_hash",
     "load_stored",
+    "npy_chunks",
+    "pack_rows",
+    "unpack_rows",
 ]
 
 # Only the owner may list, read or write: engines unpickle what they find
@@ -340,8 +345,8 @@ class Store:
         ref : StoredData
         """
         name = uuid.uuid4().hex
-        if _is_plain_array(obj):
-            nbytes = _selected_nbytes(obj, rows, columns)
+        if is_plain_array(obj):
+            nbytes = selected_nbytes(obj, rows, columns)
             path = os.path.join(self._directory_for(nbytes), name + ".npy")
             self._guarded(_write_npy, path, obj, rows, columns)
             kind = "npy"
@@ -591,11 +596,11 @@ def remove_stale_stores(parent):
             remove_store(path)
 
 
-def _is_plain_array(obj):
+def is_plain_array(obj):
     return isinstance(obj, np.ndarray) and not obj.dtype.hasobject and obj.ndim >= 1
 
 
-def _selected_nbytes(array, rows, columns):
+def selected_nbytes(array, rows, columns):
     n_rows = array.shape[0] if rows is None else len(rows)
     row_items = int(np.prod(array.shape[1:], dtype=np.int64)) if array.ndim > 1 else 1
     if columns is not None:
@@ -612,6 +617,13 @@ def _sparse_nbytes(obj):
 
 def _write_npy(path, array, rows, columns):
     """Write ``array[rows][:, columns]`` as an .npy file, chunk by chunk."""
+    with open(path, "wb") as f:
+        for block in npy_chunks(array, rows, columns):
+            f.write(block)
+
+
+def npy_header(array, rows=None, columns=None):
+    """Return the .npy header of ``array[rows][:, columns]``."""
     n_rows = array.shape[0] if rows is None else len(rows)
     tail_shape = array.shape[1:] if columns is None else (len(columns),)
     header = {
@@ -619,32 +631,86 @@ def _write_npy(path, array, rows, columns):
         "fortran_order": False,
         "shape": (n_rows, *tail_shape),
     }
-    row_nbytes = max(1, _selected_nbytes(array, [0], columns))
+    out = io.BytesIO()
+    np.lib.format.write_array_header_2_0(out, header)
+    return out.getvalue()
+
+
+def npy_size(array, rows=None, columns=None):
+    """Return the size of the .npy file of ``array[rows][:, columns]``."""
+    return len(npy_header(array, rows, columns)) + selected_nbytes(array, rows, columns)
+
+
+def npy_chunks(array, rows=None, columns=None):
+    """Yield the .npy file of ``array[rows][:, columns]``, header first.
+
+    The data comes in blocks of about ``COPY_CHUNK_BYTES``, so that writing
+    or sending it costs that much memory instead of a copy of the selection.
+    A block may be a view of a buffer that the next one reuses: use each
+    before asking for the next.
+    """
+    yield npy_header(array, rows, columns)
+    n_rows = array.shape[0] if rows is None else len(rows)
+    tail_shape = array.shape[1:] if columns is None else (len(columns),)
+    row_nbytes = max(1, selected_nbytes(array, [0], columns))
     step = max(1, COPY_CHUNK_BYTES // row_nbytes)
     # One buffer for every chunk: allocating each anew costs page faults.
     buffer = None
     if rows is not None and columns is None:
         _check_rows(rows, array.shape[0])
         buffer = np.empty((min(step, n_rows), *tail_shape), dtype=array.dtype)
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_2_0(f, header)
-        for start in range(0, n_rows, step):
-            stop = min(start + step, n_rows)
-            if buffer is not None:
-                # mode="wrap" skips numpy's bounds-checking copy; the rows were
-                # checked above, and wrapping is what -1 means anyway.
-                block = np.take(
-                    array,
-                    rows[start:stop],
-                    axis=0,
-                    out=buffer[: stop - start],
-                    mode="wrap",
-                )
-            elif rows is None:
-                block = array[start:stop]
-            else:
-                block = array[rows[start:stop]][:, columns]
-            f.write(memoryview(np.ascontiguousarray(block)).cast("B"))
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        if buffer is not None:
+            # mode="wrap" skips numpy's bounds-checking copy; the rows were
+            # checked above, and wrapping is what -1 means anyway.
+            block = np.take(
+                array,
+                rows[start:stop],
+                axis=0,
+                out=buffer[: stop - start],
+                mode="wrap",
+            )
+        elif rows is None:
+            block = array[start:stop]
+        else:
+            block = array[rows[start:stop]][:, columns]
+        yield memoryview(np.ascontiguousarray(block)).cast("B")
+
+
+def pack_rows(rows):
+    """Return row numbers in a few bytes, for :func:`unpack_rows`.
+
+    The differences between successive rows, in the smallest integer type
+    that holds them, compressed: a split's sorted rows take well under a
+    byte each (a contiguous range almost nothing), shuffled ones about four.
+    None stays None.
+    """
+    if rows is None:
+        return None
+    deltas = np.diff(np.asarray(rows, dtype=np.int64), prepend=0)
+    for dtype in (np.int8, np.int16, np.int32, np.int64):
+        info = np.iinfo(dtype)
+        if not deltas.size or (info.min <= deltas.min() and deltas.max() <= info.max):
+            break
+    dtype = np.dtype(dtype)
+    return dtype.str, deltas.size, zlib.compress(deltas.astype(dtype).tobytes(), 1)
+
+
+def unpack_rows(packed):
+    """Return the row numbers that :func:`pack_rows` packed."""
+    if packed is None:
+        return None
+    dtype, size, data = packed
+    deltas = np.frombuffer(zlib.decompress(data), dtype=np.dtype(dtype))
+    if deltas.size != size:
+        raise ValueError(f"Packed rows hold {deltas.size} numbers, not {size}.")
+    return np.cumsum(deltas, dtype=np.int64).astype(np.intp, copy=False)
+
+
+def packed_nbytes(packed):
+    """Return what packed rows weigh in a message (about)."""
+    return 0 if packed is None else len(packed[2]) + 16
 
 
 def _check_rows(rows, n_rows):

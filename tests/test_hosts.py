@@ -19,6 +19,8 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, learning_curv
 
 from sklearn_ipp import IPyParallelGridSearchCV
 from sklearn_ipp._backend import ClusterBackend
+from sklearn_ipp._cluster import resolve_cluster
+from sklearn_ipp._store import Store
 
 from ._sklearn_compare import assert_same_search
 from .conftest import fake_host, on_engine
@@ -88,14 +90,9 @@ def test_each_host_gets_each_file_once_and_results_match_sklearn(
     ours = _search()
     backend, _ = _run_with_backend(remote_view, ours, X, y)
     assert_same_search(ours, reference, X)
-    # X and y of every fold, once per host, not once per engine or per task.
-    expected_bytes = N_SPLITS * (X.nbytes + y.nbytes)
-    transfers = backend.transfers
-    assert sorted(transfers) == sorted(HOSTS)
-    for n_files, n_bytes in transfers.values():
-        assert n_files == 2 * N_SPLITS
-        # Plus one .npy header per file.
-        assert expected_bytes < n_bytes <= expected_bytes + 2 * N_SPLITS * 4096
+    # X and y once per host, not once per split, engine or task: the host
+    # cuts its folds from them.
+    _assert_sent_once(backend, X.nbytes + y.nbytes, n_files=2)
     # Each host's copy is gone with the backend.
     for engine_ids in fake_hosts.values():
         _, stores = client[engine_ids[0]].apply_sync(_host_and_stores)
@@ -118,16 +115,88 @@ def test_learning_curve_sends_each_split_once_per_host(fake_hosts, remote_view):
     )
     for actual, expected in zip(ours, reference, strict=True):
         np.testing.assert_array_equal(actual, expected)
-    # As for a search: X and y of each split once per host, whatever the
-    # number of train sizes. (sklearn's largest train size is that of the
-    # first split: a longer train set of another split is cut to it.)
-    splits = list(StratifiedKFold(N_SPLITS).split(X, y))
-    n_max_train = len(splits[0][0])
-    n_rows = sum(min(len(train), n_max_train) + len(test) for train, test in splits)
-    expected_bytes = n_rows * (X.nbytes + y.nbytes) // len(X)
-    for n_files, n_bytes in backend.transfers.values():
-        assert n_files == 2 * N_SPLITS
-        assert expected_bytes < n_bytes <= expected_bytes + 2 * N_SPLITS * 4096
+    # As for a search: X and y once per host, whatever the number of splits
+    # and train sizes.
+    _assert_sent_once(backend, X.nbytes + y.nbytes, n_files=2)
+
+
+def _assert_sent_once(backend, data_nbytes, n_files):
+    transfers = backend.transfers
+    assert sorted(transfers) == sorted(HOSTS)
+    for files, n_bytes in transfers.values():
+        assert files == n_files
+        # Plus the .npy headers and each fold's row numbers, packed.
+        assert data_nbytes < n_bytes <= 1.05 * data_nbytes
+
+
+def _kernel_data():
+    X, y = _data()
+    return X @ X.T / X.shape[1], y
+
+
+@pytest.mark.parametrize(
+    "kind", ["dense, shuffled, with sample weights", "sparse", "precomputed kernel"]
+)
+def test_a_host_gets_the_data_once_for_kfold_5(fake_hosts, remote_view, kind):
+    from scipy import sparse
+    from sklearn.model_selection import KFold
+    from sklearn.svm import SVC
+
+    cv = KFold(5, shuffle=True, random_state=0)
+    fit_params = {}
+    estimator, grid = RidgeClassifier(), {"alpha": [0.1, 1.0]}
+    X, y = _data()
+    if kind.startswith("dense"):
+        # One weight per sample: cut on the host as X is.
+        fit_params["sample_weight"] = np.random.default_rng(0).random(len(y))
+    elif kind == "sparse":
+        X = sparse.csr_matrix(np.where(X > 1, X, 0))
+    else:
+        # Its columns are cut too: the rows and columns of each fold.
+        X, y = _kernel_data()
+        estimator, grid = SVC(kernel="precomputed"), {"C": [0.1, 1.0]}
+    reference = GridSearchCV(estimator, grid, cv=cv).fit(X, y, **fit_params)
+    ours = GridSearchCV(estimator, grid, cv=cv)
+    with resolve_cluster(remote_view) as connection:
+        store = Store()
+        backend = ClusterBackend(connection, store)
+        try:
+            with parallel_config(backend=backend):
+                ours.fit(X, y, **fit_params)
+        finally:
+            backend.close()
+            store.close()
+    assert_same_search(ours, reference, X)
+    # Every byte the client sent each host for its data: X, y and the
+    # weights once (the 5 folds' rows are a few kB), not once per split.
+    if sparse.issparse(X):
+        data_nbytes = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+    else:
+        data_nbytes = X.nbytes
+    data_nbytes += y.nbytes + sum(v.nbytes for v in fit_params.values())
+    _assert_sent_once(backend, data_nbytes, n_files=2 + len(fit_params))
+    # The client stored all 5 folds: 5 x the data, which the hosts cut.
+    assert store.bytes_written >= 4 * data_nbytes
+
+
+def test_halving_sends_the_data_once_per_host(fake_hosts, remote_view):
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+
+    X, y = _data()
+    grid = {"alpha": [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]}
+    search, reference = (
+        HalvingGridSearchCV(
+            RidgeClassifier(), grid, cv=N_SPLITS, factor=2, random_state=0
+        )
+        for _ in range(2)
+    )
+    reference.fit(X, y)
+    backend, _ = _run_with_backend(remote_view, search, X, y)
+    assert search.n_iterations_ >= 3
+    assert_same_search(search, reference, X)
+    # Each iteration trains on more samples, cut from the one copy.
+    _assert_sent_once(backend, X.nbytes + y.nbytes, n_files=2)
 
 
 def test_search_class_runs_on_hosts_without_the_store(fake_hosts, remote_view):
@@ -259,11 +328,12 @@ def test_a_host_whose_dev_shm_fills_keeps_the_rest_in_its_temp_dir(client, fake_
 
     engine_ids = fake_hosts[HOSTS[0]]
     view = client.load_balanced_view(targets=engine_ids)
-    client[engine_ids[0]].apply_sync(_resize_dev_shm, "7m")
+    client[engine_ids[0]].apply_sync(_resize_dev_shm, "9m")
     try:
-        # Folds of 1.6 MB, several stored at once; the host's /dev/shm keeps
-        # room for 4 times what comes: the first fits there, then its /tmp
-        # takes the next ones while it is there.
+        # X of 1.6 MB, then folds as large cut from it, several stored at once;
+        # the host's /dev/shm keeps room for 4 times what comes: X and the
+        # first fold fit there, then its /tmp takes the next ones while it is
+        # there.
         X, y = _data()
         search = GridSearchCV(
             StoreDirectoryProbe(), {"tag": ["/tmp/"]}, cv=StratifiedKFold(5)

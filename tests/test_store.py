@@ -433,6 +433,76 @@ def test_a_corrupted_copy_is_refused(tmp_path):
     assert sorted(os.listdir(directory)) == ["a.npy"]
 
 
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.arange(300),
+        np.r_[100:300, 0:100],  # KFold's train then test
+        np.random.default_rng(0).permutation(300)[:250],  # ShuffleSplit's
+        np.array([], dtype=np.intp),
+        np.array([5, -1, 3]),
+    ],
+)
+def test_packed_rows_come_back_the_same(rows):
+    from sklearn_ipp._store import pack_rows, packed_nbytes, unpack_rows
+
+    packed = pack_rows(rows)
+    np.testing.assert_array_equal(unpack_rows(packed), rows)
+    assert unpack_rows(packed).dtype == np.intp
+    if rows.size == 300:  # sorted runs: a few bytes for them all
+        assert packed_nbytes(packed) < 50
+    assert pack_rows(None) is None and unpack_rows(None) is None
+
+
+@pytest.mark.parametrize(
+    "kind", ["dense", "dense, rows and columns", "sparse", "whole"]
+)
+def test_a_host_cuts_the_same_file_the_client_stores(tmp_path, kind):
+    import hashlib
+
+    from scipy import sparse
+
+    from sklearn_ipp._hosts import cut_stored, receive_chunk
+    from sklearn_ipp._store import is_plain_array, load_stored, npy_chunks, pack_rows
+
+    data = np.random.default_rng(0).random((400, 400))
+    rows, columns = np.random.default_rng(1).permutation(400)[:300], None
+    if kind == "dense, rows and columns":
+        columns = rows
+    elif kind == "sparse":
+        data = sparse.csr_matrix(np.where(data > 0.9, data, 0))
+    elif kind == "whole":
+        rows = None
+    store = Store(str(tmp_path / "client"))
+    client_ref = store.write(data, rows, columns)
+    # The host's copy of the data, as the client sends it.
+    host = tmp_path / "host"
+    host.mkdir(mode=0o700)
+    if is_plain_array(data):
+        content, source_kind = b"".join(map(bytes, npy_chunks(data))), "npy"
+    else:
+        whole = store.write(data)
+        with open(whole.path, "rb") as f:
+            content, source_kind = f.read(), "joblib"
+    receive_chunk(str(host), "data", 0, content, hashlib.sha256(content).hexdigest())
+    cut_stored(
+        str(host), "data", source_kind, "fold", pack_rows(rows), pack_rows(columns)
+    )
+    with open(client_ref.path, "rb") as f:
+        expected = f.read()
+    if source_kind == "npy":
+        # Byte for byte what the client wrote.
+        assert (host / "fold").read_bytes() == expected
+    else:
+        cut = load_stored(str(host / "fold"), "joblib")
+        assert (cut != load_stored(client_ref.path, "joblib")).nnz == 0
+    if kind == "whole":
+        # The data itself, linked: no second copy on the host.
+        assert os.path.samefile(host / "fold", host / "data")
+    assert sorted(os.listdir(host)) == ["data", "fold"]
+    store.close()
+
+
 def test_stored_files_are_checked_at_every_read(tmp_path):
     from sklearn_ipp._store import load_stored
 
