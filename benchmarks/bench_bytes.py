@@ -1,6 +1,7 @@
 """Bytes sent per fit and per host as X grows, side by side.
 
-A grid search of 2 candidates x ``KFold(3)`` (6 fits) of ``DummyClassifier``
+A grid search of 2 candidates x ``KFold(3)`` (6 fits; ``--splits`` for more) of
+``DummyClassifier``
 (whose fit and predict cost nothing, so that only the data movement counts)
 on X of 10 MB, 100 MB and 1 GB (float64, 125 features), on a cluster of two
 hosts: the client's own, with ``--engines`` engines, and a fake host with as
@@ -9,6 +10,9 @@ not see the client's files (made with ``unshare``; needs root, else only the
 client's host is used). Systems:
 
 - sklearn_ipp's IPyParallelGridSearchCV,
+- the same with every stored fold sent whole to the other host, as sklearn_ipp
+  did before hosts cut their folds from one copy of the data ("folds sent
+  whole"),
 - sklearn's GridSearchCV under sklearn_ipp's joblib backend,
 - sklearn's GridSearchCV under ipyparallel's own joblib backend (up to
   ``--builtin-max-mb``: it sends X with every task, and its controller keeps
@@ -24,7 +28,7 @@ Measured in one run, each system and size in a fresh cluster:
   pair whose counter is read before and after (data, task messages, and the
   cluster's own traffic such as heartbeats).
 
-    python benchmarks/bench_bytes.py --sizes-mb 10 100 1000
+    python benchmarks/bench_bytes.py --sizes-mb 10 100 1000 --splits 3 5
 """
 
 import argparse
@@ -43,11 +47,11 @@ import saved_run
 
 SYSTEMS = (
     "sklearn_ipp",
+    "sklearn_ipp, folds sent whole",
     "sklearn on sklearn_ipp backend",
     "ipyparallel-builtin",
 )
 N_FEATURES = 125
-N_SPLITS = 3
 GRID = {"strategy": ["prior", "stratified"]}
 
 # A fake host: its own hostname, a private /tmp and /dev/shm; the engines
@@ -176,7 +180,7 @@ class _TaskBytes:
                 # data transfers and its own probes and clean-ups are told
                 # apart from the tasks by its name.
                 function = bytes(memoryview(buffers[0])[:4096])
-                if b"receive_chunk" in function:
+                if b"receive_chunk" in function or b"cut_stored" in function:
                     self.data_bytes += nbytes
                 elif b"sklearn_ipp" not in function or b"run_batch" in function:
                     self.task_bytes += nbytes
@@ -190,7 +194,22 @@ def _import_sklearn():
     import sklearn.model_selection  # noqa: F401
 
 
-def _run_child(system, size_mb, n_engines, fake_host):
+def _send_folds_whole():
+    """Make hosts without the client's files get every stored fold whole."""
+    from sklearn_ipp._hosts import TRANSFER_CHUNK_BYTES, EngineRoster
+
+    def add(roster, ref, data, rows=None, columns=None):
+        roster._live[ref.name] = (ref, data, rows, columns)
+        for host in roster._remote_hosts():
+            with open(ref.path, "rb") as f:
+                chunks = iter(lambda: f.read(TRANSFER_CHUNK_BYTES), b"")
+                size = os.path.getsize(ref.path)
+                roster._send(host, min(host.engines), ref.name, chunks, size)
+
+    EngineRoster.add = add
+
+
+def _run_child(system, size_mb, n_engines, fake_host, n_splits):
     import ipyparallel as ipp
     from joblib import parallel_backend
     from sklearn.dummy import DummyClassifier
@@ -218,9 +237,11 @@ def _run_child(system, size_mb, n_engines, fake_host):
         # Import scikit-learn on every engine first: not part of the count.
         client[:].apply_sync(_import_sklearn)
         estimator = DummyClassifier(random_state=0)
-        if system == "sklearn_ipp":
+        if system.startswith("sklearn_ipp"):
+            if system == "sklearn_ipp, folds sent whole":
+                _send_folds_whole()
             search = sklearn_ipp.IPyParallelGridSearchCV(
-                estimator, GRID, cv=KFold(N_SPLITS), refit=False, client=client
+                estimator, GRID, cv=KFold(n_splits), refit=False, client=client
             )
             run = search.fit
         else:
@@ -229,7 +250,7 @@ def _run_child(system, size_mb, n_engines, fake_host):
             else:
                 sklearn_ipp.register_backend(client=client)
             search = GridSearchCV(
-                estimator, GRID, cv=KFold(N_SPLITS), refit=False, n_jobs=-1
+                estimator, GRID, cv=KFold(n_splits), refit=False, n_jobs=-1
             )
 
             def run(X, y):
@@ -242,13 +263,14 @@ def _run_child(system, size_mb, n_engines, fake_host):
         run(X, y)
         wall = time.perf_counter() - start
         to_fake_host = _bytes_to_fake_host() - before if fake_host else None
-        n_fits = len(search.cv_results_["params"]) * N_SPLITS
+        n_fits = len(search.cv_results_["params"]) * n_splits
         client.close()
         cluster.stop_cluster_sync()
     print(
         json.dumps(
             {
                 "system": system,
+                "splits": n_splits,
                 "x_mb": X.nbytes / 1e6,
                 "fits": n_fits,
                 "messages": counter.messages,
@@ -268,27 +290,41 @@ def _plot(rows, path, command):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
+    # One line per system and number of splits; runs saved before --splits
+    # existed had KFold(3).
+    lines = list(dict.fromkeys((row["system"], row.get("splits", 3)) for row in rows))
     with plt.rc_context({"font.size": ratio_plot.FONT_SIZE}):
         fig, (per_fit, per_host) = plt.subplots(
             1,
             2,
-            figsize=(ratio_plot.FIGURE_WIDTH, 4.2),
+            # Room for the legend's rows, two entries each.
+            figsize=(ratio_plot.FIGURE_WIDTH, 3.6 + 0.3 * ((len(lines) + 1) // 2)),
             dpi=ratio_plot.DPI,
             layout="constrained",
         )
-        systems = list(dict.fromkeys(row["system"] for row in rows))
-        for index, system in enumerate(systems):
-            mine = [row for row in rows if row["system"] == system]
+        # One line per system and number of splits; runs saved before
+        # --splits existed had KFold(3).
+        lines = list(
+            dict.fromkeys((row["system"], row.get("splits", 3)) for row in rows)
+        )
+        several = len({n_splits for _, n_splits in lines}) > 1
+        for index, (system, n_splits) in enumerate(lines):
+            mine = [
+                row
+                for row in rows
+                if row["system"] == system and row.get("splits", 3) == n_splits
+            ]
             sizes = [row["x_mb"] for row in mine]
+            name = ratio_plot.label(system)
             # sklearn_ipp and its backend send the same bytes: the later
             # lines are dashed, with smaller markers, so that both show.
             style = {
                 "color": ratio_plot.colour(system),
-                "marker": "osD^"[index % 4],
+                "marker": "osD^v"[index % 5],
                 "markersize": 8 if index == 0 else 4.5,
-                "linestyle": "-" if index == 0 else "--",
+                "linestyle": "-" if index == 0 or n_splits > 3 else "--",
                 "linewidth": 2,
-                "label": ratio_plot.label(system),
+                "label": f"{name}, KFold({n_splits})" if several else name,
             }
             kb_per_fit = [row["bytes_per_fit"] / 1e3 for row in mine]
             per_fit.plot(sizes, kb_per_fit, **style)
@@ -307,7 +343,7 @@ def _plot(rows, path, command):
             ax.grid(True, which="major", alpha=0.3)
             ax.spines[["top", "right"]].set_visible(False)
         handles, _ = per_fit.get_legend_handles_labels()
-        fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
         fig.suptitle(
             "\n".join(
                 [
@@ -329,6 +365,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", type=float, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--engines", type=int, default=2, help="engines per host")
+    parser.add_argument(
+        "--splits", type=int, nargs="+", default=[3], help="KFold's n_splits"
+    )
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument(
         "--builtin-max-mb",
@@ -342,7 +381,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     saved_run.check_arguments(parser, args)
     if args.child:
-        _run_child(args.child, args.sizes_mb[0], args.engines, args.fake_host)
+        _run_child(
+            args.child, args.sizes_mb[0], args.engines, args.fake_host, args.splits[0]
+        )
         return
     if args.replot:
         run = saved_run.load(args.replot)
@@ -353,30 +394,41 @@ def main(argv=None):
     hosts = f" and {args.engines} on a fake host" if fake_host else " (one host)"
     print(f"{saved_run.machine()}; {args.engines} engines on the client's host" + hosts)
     rows = []
-    for size_mb in args.sizes_mb:
-        for system in args.systems:
-            if system == "ipyparallel-builtin" and size_mb > args.builtin_max_mb:
-                continue
-            command = [sys.executable, __file__, "--child", system]
-            command += ["--sizes-mb", str(size_mb), "--engines", str(args.engines)]
-            command += ["--fake-host"] if fake_host else []
-            completed = subprocess.run(command, capture_output=True, text=True)
-            if completed.returncode != 0:
-                print(completed.stderr, file=sys.stderr)
-                raise SystemExit(f"{system} with X of {size_mb} MB failed")
-            rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
-            print(f"  done: {system}, {size_mb} MB", file=sys.stderr)
+    for n_splits in args.splits:
+        for size_mb in args.sizes_mb:
+            for system in args.systems:
+                if system == "ipyparallel-builtin" and size_mb > args.builtin_max_mb:
+                    continue
+                command = [sys.executable, __file__, "--child", system]
+                command += ["--sizes-mb", str(size_mb), "--engines", str(args.engines)]
+                command += ["--splits", str(n_splits)]
+                command += ["--fake-host"] if fake_host else []
+                completed = subprocess.run(command, capture_output=True, text=True)
+                if completed.returncode != 0:
+                    print(completed.stderr, file=sys.stderr)
+                    raise SystemExit(f"{system} with X of {size_mb} MB failed")
+                rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+                print(
+                    f"  done: {system}, {size_mb} MB, KFold({n_splits})",
+                    file=sys.stderr,
+                )
     print(
-        f"\n{'system':<31} {'X MB':>6} {'msgs':>5} {'KB per fit':>10} "
-        f"{'data sent MB':>12} {'to other host MB':>16} "
+        f"\n{'system':<31} {'KFold':>5} {'X MB':>6} {'msgs':>5} {'KB per fit':>10} "
+        f"{'data sent MB':>12} {'to other host MB':>16} {'x X':>5} "
         f"{'wall s':>7}"
     )
-    print("-" * 97)
+    print("-" * 105)
     for row in rows:
+        ratio = (
+            "-"
+            if row["other_host"] is None
+            else f"{row['other_host'] / (row['x_mb'] * 1e6):.2f}"
+        )
         print(
-            f"{row['system']:<31} {row['x_mb']:>6.0f} {row['messages']:>5} "
+            f"{row['system']:<31} {row.get('splits', 3):>5} {row['x_mb']:>6.0f} "
+            f"{row['messages']:>5} "
             f"{row['bytes_per_fit'] / 1e3:>10,.1f} {_mb(row['data_sent']):>12} "
-            f"{_mb(row['other_host']):>16} "
+            f"{_mb(row['other_host']):>16} {ratio:>5} "
             f"{row['wall']:>7.1f}"
         )
     if args.save:
@@ -384,9 +436,10 @@ def main(argv=None):
     if args.plot:
         _plot(rows, args.plot, saved_run.command(argv))
     print(
-        "\ndata sent: the stored splits the client sends to hosts that do not see"
-        " its files; to other host: every byte that went over the other host's"
-        " network link during fit"
+        "\ndata sent: the data the client sends to hosts that do not see its"
+        " files (and the row numbers of the folds they cut); to other host: every"
+        " byte that went over the other host's network link during fit; x X: that"
+        " over the size of X"
     )
 
 
