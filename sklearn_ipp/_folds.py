@@ -217,7 +217,10 @@ class FoldIndex:
         self._rows_of_split = {}  # the whole-data rows of a split, made once
         self._folds_by_data = {}  # everything but train -> [Fold]
         self._sequence = itertools.count()
-        self._hash = _ContentHashes()
+        self._hash = _PerObject(content_hash)
+        # scikit-learn's count of samples, costly for what it does (ABC
+        # checks), asked for every task of the same X.
+        self._n_samples = _PerObject(_num_samples)
         # Fit tasks of the running call that scikit-learn said would come
         # (candidates x splits), and that came: once all have, a prefix no
         # candidate waits for any more is not needed again.
@@ -238,7 +241,7 @@ class FoldIndex:
         takes them.
         """
         X, y = arguments["X"], arguments["y"]
-        n_samples = _num_samples(X)
+        n_samples = self._n_samples(X)
         train = _row_numbers(arguments["train"])
         test = _row_numbers(arguments["test"])
         aligned = {}
@@ -280,7 +283,7 @@ class FoldIndex:
         with self._lock:
             fold = self._folds.get(data_key)
             if fold is None:
-                every_row = np.arange(_num_samples(X))
+                every_row = np.arange(self._n_samples(X))
                 empty = every_row[:0]
                 fold = Fold(
                     data_key,
@@ -453,7 +456,8 @@ class FoldIndex:
             self._fold_of_split.clear()
             self._rows_of_split.clear()
             self._folds_by_data.clear()
-            self._hash = _ContentHashes()
+            self._hash = _PerObject(content_hash)
+            self._n_samples = _PerObject(_num_samples)
             self._n_expected, self._n_fit_tasks = None, 0
             self.version += 1
         for fold in folds:
@@ -465,25 +469,26 @@ def _is_prefix(fold):
     return getattr(fold, "is_prefix", False)
 
 
-class _ContentHashes:
-    """Content hashes of the objects seen, forgotten when they are.
+class _PerObject:
+    """``function(obj)`` of the objects seen, computed once, forgotten with them.
 
     The same arrays come back in every task of a search: they are hashed
-    once. Entries are keyed by ``id()`` and dropped by a weak reference's
-    callback when the object is freed, so that a new object at the same
-    address is never taken for it and no array is kept alive for the hash
-    (as joblib's ``_WeakArrayKeyMap``). Objects without weak references
-    (lists) are kept until the index is cleared.
+    (and counted) once. Entries are keyed by ``id()`` and dropped by a weak
+    reference's callback when the object is freed, so that a new object at
+    the same address is never taken for it and no array is kept alive for
+    the value (as joblib's ``_WeakArrayKeyMap``). Objects without weak
+    references (lists) are kept until the index is cleared.
     """
 
-    def __init__(self):
-        self._entries = {}  # id(obj) -> (reference, hash)
+    def __init__(self, function):
+        self._function = function
+        self._entries = {}  # id(obj) -> (reference, value)
 
     def __call__(self, obj):
         entry = self._entries.get(id(obj))
         if entry is not None and entry[0]() is obj:
             return entry[1]
-        value = content_hash(obj)
+        value = self._function(obj)
         entries, key = self._entries, id(obj)
         try:
             ref = weakref.ref(obj, lambda _: entries.pop(key, None))
