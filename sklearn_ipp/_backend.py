@@ -316,9 +316,40 @@ class ClusterBackend(ParallelBackendBase):
 
         joblib enters this after dispatching what ``pre_dispatch`` allows, so
         the scheduler sees the whole queue and can order it fold by fold.
+        For a search, the rest of its fit tasks are asked for first (see
+        :meth:`_look_ahead`).
         """
+        self._look_ahead()
         self._scheduler.release()
         yield
+
+    def _look_ahead(self):
+        """Have joblib hand over the rest of a search's fit tasks now.
+
+        scikit-learn's searches keep joblib's default ``pre_dispatch`` of
+        ``2*n_jobs``: joblib would hand over a new task only as one ends, in
+        candidate order, so that the scheduler would see a few tasks of each
+        split at a time and store each large split again for every few
+        candidates. A fit task says how many candidates and splits its
+        search has; up to ``LOOK_AHEAD_TASKS`` more of them are taken from
+        joblib's iterator here, as joblib's own callbacks take them (under
+        its lock, while it still iterates), before any is sent. A search's
+        tasks carry references to the data, not copies. Other calls keep
+        joblib's window.
+        """
+        parallel = self.parallel
+        lock = getattr(parallel, "_lock", None)
+        if lock is None:
+            return
+        for _ in range(LOOK_AHEAD_TASKS):
+            if self.folds.n_fit_tasks_to_come() <= 0:
+                return
+            with lock:
+                if getattr(parallel, "_original_iterator", None) is None or getattr(
+                    parallel, "_aborting", False
+                ):
+                    return
+                parallel.dispatch_next()
 
     def abort_everything(self, ensure_ready=True):
         """Drop queued tasks, abort queued messages, interrupt running ones."""
@@ -399,6 +430,12 @@ class ClusterBackend(ParallelBackendBase):
 
     def _persist(self, array):
         return self._resources.persist(array, self.folds.hash(array))
+
+
+# The most of a search's fit tasks asked for beyond joblib's window before
+# the first is sent (see ClusterBackend._look_ahead); each is a few
+# references and the candidate's parameters.
+LOOK_AHEAD_TASKS = 100_000
 
 
 class _Resources:

@@ -324,6 +324,16 @@ class FoldIndex:
             if candidates and splits and self._n_expected is None:
                 self._n_expected = candidates[1] * splits[1]
 
+    def n_fit_tasks_to_come(self):
+        """How many fit tasks of the running search scikit-learn has yet to give.
+
+        0 when the call is no search (its tasks do not say their number).
+        """
+        with self._lock:
+            if self._n_expected is None:
+                return 0
+            return self._n_expected - self._n_fit_tasks
+
     def _all_submitted(self):
         return self._n_expected is not None and self._n_fit_tasks >= self._n_expected
 

@@ -125,6 +125,35 @@ def test_each_fold_is_written_once_for_all_candidates(client):
     assert not os.path.exists(store.path)
 
 
+@pytest.mark.parametrize("pre_dispatch", ["2*n_jobs", 3])
+def test_large_folds_are_written_once_under_joblibs_window(client, pre_dispatch):
+    # scikit-learn's own search, with joblib's window of a few tasks: the
+    # backend takes the rest of the search's tasks before sending any, so
+    # that each large fold (one stored at a time) is written once, not once
+    # for every few candidates.
+    X, y = make_classification(n_samples=400, random_state=0)
+    n_candidates, n_splits = 6, 3
+    grid = {"C": list(np.logspace(-3, 2, n_candidates))}
+    estimator = LogisticRegression()
+    search = GridSearchCV(
+        estimator, grid, cv=n_splits, n_jobs=2, pre_dispatch=pre_dispatch
+    )
+    with resolve_cluster(client) as connection:
+        store = Store()
+        backend = ClusterBackend(connection, store)
+        backend.folds.small_folds_bytes = 0  # every fold counts as large
+        try:
+            with parallel_config(backend=backend):
+                search.fit(X, y)
+        finally:
+            backend.close()
+            store.close()
+    assert store.n_writes == 2 * n_splits
+    assert backend.n_tasks_sent == n_candidates * n_splits
+    reference = GridSearchCV(estimator, grid, cv=n_splits).fit(X, y)
+    assert_same_search(search, reference, X)
+
+
 class SleepingLogisticRegression(LogisticRegression):
     """LogisticRegression whose fit also waits 20 ms, as a fit bound by latency."""
 
