@@ -35,6 +35,9 @@ MAX_TASKS_PER_MESSAGE = 500
 # Messages in flight per engine: one running, one queued, so that no engine
 # waits for the client between two messages.
 MESSAGES_PER_ENGINE = 2
+# The last tasks go longest first, sorted again as more of their durations
+# are known: when this many times as many are (see TaskQueues._longest_first).
+RESORT_GROWTH = 1.25
 # joblib hands over its first batches before it waits for results (see
 # ClusterBackend.retrieval_context); should it ever not say so, tasks left
 # this long with nothing new submitted are sent anyway.
@@ -346,13 +349,15 @@ class TaskQueues:
         """Return queue ``key`` sorted by expected duration, longest first.
 
         Durations come from the same candidate on earlier folds. The queue
-        is sorted again only when more durations are known than when it was
-        last sorted: once per new candidate at most, not once per message,
-        which on a long queue would cost the client its length per task.
+        is sorted again only when a quarter more durations are known than
+        when it was last sorted: a few times in all, not once per message or
+        per new candidate, which on a long queue (the last tasks of 1,000
+        engines) would cost the client its length per task.
         """
         waiting = self._waiting[key]
         n_known = len(self._seconds_by_kind)
-        if self._by_duration.get(key) != n_known:
+        sorted_at = self._by_duration.get(key)
+        if sorted_at is None or n_known > RESORT_GROWTH * sorted_at:
             expected = self._seconds_by_kind
             ordered = sorted(
                 waiting, key=lambda task: (-expected.get(task.kind, -1.0), task.order)
