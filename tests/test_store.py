@@ -125,8 +125,7 @@ def test_each_fold_is_written_once_for_all_candidates(client):
     assert not os.path.exists(store.path)
 
 
-@pytest.mark.parametrize("pre_dispatch", ["2*n_jobs", 3])
-def test_large_folds_are_written_once_under_joblibs_window(client, pre_dispatch):
+def test_large_folds_are_written_once_under_joblibs_window(client):
     # scikit-learn's own search, with joblib's window of a few tasks: the
     # backend takes the rest of the search's tasks before sending any, so
     # that each large fold (one stored at a time) is written once, not once
@@ -135,9 +134,8 @@ def test_large_folds_are_written_once_under_joblibs_window(client, pre_dispatch)
     n_candidates, n_splits = 6, 3
     grid = {"C": list(np.logspace(-3, 2, n_candidates))}
     estimator = LogisticRegression()
-    search = GridSearchCV(
-        estimator, grid, cv=n_splits, n_jobs=2, pre_dispatch=pre_dispatch
-    )
+    # joblib's default window, pre_dispatch="2*n_jobs".
+    search = GridSearchCV(estimator, grid, cv=n_splits, n_jobs=2)
     with resolve_cluster(client) as connection:
         store = Store()
         backend = ClusterBackend(connection, store)
