@@ -599,12 +599,10 @@ class Scheduler:
         """
         while True:
             with self._condition:
-                if not self._can_send():
-                    return
                 # Asked again only when tasks or folds changed since it said
-                # there was nothing to store.
+                # there was nothing to store (checked first: most rounds).
                 state = (self._queues.version, self._folds.version)
-                if state == self._nothing_to_store:
+                if state == self._nothing_to_store or not self._can_send():
                     return
                 keys = self._queues.keys()
             fold = self._folds.to_store(keys)
