@@ -19,8 +19,6 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, learning_curv
 
 from sklearn_ipp import IPyParallelGridSearchCV
 from sklearn_ipp._backend import ClusterBackend
-from sklearn_ipp._cluster import resolve_cluster
-from sklearn_ipp._store import Store
 
 from ._sklearn_compare import assert_same_search
 from .conftest import fake_host, on_engine
@@ -157,15 +155,7 @@ def test_a_host_gets_the_data_once_for_kfold_5(fake_hosts, remote_view, kind):
         estimator, grid = SVC(kernel="precomputed"), {"C": [0.1, 1.0]}
     reference = GridSearchCV(estimator, grid, cv=cv).fit(X, y, **fit_params)
     ours = GridSearchCV(estimator, grid, cv=cv)
-    with resolve_cluster(remote_view) as connection:
-        store = Store()
-        backend = ClusterBackend(connection, store)
-        try:
-            with parallel_config(backend=backend):
-                ours.fit(X, y, **fit_params)
-        finally:
-            backend.close()
-            store.close()
+    backend, store = _run_with_backend(remote_view, ours, X, y, fit_params=fit_params)
     assert_same_search(ours, reference, X)
     # Every byte the client sent each host for its data: X, y and the
     # weights once (the 5 folds' rows are a few kB), not once per split.

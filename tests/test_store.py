@@ -68,14 +68,21 @@ class FlagFlippingClassifier(WritingClassifier):
         return super().fit(X, y)
 
 
-def _run_with_backend(client, search, X, y, store_dir=None):
-    """Fit a plain sklearn search under the cluster backend; return the backend."""
+def _run_with_backend(
+    client, search, X, y, store_dir=None, fit_params=None, large_folds=False
+):
+    """Fit a plain sklearn search under the cluster backend; return the backend.
+
+    ``large_folds``: every fold counts as large, stored one at a time.
+    """
     with resolve_cluster(client) as connection:
-        store = Store(store_dir, expected_nbytes=X.nbytes)
+        store = Store(store_dir, expected_nbytes=getattr(X, "nbytes", 0))
         backend = ClusterBackend(connection, store)
+        if large_folds:
+            backend.folds.small_folds_bytes = 0
         try:
             with parallel_config(backend=backend):
-                search.fit(X, y)
+                search.fit(X, y, **(fit_params or {}))
         finally:
             backend.close()
             store.close()
@@ -136,16 +143,7 @@ def test_large_folds_are_written_once_under_joblibs_window(client):
     estimator = LogisticRegression()
     # joblib's default window, pre_dispatch="2*n_jobs".
     search = GridSearchCV(estimator, grid, cv=n_splits, n_jobs=2)
-    with resolve_cluster(client) as connection:
-        store = Store()
-        backend = ClusterBackend(connection, store)
-        backend.folds.small_folds_bytes = 0  # every fold counts as large
-        try:
-            with parallel_config(backend=backend):
-                search.fit(X, y)
-        finally:
-            backend.close()
-            store.close()
+    backend, store = _run_with_backend(client, search, X, y, large_folds=True)
     assert store.n_writes == 2 * n_splits
     assert backend.n_tasks_sent == n_candidates * n_splits
     reference = GridSearchCV(estimator, grid, cv=n_splits).fit(X, y)
