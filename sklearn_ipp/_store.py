@@ -42,9 +42,13 @@ __all__ = [
     "Store",
     "StoredData",
     "content_hash",
+    "is_plain_array",
     "load_stored",
     "npy_chunks",
+    "npy_size",
     "pack_rows",
+    "packed_nbytes",
+    "selected_nbytes",
     "unpack_rows",
 ]
 
@@ -597,10 +601,12 @@ def remove_stale_stores(parent):
 
 
 def is_plain_array(obj):
+    """Whether ``obj`` is stored as an .npy file: a numeric ndarray, not scalar."""
     return isinstance(obj, np.ndarray) and not obj.dtype.hasobject and obj.ndim >= 1
 
 
 def selected_nbytes(array, rows, columns):
+    """Return the bytes of ``array[rows][:, columns]`` (None: every row or column)."""
     n_rows = array.shape[0] if rows is None else len(rows)
     row_items = int(np.prod(array.shape[1:], dtype=np.int64)) if array.ndim > 1 else 1
     if columns is not None:
