@@ -27,7 +27,6 @@ import socket
 import time
 import warnings
 
-import joblib
 import numpy as np
 from sklearn.utils import _safe_indexing
 
@@ -54,6 +53,9 @@ from ._store import (
     spill_directory,
     stale_stores,
     unpack_rows,
+    write_atomically,
+    write_joblib,
+    write_npy,
 )
 from ._threads import threads_per_engine
 
@@ -568,24 +570,19 @@ def cut_stored(directory, source, kind, name, rows=None, columns=None):
     target = directory_for(directory, nbytes)
     check_private_directory(target)
     path = os.path.join(target, name)
-    part = path + ".part"
+    if whole:
+        write_atomically(path, _link_or_copy, source_path)
+    elif kind == "npy":
+        write_atomically(path, write_npy, data, rows, columns)
+    else:
+        write_atomically(path, write_joblib, data)
+
+
+def _link_or_copy(path, source_path):
     try:
-        if whole:
-            try:
-                os.link(source_path, part)
-            except OSError:  # another filesystem (the spill directory)
-                shutil.copyfile(source_path, part)
-        elif kind == "npy":
-            with open(part, "wb") as f:
-                for block in npy_chunks(data, rows, columns):
-                    f.write(block)
-        else:
-            joblib.dump(data, part)
-        os.rename(part, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(part)
-        raise
+        os.link(source_path, path)
+    except OSError:  # another filesystem (the spill directory)
+        shutil.copyfile(source_path, path)
 
 
 def _host_file(directory, name):

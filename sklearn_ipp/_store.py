@@ -50,6 +50,9 @@ __all__ = [
     "packed_nbytes",
     "selected_nbytes",
     "unpack_rows",
+    "write_atomically",
+    "write_joblib",
+    "write_npy",
 ]
 
 # Only the owner may list, read or write: engines unpickle what they find
@@ -352,14 +355,14 @@ class Store:
         if is_plain_array(obj):
             nbytes = selected_nbytes(obj, rows, columns)
             path = os.path.join(self._directory_for(nbytes), name + ".npy")
-            self._guarded(_write_npy, path, obj, rows, columns)
+            self._guarded(write_npy, path, obj, rows, columns)
             kind = "npy"
         else:
             if rows is not None:
                 obj = _safe_indexing(obj, rows)
             nbytes = getattr(obj, "nbytes", 0) or _sparse_nbytes(obj)
             path = os.path.join(self._directory_for(nbytes), name + ".joblib")
-            self._guarded(_write_joblib, path, obj)
+            self._guarded(write_joblib, path, obj)
             kind = "joblib"
         self.n_writes += 1
         self.bytes_written += nbytes
@@ -409,12 +412,9 @@ class Store:
         # Write to a temporary name and rename, so that a reader never sees a
         # partial file; plain writes (not a memory map) turn a full disk into
         # an OSError instead of a crash.
-        tmp_path = path + ".part"
         try:
-            write(tmp_path, *args)
-            os.rename(tmp_path, path)
+            write_atomically(path, write, *args)
         except OSError as exc:
-            _remove_quietly(tmp_path)
             raise StoreError(
                 exc.errno,
                 f"Writing to the data store {os.path.dirname(path)!r} failed: "
@@ -621,7 +621,21 @@ def _sparse_nbytes(obj):
     return 0
 
 
-def _write_npy(path, array, rows, columns):
+def write_atomically(path, write, *args):
+    """Write ``path`` with ``write(temporary path, *args)``, then rename it.
+
+    A reader never sees a partial file; what a failed write left is removed.
+    """
+    tmp_path = path + ".part"
+    try:
+        write(tmp_path, *args)
+        os.rename(tmp_path, path)
+    except BaseException:
+        _remove_quietly(tmp_path)
+        raise
+
+
+def write_npy(path, array, rows, columns):
     """Write ``array[rows][:, columns]`` as an .npy file, chunk by chunk."""
     with open(path, "wb") as f:
         for block in npy_chunks(array, rows, columns):
@@ -724,7 +738,7 @@ def _check_rows(rows, n_rows):
         raise IndexError(f"Row indices out of range for {n_rows} rows.")
 
 
-def _write_joblib(path, obj):
+def write_joblib(path, obj):
     joblib.dump(obj, path)
 
 
