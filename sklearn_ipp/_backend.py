@@ -26,9 +26,10 @@ from joblib.disk import memstr_to_bytes
 from joblib.parallel import ParallelBackendBase, get_active_backend
 
 from ._checkpoint import KEPT_RESULTS_NOTE, SavedFits
-from ._cluster import resolve_cluster
+from ._cluster import DEFAULT_TIMEOUT, resolve_cluster
 from ._controller import ControllerWatch
-from ._folds import FoldIndex, _without_callbacks, fit_and_score_arguments
+from ._fit_and_score import fit_and_score_arguments
+from ._folds import FoldIndex, _without_callbacks
 from ._hosts import EngineLosses, EngineRoster
 from ._messages import Messenger
 from ._output import current_warning_filters
@@ -104,9 +105,11 @@ class ClusterBackend(ParallelBackendBase):
         Whether engines must run the client's versions of Python,
         scikit-learn, numpy, joblib and sklearn_ipp (EngineVersionError).
     engine_wait : float or None, default=None
-        Seconds to wait for an engine when the cluster has none left before
-        failing with EngineLostError; None means
-        ``_hosts.ENGINE_WAIT_SECONDS`` (60).
+        Seconds to wait for engines when there are none: for the first one
+        to register when the backend is first used (engines of a batch job
+        still in the queue), before failing with EngineTimeoutError; and for
+        one to come back when every engine was lost during a call, before
+        failing with EngineLostError. None means 60.
     reuse_prefixes : bool, default=True
         Fit the leading steps of a searched ``Pipeline`` once per split for
         all the candidates that share them, where that cannot change a
@@ -155,7 +158,7 @@ class ClusterBackend(ParallelBackendBase):
         self.candidate_position = candidate_position
         self.retries = retries
         self.check_versions = check_versions
-        self.engine_wait = engine_wait
+        self.engine_wait = DEFAULT_TIMEOUT if engine_wait is None else engine_wait
         self.saved_fits = None if checkpoint is None else SavedFits(checkpoint)
         # Looked up at each call, so that tests can count the writes.
         self.folds = FoldIndex(
@@ -164,7 +167,7 @@ class ClusterBackend(ParallelBackendBase):
             max_live_folds,
             whole_data=whole_data,
         )
-        self._resources = _Resources(client, store, store_dir)
+        self._resources = _Resources(client, store, store_dir, self.engine_wait)
         weakref.finalize(self, self._resources.close)
         self._scheduler = None  # made with the roster at the first configure
         self._cancelled = None  # what cancel() was given
@@ -446,15 +449,16 @@ class _Resources:
     backend instance for a whole ``with parallel_backend`` block).
     """
 
-    def __init__(self, client, store, store_dir):
+    def __init__(self, client, store, store_dir, engine_wait):
         self._client, self._given_store, self._store_dir = client, store, store_dir
+        self._engine_wait = engine_wait
         self._connection = self._store = self.roster = None
         self._persisted = {}  # content hash -> StoredData, for the generic path
 
     @property
     def connection(self):
         if self._connection is None:
-            self._connection = resolve_cluster(self._client)
+            self._connection = resolve_cluster(self._client, timeout=self._engine_wait)
         return self._connection
 
     @property
@@ -535,6 +539,7 @@ def on_cluster(
     caller_backend=None,
     whole_data=False,
     reuse_prefixes=True,
+    engine_wait=None,
 ):
     """Run the ``Parallel`` calls of the block on the cluster.
 
@@ -563,6 +568,9 @@ def on_cluster(
         active in this thread.
     whole_data, reuse_prefixes : bool
         As in :class:`ClusterBackend`.
+    engine_wait : float or None, default=None
+        Seconds to wait for engines when there are none, at the start and
+        during the calls, as in :class:`ClusterBackend`; None means 60.
 
     Yields
     ------
@@ -570,6 +578,8 @@ def on_cluster(
     """
     if caller_backend is None:
         caller_backend, _ = get_active_backend()
+    if engine_wait is None:
+        engine_wait = DEFAULT_TIMEOUT
     progress = FitProgress(verbose)
 
     def report_progress(n_done, n_submitted):
@@ -578,7 +588,7 @@ def on_cluster(
         progress.update(n_done, n_submitted)
 
     with (
-        resolve_cluster(client) as connection,
+        resolve_cluster(client, timeout=engine_wait) as connection,
         contextlib.closing(
             Store(store_dir, expected_nbytes=getattr(X, "nbytes", 0))
         ) as store,
@@ -593,6 +603,7 @@ def on_cluster(
             whole_data=whole_data,
             reuse_prefixes=reuse_prefixes,
             retries=retries,
+            engine_wait=engine_wait,
             checkpoint=checkpoint,
             inner_max_num_threads=getattr(
                 caller_backend, "inner_max_num_threads", None
@@ -629,9 +640,26 @@ def register_backend(name="ipyparallel", client=None, make_default=False, **opti
     make_default : bool, default=False
         Make it joblib's default backend.
     **options
-        ``store_dir`` and ``max_nbytes`` of the backend (see
-        :class:`sklearn_ipp._backend.ClusterBackend`); ``parallel_backend``
-        can pass them too.
+        Options of the backend, which ``parallel_backend(name, ...)`` and
+        ``parallel_config(backend=name, ...)`` can pass too (see
+        :class:`sklearn_ipp._backend.ClusterBackend`):
+
+        - ``engine_wait`` (float, default 60): seconds to wait for engines
+          when there are none, for the first one to register (a batch job
+          still queued) and when all were lost during a call;
+        - ``retries`` (int, default 3): times a task is sent again when the
+          engine running it dies;
+        - ``reuse_prefixes`` (bool, default True): fit the leading steps of
+          a searched ``Pipeline`` once per split (see :ref:`repeated-work`);
+        - ``store_dir`` (str or None): where the private store is made;
+        - ``max_nbytes`` (int, str or None, default ``"1M"``): arrays at
+          least this large are stored once and memory-mapped;
+        - ``max_live_folds`` (int, default 1): large folds stored at once;
+        - ``check_versions`` (bool, default True): engines must run the
+          client's versions (:class:`~sklearn_ipp.EngineVersionError`);
+        - ``inner_max_num_threads`` (int or None): BLAS and OpenMP threads
+          per engine while it runs tasks; None divides each host's CPUs
+          among its engines.
 
     Examples
     --------

@@ -11,6 +11,10 @@ so one rule decides where work runs:
   cluster owned by this process, reused by later calls and stopped at exit.
 
 A cluster this package did not start is never stopped by it.
+
+ipyparallel (with zmq, IPython and traitlets) is imported by the functions
+that talk to a cluster, not with this module: ``import sklearn_ipp`` stays
+cheap for a library that depends on it and may never use a cluster.
 """
 
 import atexit
@@ -23,13 +27,10 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import ipyparallel as ipp
 import psutil
-from ipyparallel.client.view import View
-from IPython.paths import get_ipython_dir
 from joblib import cpu_count
-from traitlets.config import Config
 
 from ._exceptions import ClusterNotFoundError, EngineTimeoutError
 from ._threads import thread_environment
@@ -44,6 +45,9 @@ from ._watchdog import (
     write_owner,
     write_processes,
 )
+
+if TYPE_CHECKING:
+    import ipyparallel
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -101,7 +105,7 @@ class ClusterConnection:
         info``.
     """
 
-    client: ipp.Client
+    client: "ipyparallel.Client"
     targets: list | None = None
     owns_client: bool = False
     source: str = "given by the caller"
@@ -178,6 +182,9 @@ def resolve_cluster(client=None, *, timeout=DEFAULT_TIMEOUT, min_engines=1):
     TypeError
         If ``client`` is of an unsupported type.
     """
+    import ipyparallel as ipp
+    from ipyparallel.client.view import View
+
     if isinstance(client, ClusterConnection):
         # A borrowed connection: closing ours must not close the caller's client.
         connection = ClusterConnection(
@@ -387,7 +394,7 @@ def _connect_named(spec):
         profile_dir = os.path.abspath(path)
         start_command = f"ipcluster start --profile-dir={profile_dir} -n 4"
     else:
-        profile_dir = os.path.join(get_ipython_dir(), f"profile_{path}")
+        profile_dir = os.path.join(_ipython_dir(), f"profile_{path}")
         start_command = f"ipcluster start --profile={path} -n 4"
     connection = _connect_running(profile_dir)
     if connection is None:
@@ -402,6 +409,8 @@ def _connect_named(spec):
 
 def _connect_file(path):
     """Connect with a cluster file or a client connection file."""
+    import ipyparallel as ipp
+
     with open(path) as f:
         content = json.load(f)
     try:
@@ -428,6 +437,8 @@ def _connect_running(profile_dir):
     the most recently written cluster file; a controller started by hand with
     ``ipcontroller`` leaves only a connection file, tried last.
     """
+    import ipyparallel as ipp
+
     security_dir = os.path.join(profile_dir, "security")
     for cluster in _running_clusters(security_dir):
         try:
@@ -449,6 +460,8 @@ def _connect_running(profile_dir):
 
 def _running_clusters(security_dir):
     """Yield the clusters of a security directory whose controller is alive."""
+    import ipyparallel as ipp
+
     try:
         names = os.listdir(security_dir)
     except OSError:
@@ -492,7 +505,7 @@ def _connect_default(min_engines, timeout):
     with _local_lock:
         if _local_client is not None:
             return ClusterConnection(_local_client, source=_LOCAL_SOURCE), min_engines
-        default_profile_dir = os.path.join(get_ipython_dir(), "profile_default")
+        default_profile_dir = os.path.join(_ipython_dir(), "profile_default")
         connection = _connect_running(default_profile_dir)
         if connection is not None:
             return connection, min_engines
@@ -512,6 +525,9 @@ def _start_local_cluster(n_engines, timeout):
     """
     global _local_cluster, _local_client, _local_profile_dir, _local_watchdog
     global _atexit_registered
+    import ipyparallel as ipp
+    from traitlets.config import Config
+
     remove_stale_clusters()
     profile_dir = tempfile.mkdtemp(prefix=PROFILE_PREFIX)
     cluster = watchdog = None
@@ -554,6 +570,13 @@ def _start_local_cluster(n_engines, timeout):
         raise
 
 
+def _ipython_dir():
+    """Return IPython's directory of profiles (``IPYTHONDIR``, else ~/.ipython)."""
+    from IPython.paths import get_ipython_dir
+
+    return get_ipython_dir()
+
+
 def _wait_for_engines(connection, n_engines, timeout, log_dir=None):
     """Block until ``n_engines`` engines of the connection are registered."""
     deadline = time.monotonic() + timeout
@@ -568,6 +591,9 @@ def _wait_for_engines(connection, n_engines, timeout, log_dir=None):
     raise EngineTimeoutError(
         f"Expected {n_engines} engine(s) to register with the controller within "
         f"{timeout:g} s, but {n_seen} did. Check that the engines are starting "
-        f"(see the engine logs in {logs}), start more with `ipcluster engines "
-        "-n N`, or pass a larger timeout."
+        f"(see the engine logs in {logs}) and start more with `ipcluster engines "
+        "-n N`. Engines of a batch job still in the queue come only once it "
+        "starts: to wait longer, pass a larger engine_wait= to the search, the "
+        "curve or the joblib backend (timeout= to resolve_cluster and "
+        "get_client)."
     )

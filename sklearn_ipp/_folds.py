@@ -20,24 +20,22 @@ in the order they came, larger data fold by fold, so that at most
 """
 
 import functools
-import inspect
 import itertools
 import threading
 import weakref
 
 import numpy as np
-import scipy.sparse as sp
 from sklearn.base import BaseEstimator
-from sklearn.model_selection import _validation
 from sklearn.utils.validation import _num_samples
 
+from ._fit_and_score import indexable, split_arguments
+from ._prefix import PrefixFold
 from ._store import RowRange, content_hash
 
 __all__ = [
     "SMALL_FOLDS_BYTES",
     "Fold",
     "FoldIndex",
-    "fit_and_score_arguments",
 ]
 
 # Folds are stored together while they take at most this many bytes; larger
@@ -45,21 +43,6 @@ __all__ = [
 # memory of a big search near one copy of the data while small searches
 # never wait for a fold to be written.
 SMALL_FOLDS_BYTES = 256 * 2**20
-
-_FIT_AND_SCORE = _validation._fit_and_score
-_FIT_AND_SCORE_SIGNATURE = inspect.signature(_FIT_AND_SCORE)
-
-
-def fit_and_score_arguments(function, args, kwargs):
-    """Return the arguments by name of a ``_fit_and_score`` task, else None.
-
-    scikit-learn wraps the functions it hands to joblib in ``_FuncWrapper``
-    (to carry its config to the workers); the wrapped function is compared.
-    """
-    target = getattr(function, "function", function)
-    if target is not _FIT_AND_SCORE:
-        return None
-    return _FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
 
 
 class Fold:
@@ -116,11 +99,11 @@ class Fold:
         rows = np.concatenate([self.train, self.test])
         # A precomputed kernel stays square, as sklearn checks it is.
         columns = rows if self.pairwise else None
-        refs = {"X": write(_indexable(self.X), rows, columns)}
+        refs = {"X": write(indexable(self.X), rows, columns)}
         if self.y is not None:
-            refs["y"] = write(_indexable(self.y), rows)
+            refs["y"] = write(indexable(self.y), rows)
         for name, value in self.aligned_params.items():
-            refs["param:" + name] = write(_indexable(value), rows)
+            refs["param:" + name] = write(indexable(value), rows)
         self.refs = refs
 
     def release(self, remove):
@@ -168,7 +151,7 @@ class Fold:
                     name: self.refs.get("param:" + name, value)
                     for name, value in params.items()
                 }
-        return _split_arguments(arguments)
+        return split_arguments(arguments)
 
 
 class FoldIndex:
@@ -343,10 +326,6 @@ class FoldIndex:
         ``plan`` is :func:`prefix_plan`'s; the fit parameters are part of
         what the prefix's fit depends on.
         """
-        # Here, not at the top: _prefix reads this module's description of
-        # _fit_and_score's arguments.
-        from ._prefix import PrefixFold
-
         levels, token = plan
         params = tuple(
             (name, self._hash(value))
@@ -530,15 +509,6 @@ def _row_numbers(rows):
     return rows.astype(np.intp, copy=False)
 
 
-def _indexable(data):
-    """Return sparse data as CSR, which rows can index.
-
-    scikit-learn's ``_make_indexable`` turns it so before it splits fit
-    parameters.
-    """
-    return data.tocsr() if sp.issparse(data) else data
-
-
 def _without_callbacks(arguments):
     """Whether no callback can run in a task: not the search's, not a fit's.
 
@@ -575,21 +545,6 @@ def _shallow_params(estimator):
 @functools.cache
 def _param_names(cls):
     return cls._get_param_names()
-
-
-def _split_arguments(arguments):
-    """``_fit_and_score``'s arguments by name, back to ``(args, kwargs)``."""
-    args, kwargs = [], {}
-    for name, parameter in _FIT_AND_SCORE_SIGNATURE.parameters.items():
-        if name not in arguments:
-            continue
-        if parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
-            args.append(arguments[name])
-        elif parameter.kind is parameter.VAR_KEYWORD:
-            kwargs.update(arguments[name])
-        else:
-            kwargs[name] = arguments[name]
-    return tuple(args), kwargs
 
 
 def _nbytes(X, n_rows, n_columns=None):

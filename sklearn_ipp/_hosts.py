@@ -478,7 +478,8 @@ class EngineLosses:
                 f"Every engine of the cluster is gone, and none came back within "
                 f"{self.engine_wait:.0f} s: {n_done} of {n_submitted} tasks "
                 "finished. Start engines (for example `ipcluster engines "
-                "--n=4` or cluster.start_engines()) and run the call again."
+                "--n=4` or cluster.start_engines_sync(n=4)) and run the call "
+                "again, or pass a larger engine_wait= to wait longer for them."
                 + self._note,
                 n_done=n_done,
                 n_submitted=n_submitted,

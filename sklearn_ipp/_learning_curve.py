@@ -11,24 +11,22 @@ per train size or per task.
 from sklearn import model_selection
 
 from ._backend import DEFAULT_RETRIES, on_cluster
+from ._cluster import DEFAULT_TIMEOUT
 
 __all__ = ["curve_on_cluster", "learning_curve", "validation_curve"]
 
 
-def curve_on_cluster(client, X, store_dir, retries, kwargs):
+def curve_on_cluster(X, kwargs, **cluster_options):
     """Return the context that runs a curve's fits on the cluster.
 
-    ``n_jobs`` is removed from the curve's ``kwargs``, since the engines
-    decide the parallelism; their ``verbose`` above 0 shows a progress bar.
+    ``cluster_options`` are the curve's ``client``, ``store_dir``,
+    ``retries`` and ``engine_wait``. ``n_jobs`` is removed from the curve's
+    ``kwargs``, since the engines decide the parallelism; their ``verbose``
+    above 0 shows a progress bar.
     """
     kwargs.pop("n_jobs", None)
-    return on_cluster(
-        client,
-        X,
-        store_dir=store_dir,
-        retries=retries,
-        verbose=kwargs.get("verbose", 0),
-    )
+    client = cluster_options.pop("client")
+    return on_cluster(client, X, verbose=kwargs.get("verbose", 0), **cluster_options)
 
 
 def learning_curve(
@@ -39,6 +37,7 @@ def learning_curve(
     client=None,
     store_dir=None,
     retries=DEFAULT_RETRIES,
+    engine_wait=DEFAULT_TIMEOUT,
     **kwargs,
 ):
     """Compute a learning curve on the cluster.
@@ -63,6 +62,10 @@ def learning_curve(
         :class:`~sklearn_ipp.IPyParallelGridSearchCV`.
     retries : int, default=3
         Times a fit is sent again when the engine running it dies.
+    engine_wait : float, default=60
+        Seconds to wait for engines when there are none, at the start and
+        when all were lost, as in
+        :class:`~sklearn_ipp.IPyParallelGridSearchCV`.
     **kwargs
         The other parameters of
         :func:`sklearn.model_selection.learning_curve` (``train_sizes``,
@@ -83,7 +86,14 @@ def learning_curve(
     >>> sizes, train, test = sklearn_ipp.learning_curve(
     ...     GaussianNB(), X, y, cv=5)  # doctest: +SKIP
     """
-    with curve_on_cluster(client, X, store_dir, retries, kwargs):
+    with curve_on_cluster(
+        X,
+        kwargs,
+        client=client,
+        store_dir=store_dir,
+        retries=retries,
+        engine_wait=engine_wait,
+    ):
         return model_selection.learning_curve(estimator, X, y, **kwargs)
 
 
@@ -97,6 +107,7 @@ def validation_curve(
     client=None,
     store_dir=None,
     retries=DEFAULT_RETRIES,
+    engine_wait=DEFAULT_TIMEOUT,
     **kwargs,
 ):
     """Compute a validation curve on the cluster.
@@ -123,6 +134,10 @@ def validation_curve(
         Where the splits are stored.
     retries : int, default=3
         Times a fit is sent again when the engine running it dies.
+    engine_wait : float, default=60
+        Seconds to wait for engines when there are none, at the start and
+        when all were lost, as in
+        :class:`~sklearn_ipp.IPyParallelGridSearchCV`.
     **kwargs
         The other parameters of
         :func:`sklearn.model_selection.validation_curve` (``cv``,
@@ -133,7 +148,14 @@ def validation_curve(
     train_scores, test_scores : ndarray of shape (n_values, n_splits)
         As returned by :func:`sklearn.model_selection.validation_curve`.
     """
-    with curve_on_cluster(client, X, store_dir, retries, kwargs):
+    with curve_on_cluster(
+        X,
+        kwargs,
+        client=client,
+        store_dir=store_dir,
+        retries=retries,
+        engine_wait=engine_wait,
+    ):
         return model_selection.validation_curve(
             estimator, X, y, param_name=param_name, param_range=param_range, **kwargs
         )

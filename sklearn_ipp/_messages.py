@@ -15,7 +15,6 @@ import threading
 import time
 
 import cloudpickle
-from ipyparallel import error as ipp_error
 
 from ._cluster import end_stuck_engines
 from ._pickling import by_value_generation, dumps, send_by_value
@@ -351,6 +350,8 @@ def _is_interruptible(async_result):
 
 def _is_engine_loss(exc):
     """Whether a message failed because its engine died or left."""
+    from ipyparallel import error as ipp_error
+
     if isinstance(exc, ipp_error.EngineError):
         return True
     return isinstance(exc, ipp_error.RemoteError) and exc.ename == "EngineError"

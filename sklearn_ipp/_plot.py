@@ -12,6 +12,7 @@ from sklearn.model_selection import LearningCurveDisplay as _SklearnLearningCurv
 from sklearn.model_selection import ValidationCurveDisplay as _SklearnValidationCurve
 
 from ._backend import DEFAULT_RETRIES
+from ._cluster import DEFAULT_TIMEOUT
 from ._learning_curve import curve_on_cluster
 from ._results import split_scores
 
@@ -494,13 +495,13 @@ class _ClusterCurveDisplay:
     """What the curve displays add to scikit-learn's: fits on the cluster."""
 
     @staticmethod
-    def _on_cluster(client, X, store_dir, retries, kwargs):
+    def _on_cluster(X, kwargs, **cluster_options):
         """Return the context that runs the curve's fits on the cluster.
 
         Fails at once without matplotlib, before any fit.
         """
         _pyplot()
-        return curve_on_cluster(client, X, store_dir, retries, kwargs)
+        return curve_on_cluster(X, kwargs, **cluster_options)
 
 
 class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):
@@ -520,6 +521,7 @@ class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):
         client=None,
         store_dir=None,
         retries=DEFAULT_RETRIES,
+        engine_wait=DEFAULT_TIMEOUT,
         **kwargs,
     ):
         """Compute a learning curve on the cluster and plot it.
@@ -536,6 +538,9 @@ class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):
             Where the splits are stored.
         retries : int, default=3
             Times a fit is sent again when the engine running it dies.
+        engine_wait : float, default=60
+            Seconds to wait for engines when there are none, as in
+            :func:`sklearn_ipp.learning_curve`.
         **kwargs
             The parameters of
             :meth:`sklearn.model_selection.LearningCurveDisplay.from_estimator`
@@ -546,7 +551,14 @@ class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):
         -------
         display : LearningCurveDisplay
         """
-        with cls._on_cluster(client, X, store_dir, retries, kwargs):
+        with cls._on_cluster(
+            X,
+            kwargs,
+            client=client,
+            store_dir=store_dir,
+            retries=retries,
+            engine_wait=engine_wait,
+        ):
             return super().from_estimator(estimator, X, y, **kwargs)
 
 
@@ -569,6 +581,7 @@ class ValidationCurveDisplay(_ClusterCurveDisplay, _SklearnValidationCurve):
         client=None,
         store_dir=None,
         retries=DEFAULT_RETRIES,
+        engine_wait=DEFAULT_TIMEOUT,
         **kwargs,
     ):
         """Compute a validation curve on the cluster and plot it.
@@ -589,6 +602,9 @@ class ValidationCurveDisplay(_ClusterCurveDisplay, _SklearnValidationCurve):
             Where the splits are stored.
         retries : int, default=3
             Times a fit is sent again when the engine running it dies.
+        engine_wait : float, default=60
+            Seconds to wait for engines when there are none, as in
+            :func:`sklearn_ipp.learning_curve`.
         **kwargs
             The parameters of
             :meth:`sklearn.model_selection.ValidationCurveDisplay.from_estimator`
@@ -598,7 +614,14 @@ class ValidationCurveDisplay(_ClusterCurveDisplay, _SklearnValidationCurve):
         -------
         display : ValidationCurveDisplay
         """
-        with cls._on_cluster(client, X, store_dir, retries, kwargs):
+        with cls._on_cluster(
+            X,
+            kwargs,
+            client=client,
+            store_dir=store_dir,
+            retries=retries,
+            engine_wait=engine_wait,
+        ):
             return super().from_estimator(
                 estimator,
                 X,

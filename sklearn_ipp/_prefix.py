@@ -36,7 +36,7 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils.metaestimators import _safe_split
 from sklearn.utils.validation import _check_method_params
 
-from ._folds import _FIT_AND_SCORE_SIGNATURE, _indexable, _split_arguments
+from ._fit_and_score import FIT_AND_SCORE_SIGNATURE, indexable, split_arguments
 from ._output import captured
 from ._pickling import dumps
 from ._store import RowRange, _sparse_nbytes
@@ -278,9 +278,9 @@ class PrefixFold:
         rows = self._row_numbers()
         if rows is not None:
             if base.y is not None:
-                refs["y"] = write(_indexable(base.y), rows)
+                refs["y"] = write(indexable(base.y), rows)
             for name, value in base.aligned_params.items():
-                refs["param:" + name] = write(_indexable(value), rows)
+                refs["param:" + name] = write(indexable(value), rows)
         self.fit_seconds, self.test_seconds = output.fit_seconds, output.test_seconds
         self.nbytes = sum(
             getattr(data, "nbytes", 0) or _sparse_nbytes(data)
@@ -407,7 +407,7 @@ def fit_prefix(levels, *args, **kwargs):
     not a numeric array or a CSR matrix (a DataFrame, say), which the store
     would not give back as they are: the candidates then run whole.
     """
-    arguments = _FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
+    arguments = FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
     estimator = _configured(arguments)
     steps = _prefix_steps(estimator, levels)
     X, y, train, test = (arguments[name] for name in ("X", "y", "train", "test"))
@@ -471,7 +471,7 @@ def fit_and_score_on_prefix(refs, *args, **kwargs):
     """
     try:
         with _said_unless_failed():
-            arguments = _FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
+            arguments = FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
             return True, _on_prefix(refs, arguments)
     except Exception:
         pass
@@ -504,7 +504,7 @@ def _on_prefix(refs, arguments):
     try:
         for pipeline, _ in pipelines:
             pipeline.__class__ = _PrefixFitted
-        tail_args, tail_kwargs = _split_arguments(tail)
+        tail_args, tail_kwargs = split_arguments(tail)
         result = _validation._fit_and_score(*tail_args, **tail_kwargs)
         if arguments.get("return_train_score"):
             X_train = refs["X_train"]

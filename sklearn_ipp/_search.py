@@ -9,7 +9,7 @@ import inspect
 import logging
 import os
 import pickle
-from numbers import Integral
+from numbers import Integral, Real
 
 import cloudpickle
 import joblib
@@ -66,6 +66,14 @@ _CLUSTER_PARAMETERS_DOC = """
         exception raised by the estimator is handled by ``error_score``,
         never retried.
 
+    engine_wait : float, default=60
+        Seconds to wait for engines when there are none: for the first one
+        to register when ``fit`` starts (raise it for engines of a batch job
+        still in the queue), and for one to come back when every engine was
+        lost during the fit. When the time is up, ``fit`` raises
+        :class:`~sklearn_ipp.EngineTimeoutError` (saying how many engines
+        came) or :class:`~sklearn_ipp.EngineLostError`.
+
     reuse_prefixes : bool, default=True
         When the estimator is a ``Pipeline``, fit its leading steps once per
         split for all the candidates that give them the same parameters,
@@ -82,6 +90,7 @@ _CLUSTER_CONSTRAINTS = {
     "store_dir": [None, str, os.PathLike],
     "checkpoint_dir": [None, str, os.PathLike],
     "retries": [Interval(Integral, 0, None, closed="left")],
+    "engine_wait": [Interval(Real, 0, None, closed="left")],
     "reuse_prefixes": ["boolean"],
 }
 
@@ -157,7 +166,8 @@ class _ClusterSearchMixin(WatchedSearchMixin):
             earlier fit are removed.
         """
         caller = self._check_fit()
-        connection = resolve_cluster(self.client)  # errors come at once
+        # Errors come at once.
+        connection = resolve_cluster(self.client, timeout=self.engine_wait)
         try:
             run = SearchRun(self, caller, previous=self._run)
         except BaseException:
@@ -364,6 +374,7 @@ feature_names_in_
         store_dir=None,
         checkpoint_dir=None,
         retries=3,
+        engine_wait=60.0,
         reuse_prefixes=True,
     ):
         super().__init__(
@@ -382,6 +393,7 @@ feature_names_in_
         self.store_dir = store_dir
         self.checkpoint_dir = checkpoint_dir
         self.retries = retries
+        self.engine_wait = engine_wait
         self.reuse_prefixes = reuse_prefixes
 
     def _search_space_items(self):
@@ -474,6 +486,7 @@ feature_names_in_
         store_dir=None,
         checkpoint_dir=None,
         retries=3,
+        engine_wait=60.0,
         reuse_prefixes=True,
     ):
         super().__init__(
@@ -494,6 +507,7 @@ feature_names_in_
         self.store_dir = store_dir
         self.checkpoint_dir = checkpoint_dir
         self.retries = retries
+        self.engine_wait = engine_wait
         self.reuse_prefixes = reuse_prefixes
 
     def _search_space_items(self):
@@ -613,6 +627,7 @@ feature_names_in_
         store_dir=None,
         checkpoint_dir=None,
         retries=3,
+        engine_wait=60.0,
         reuse_prefixes=True,
     ):
         super().__init__(
@@ -636,6 +651,7 @@ feature_names_in_
         self.store_dir = store_dir
         self.checkpoint_dir = checkpoint_dir
         self.retries = retries
+        self.engine_wait = engine_wait
         self.reuse_prefixes = reuse_prefixes
 
     def _search_space_items(self):
@@ -744,6 +760,7 @@ feature_names_in_
         store_dir=None,
         checkpoint_dir=None,
         retries=3,
+        engine_wait=60.0,
         reuse_prefixes=True,
     ):
         super().__init__(
@@ -768,6 +785,7 @@ feature_names_in_
         self.store_dir = store_dir
         self.checkpoint_dir = checkpoint_dir
         self.retries = retries
+        self.engine_wait = engine_wait
         self.reuse_prefixes = reuse_prefixes
 
     def _search_space_items(self):

@@ -84,6 +84,7 @@ class SearchRun:
         self._cluster_options = {
             "store_dir": search.store_dir,
             "retries": search.retries,
+            "engine_wait": search.engine_wait,
             "reuse_prefixes": search.reuse_prefixes,
             "verbose": search.verbose,
             "whole_data": search._stores_whole_data(),

@@ -21,7 +21,7 @@ exception type with the same message as its GridSearchCV.
 #   test_unpicklable_estimator_fails_before_any_task and
 #   test_unpicklable_grid_value_is_named
 # module missing on an engine           test_search_errors.py::
-#   test_module_missing_on_engines_names_engine_and_module
+#   test_compiled_module_missing_on_engines_names_engine_and_module
 # store_dir full                        test_store.py::
 #   test_full_store_dir_names_the_path_and_the_parameter
 # store_dir not writable                test_store.py::
@@ -60,7 +60,6 @@ from sklearn_ipp import (
     EngineTimeoutError,
     IPyParallelGridSearchCV,
     IPyParallelRandomizedSearchCV,
-    resolve_cluster,
 )
 
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
@@ -116,14 +115,13 @@ def test_search_with_a_missing_connection_file(tmp_path):
 # Zero engines
 
 
-def test_search_with_zero_engines(client, monkeypatch):
+def test_search_with_zero_engines(client):
     # A view with no targets reaches the same wait for engines as a controller
     # without engines (tested with a real one in test_cluster.py), without
-    # starting a second controller. The searches wait resolve_cluster's
-    # default timeout, 60 s; a shorter default keeps this test fast.
-    monkeypatch.setitem(resolve_cluster.__kwdefaults__, "timeout", 1)
+    # starting a second controller. The searches wait engine_wait, 60 s by
+    # default; a shorter one keeps this test fast.
     search = IPyParallelGridSearchCV(
-        SVC(), {"C": [1]}, client=client.load_balanced_view(targets=[])
+        SVC(), {"C": [1]}, client=client.load_balanced_view(targets=[]), engine_wait=1
     )
     with pytest.raises(
         EngineTimeoutError,

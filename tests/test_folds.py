@@ -7,7 +7,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
-from sklearn_ipp._folds import FoldIndex, fit_and_score_arguments
+from sklearn_ipp._fit_and_score import fit_and_score_arguments
+from sklearn_ipp._folds import FoldIndex
 
 X = np.random.RandomState(0).standard_normal((30, 4))
 Y = np.arange(30) % 2

@@ -19,6 +19,7 @@ import textwrap
 import threading
 import time
 
+import ipyparallel
 import psutil
 import pytest
 
@@ -364,7 +365,8 @@ def test_starting_a_local_cluster_removes_stale_ones_first(
         made.append(sorted(os.listdir(profile_dir)))
         raise Refused
 
-    monkeypatch.setattr(_cluster.ipp, "Cluster", cluster)
+    # Looked up when the cluster starts: ipyparallel is imported then.
+    monkeypatch.setattr(ipyparallel, "Cluster", cluster)
     with pytest.raises(Refused):
         _cluster._start_local_cluster(1, timeout=1)
     assert not stale.exists()
