@@ -6,10 +6,13 @@ so the user's own profiles are never touched and ``client=None`` finds it the
 way it finds a cluster started with ``ipcluster start``.
 
 With ``SKLEARN_IPP_STRICT_TESTS=1`` (set by ``.ci/run``) or ``CI`` set, the run
-fails if any test was skipped or if no test used the cluster.
+fails if any test was skipped or if no test used the cluster; a user who is
+not root may skip only the tests marked with :func:`needs_root`, which CI runs
+as root.
 """
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -32,7 +35,7 @@ cloudpickle.register_pickle_by_value(tests)
 
 N_ENGINES = int(os.environ.get("SKLEARN_IPP_TEST_ENGINES", "2"))
 
-_outcomes = {"skipped": [], "cluster_passed": 0}
+_outcomes = {"skipped": [], "allowed_skips": [], "cluster_passed": 0}
 _saved_ipythondir = None
 _ipython_dir = None
 
@@ -72,9 +75,24 @@ def pytest_collection_modifyitems(items):
 
 def pytest_runtest_logreport(report):
     if report.skipped:
-        _outcomes["skipped"].append(report.nodeid)
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        allowed = os.geteuid() != 0 and reason.startswith("Skipped: " + NEEDS_ROOT)
+        _outcomes["allowed_skips" if allowed else "skipped"].append(report.nodeid)
     elif report.when == "call" and report.passed and "cluster" in report.keywords:
         _outcomes["cluster_passed"] += 1
+
+
+# The reason of every skip of a test that needs root starts with this: the
+# strict check lets a user who is not root skip those, and no other.
+NEEDS_ROOT = "needs root: "
+
+
+def needs_root(what):
+    """Mark a test that cannot run without root; ``what`` is what it checks."""
+    return pytest.mark.skipif(
+        os.geteuid() != 0,
+        reason=f"{NEEDS_ROOT}{what}; run the tests as root to check it (CI does)",
+    )
 
 
 def _strict():
@@ -94,6 +112,11 @@ def pytest_sessionfinish(session, exitstatus):
     if problems:
         print("\nStrict test run failed: " + "; ".join(problems))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif _outcomes["allowed_skips"]:
+        print(
+            f"\nStrict test run: {len(_outcomes['allowed_skips'])} tests that need "
+            "root were skipped, as this user is not root."
+        )
 
 
 def on_engine(function):
@@ -109,7 +132,9 @@ def on_engine(function):
 # Sets up a fake host in new UTS and mount namespaces: its own hostname, and
 # its own empty /tmp and /dev/shm, where the client's store cannot be seen.
 # Directories under /tmp that the engines need (a virtualenv, a checkout) are
-# bound back in through /mnt, which only this namespace sees changed.
+# bound back in through /mnt, which only this namespace sees changed. A user
+# who is not root makes them in a user namespace of their own, where they are
+# root (``unshare --user --map-root-user``), if the kernel allows it.
 _FAKE_HOST_SCRIPT = """
 set -e
 hostname "$FAKE_HOSTNAME"
@@ -131,6 +156,32 @@ wait
 
 
 _UNSHARE = ["unshare", "--uts", "--mount", "--propagation", "private"]
+_UNSHARE_AS_USER = [*_UNSHARE[:1], "--user", "--map-root-user", *_UNSHARE[1:]]
+
+_NO_FAKE_HOSTS = (
+    "fake hosts need new UTS and mount namespaces, which this user cannot "
+    "make ({}): they check that hosts which do not see the client's files get "
+    "the data once. Run the tests as root, or where unprivileged user "
+    "namespaces are allowed (`unshare --user --map-root-user true` succeeds; "
+    "on Ubuntu >= 23.10: `sysctl kernel.apparmor_restrict_unprivileged_userns=0`)"
+)
+
+
+@functools.cache
+def _unshare_command():
+    """The command that starts a fake host here; skip the test when none does."""
+    command = _UNSHARE if os.geteuid() == 0 else _UNSHARE_AS_USER
+    probe = "hostname probe && mount -t tmpfs tmpfs /tmp && mount --rbind /tmp /mnt"
+    try:
+        subprocess.run(
+            [*command, "sh", "-c", probe], capture_output=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors="replace")
+        return None, _NO_FAKE_HOSTS.format(" ".join(detail.split()))
+    return command, None
 
 
 def _paths_to_keep():
@@ -148,6 +199,17 @@ def _paths_to_keep():
     return sorted(kept)
 
 
+def engine_connection_file(cluster):
+    """The file an engine of ``cluster`` connects to its controller with."""
+    return os.path.join(
+        cluster.profile_dir,
+        "security",
+        f"ipcontroller-{cluster.cluster_id}-engine.json"
+        if cluster.cluster_id
+        else "ipcontroller-engine.json",
+    )
+
+
 @contextlib.contextmanager
 def fake_host(cluster, client, hostname, n_engines=2):
     """Run ``n_engines`` engines on a fake host; yield their engine ids.
@@ -156,18 +218,14 @@ def fake_host(cluster, client, hostname, n_engines=2):
     has its own hostname and a private /tmp and /dev/shm: it does not see
     the client's store, as a host without a shared filesystem.
     """
-    engine_file = os.path.join(
-        cluster.profile_dir,
-        "security",
-        f"ipcontroller-{cluster.cluster_id}-engine.json"
-        if cluster.cluster_id
-        else "ipcontroller-engine.json",
-    )
-    with open(engine_file) as f:
+    command, why_not = _unshare_command()
+    if command is None:
+        pytest.skip(why_not)
+    with open(engine_connection_file(cluster)) as f:
         engine_file_content = f.read()
     before = set(client.ids)
     process = subprocess.Popen(
-        [*_UNSHARE, "sh", "-c", _FAKE_HOST_SCRIPT],
+        [*command, "sh", "-c", _FAKE_HOST_SCRIPT],
         env=dict(
             os.environ,
             FAKE_HOSTNAME=hostname,

@@ -22,9 +22,10 @@ from sklearn_ipp._checkpoint import (
 )
 
 from ._sklearn_compare import assert_same_search
+from .conftest import needs_root
 
-as_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="plays another user with setpriv, as root"
+as_other_user_too = needs_root(
+    "plays another user with setpriv, who plants files a checkpoint must refuse"
 )
 OTHER_UID = 65534  # nobody
 
@@ -210,7 +211,7 @@ def test_files_are_checked_at_every_open(key_file, tmp_path):
         checkpoint.put("4" * 64, _result())
 
 
-@as_root
+@as_other_user_too
 def test_a_directory_replaced_by_another_user_is_refused(
     key_file, tmp_path, shared_tmp
 ):
@@ -241,7 +242,7 @@ def test_a_directory_replaced_by_another_user_is_refused(
     assert not marker.exists()
 
 
-@as_root
+@as_other_user_too
 def test_a_link_made_by_another_user_is_refused(key_file, tmp_path, shared_tmp):
     # Another user's link in a shared /tmp, even to a directory of this
     # user's, could be re-pointed at any time.
@@ -253,7 +254,7 @@ def test_a_link_made_by_another_user_is_refused(key_file, tmp_path, shared_tmp):
         DirectoryCheckpoint(link)
 
 
-@as_root
+@as_other_user_too
 def test_files_another_user_planted_before_a_chmod_are_refused(
     key_file, tmp_path, shared_tmp
 ):
@@ -387,7 +388,7 @@ def test_a_removed_checkpoint_directory_ends_the_fit_with_the_path(client, tmp_p
     search.abort()  # returns at once: the run is over
 
 
-@as_root
+@needs_root("mounts a 64 kB tmpfs as a checkpoint_dir that fills up")
 def test_a_full_checkpoint_disk_ends_the_fit_and_keeps_what_was_saved(client, tmp_path):
     import time
 

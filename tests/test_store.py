@@ -22,6 +22,7 @@ from sklearn_ipp._messages import Messenger
 from sklearn_ipp._store import MMAP_MIN_BYTES, RowRangeArray, Store, StoreError
 
 from ._sklearn_compare import assert_same_search, fit_both
+from .conftest import needs_root
 
 
 class ProbeClassifier(ClassifierMixin, BaseEstimator):
@@ -305,6 +306,7 @@ def tiny_filesystem(tmp_path):
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
+@needs_root("mounts a 1 MB tmpfs as a full store_dir")
 def test_full_store_dir_names_the_path_and_the_parameter(client, tiny_filesystem):
     X = np.random.RandomState(0).rand(2000, 100)  # 1.6 MB
     y = np.arange(2000) % 2
