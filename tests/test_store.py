@@ -583,7 +583,7 @@ class StoreDirectoryProbe(ProbeClassifier):
         return float(self.under_tag_)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs, as root")
+@needs_root("mounts an 8 MB tmpfs as a /dev/shm that fills up")
 def test_data_goes_to_the_temporary_directory_when_dev_shm_fills(
     client, tmp_path, monkeypatch
 ):
