@@ -235,22 +235,24 @@ def test_every_python_block_compiles_with_its_names_defined(block):
 # Runs the blocks given as JSON on argv[1], each in a fresh module named
 # __main__, as a script pasted into a file would run; says which failed.
 _RUNNER = """
-import json, os, runpy, sys, tempfile, traceback
+import json, os, runpy, sys, traceback
 import matplotlib
 
 matplotlib.use("Agg")
-failures = []
+import matplotlib.pyplot as plt
+
+ran, failures = 0, []
 for where, code in json.loads(sys.argv[1]):
     path = os.path.join(os.getcwd(), where.replace("/", "_").replace(":", "-") + ".py")
     with open(path, "w") as f:
         f.write(code)
     try:
         runpy.run_path(path, run_name="__main__")
+        ran += 1
     except BaseException:
         failures.append([where, traceback.format_exc()])
-    import matplotlib.pyplot as plt
     plt.close("all")
-print(json.dumps(failures))
+print(json.dumps({"ran": ran, "failures": failures}))
 """
 
 RUN_PAGES = sorted({block.page for block in PYTHON_BLOCKS if block.run})
@@ -267,8 +269,10 @@ def test_python_blocks_run_as_pasted(cluster, client, tmp_path, page, monkeypatc
     ]
     monkeypatch.chdir(tmp_path)  # files the blocks write land here
     completed = run_python("-c", _RUNNER, json.dumps(to_run), timeout=600)
-    failures = last_json_line(completed)
+    outcome = last_json_line(completed)
+    failures = outcome["failures"]
     assert failures == [], "\n".join(f"{where}\n{text}" for where, text in failures)
+    assert outcome["ran"] == len(to_run) > 0
 
 
 def test_tests_named_in_the_docs_exist():
