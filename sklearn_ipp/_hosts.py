@@ -59,7 +59,7 @@ from ._store import (
 )
 from ._threads import threads_per_engine
 
-__all__ = ["ENGINE_WAIT_SECONDS", "EngineLosses", "EngineRoster"]
+__all__ = ["EngineLosses", "EngineRoster"]
 
 logger = logging.getLogger("sklearn_ipp")
 
@@ -70,9 +70,6 @@ CLOSE_TIMEOUT = 10.0
 # neither side holds a whole large file in memory as a message.
 TRANSFER_CHUNK_BYTES = 32 * 2**20
 TRANSFERS_IN_FLIGHT = 4
-# How long a call waits for engines when the cluster has none left, before
-# it fails (the finished results are kept, see EngineLostError).
-ENGINE_WAIT_SECONDS = 60.0
 
 
 class _Host:
@@ -413,9 +410,9 @@ class EngineLosses:
         Whose ready and probing engines count.
     retries : int
         Times a task is sent again after the engine running it died.
-    engine_wait : float or None
-        Seconds to wait for an engine when none is left; None:
-        ``ENGINE_WAIT_SECONDS``.
+    engine_wait : float
+        Seconds to wait for an engine when none is left, before the call
+        fails (the finished results are kept, see EngineLostError).
     kept_results_note : str
         Added to the errors, to say what is kept.
     """
@@ -423,7 +420,7 @@ class EngineLosses:
     def __init__(self, roster, retries, engine_wait, kept_results_note):
         self._roster = roster
         self.retries = retries
-        self.engine_wait = ENGINE_WAIT_SECONDS if engine_wait is None else engine_wait
+        self.engine_wait = engine_wait
         self._note = kept_results_note
         self._since = None
 

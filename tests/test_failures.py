@@ -158,17 +158,18 @@ def test_backend_call_retries_tasks_of_a_killed_engine(
         _restore_engines(cluster, client, 1)
 
 
-def test_losing_every_engine_keeps_the_finished_fits(
-    cluster, client, tmp_path, monkeypatch
-):
+def test_losing_every_engine_keeps_the_finished_fits(cluster, client, tmp_path):
     # No engine comes back within 3 s: the search fails...
-    monkeypatch.setattr("sklearn_ipp._hosts.ENGINE_WAIT_SECONDS", 3.0)
     log_dir = tmp_path / "fits"
     log_dir.mkdir()
     X, y = _data()
     estimator = LoggedClassifier(delay=0.1, log_dir=str(log_dir), kill_always=99.0)
     search = IPyParallelGridSearchCV(
-        estimator, {"C": [1.0, 2.0, 3.0, 4.0, 99.0]}, cv=2, client=client
+        estimator,
+        {"C": [1.0, 2.0, 3.0, 4.0, 99.0]},
+        cv=2,
+        client=client,
+        engine_wait=3.0,
     )
     try:
         with pytest.raises(EngineLostError) as info:

@@ -96,7 +96,7 @@ class Harness:
     """A scheduler with fake parts, and a fake engine answering it."""
 
     def __init__(
-        self, n_engines=2, retries=3, engine_wait=None, on_done=None, on_progress=None
+        self, n_engines=2, retries=3, engine_wait=60.0, on_done=None, on_progress=None
     ):
         self.roster = FakeRoster(n_engines)
         self.messenger = FakeMessenger()
