@@ -1,6 +1,6 @@
 """Plots of search results and learning curves, as scikit-learn Displays.
 
-matplotlib is an optional dependency (``pip install sklearn_ipp[plot]``),
+matplotlib is an optional dependency (the ``plot`` extra),
 imported only when something is drawn.
 """
 
@@ -30,7 +30,8 @@ def _pyplot():
     except ImportError as exc:
         raise ImportError(
             "Plotting needs matplotlib, which is not installed: install it "
-            "with `pip install sklearn_ipp[plot]` (or `pip install matplotlib`)."
+            "with `pip install matplotlib`, or sklearn_ipp's plot extra "
+            '(`pip install ".[plot]"` in its checkout).'
         ) from exc
     return plt
 
