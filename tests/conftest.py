@@ -156,7 +156,15 @@ wait
 
 
 _UNSHARE = ["unshare", "--uts", "--mount", "--propagation", "private"]
-_UNSHARE_AS_USER = [*_UNSHARE[:1], "--user", "--map-root-user", *_UNSHARE[1:]]
+_UNSHARE_AS_USER = [
+    "unshare",
+    "--user",
+    "--map-root-user",
+    "--uts",
+    "--mount",
+    "--propagation",
+    "private",
+]
 
 _NO_FAKE_HOSTS = (
     "fake hosts need new UTS and mount namespaces, which this user cannot "

@@ -341,3 +341,17 @@ def test_a_host_whose_dev_shm_fills_keeps_the_rest_in_its_temp_dir(client, fake_
         assert client[engine_ids[0]].apply_sync(_stores_in_temp_dir) == []
     finally:
         client[engine_ids[0]].apply_sync(_resize_dev_shm, "50%")
+
+
+def test_without_namespaces_the_fake_hosts_skip_saying_why(monkeypatch):
+    from . import conftest
+
+    # A kernel that refuses the namespaces, for root and for anyone else.
+    refused = ["sh", "-c", "echo 'unshare: Operation not permitted' >&2; exit 1", "-"]
+    monkeypatch.setattr(conftest, "_UNSHARE", refused)
+    monkeypatch.setattr(conftest, "_UNSHARE_AS_USER", refused)
+    command, why_not = conftest._unshare_command.__wrapped__()
+    assert command is None
+    assert "(unshare: Operation not permitted)" in why_not
+    assert "hosts which do not see the client's files get the data once" in why_not
+    assert "unshare --user --map-root-user true" in why_not
