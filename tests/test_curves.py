@@ -4,6 +4,7 @@ The curves must equal scikit-learn's and store each split once, whatever the
 number of train sizes; the Displays are checked by what they draw.
 """
 
+import re
 import sys
 
 import matplotlib
@@ -279,9 +280,12 @@ def test_plots_without_matplotlib_name_the_extra(client, monkeypatch):
         m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")
     ]:
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(ImportError, match=r"pip install sklearn_ipp\[plot\]"):
+    fix = re.escape("`pip install matplotlib`, or sklearn_ipp's plot extra") + (
+        re.escape(' (`pip install ".[plot]"`')
+    )
+    with pytest.raises(ImportError, match=fix):
         ParameterBoxplotDisplay.from_search(search)
-    with pytest.raises(ImportError, match=r"pip install sklearn_ipp\[plot\]"):
+    with pytest.raises(ImportError, match=fix):
         LearningCurveDisplay.from_estimator(GaussianNB(), *_digits(), client=client)
 
 
