@@ -16,17 +16,21 @@ from ._cluster import DEFAULT_TIMEOUT
 __all__ = ["curve_on_cluster", "learning_curve", "validation_curve"]
 
 
-def curve_on_cluster(X, kwargs, **cluster_options):
+def curve_on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
     """Return the context that runs a curve's fits on the cluster.
 
-    ``cluster_options`` are the curve's ``client``, ``store_dir``,
-    ``retries`` and ``engine_wait``. ``n_jobs`` is removed from the curve's
-    ``kwargs``, since the engines decide the parallelism; their ``verbose``
-    above 0 shows a progress bar.
+    ``n_jobs`` is removed from the curve's ``kwargs``, since the engines
+    decide the parallelism; their ``verbose`` above 0 shows a progress bar.
     """
     kwargs.pop("n_jobs", None)
-    client = cluster_options.pop("client")
-    return on_cluster(client, X, verbose=kwargs.get("verbose", 0), **cluster_options)
+    return on_cluster(
+        client,
+        X,
+        store_dir=store_dir,
+        retries=retries,
+        engine_wait=engine_wait,
+        verbose=kwargs.get("verbose", 0),
+    )
 
 
 def learning_curve(
@@ -86,14 +90,7 @@ def learning_curve(
     >>> sizes, train, test = sklearn_ipp.learning_curve(
     ...     GaussianNB(), X, y, cv=5)  # doctest: +SKIP
     """
-    with curve_on_cluster(
-        X,
-        kwargs,
-        client=client,
-        store_dir=store_dir,
-        retries=retries,
-        engine_wait=engine_wait,
-    ):
+    with curve_on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
         return model_selection.learning_curve(estimator, X, y, **kwargs)
 
 
@@ -148,14 +145,7 @@ def validation_curve(
     train_scores, test_scores : ndarray of shape (n_values, n_splits)
         As returned by :func:`sklearn.model_selection.validation_curve`.
     """
-    with curve_on_cluster(
-        X,
-        kwargs,
-        client=client,
-        store_dir=store_dir,
-        retries=retries,
-        engine_wait=engine_wait,
-    ):
+    with curve_on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
         return model_selection.validation_curve(
             estimator, X, y, param_name=param_name, param_range=param_range, **kwargs
         )

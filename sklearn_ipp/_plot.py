@@ -496,13 +496,13 @@ class _ClusterCurveDisplay:
     """What the curve displays add to scikit-learn's: fits on the cluster."""
 
     @staticmethod
-    def _on_cluster(X, kwargs, **cluster_options):
+    def _on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
         """Return the context that runs the curve's fits on the cluster.
 
         Fails at once without matplotlib, before any fit.
         """
         _pyplot()
-        return curve_on_cluster(X, kwargs, **cluster_options)
+        return curve_on_cluster(client, X, store_dir, retries, engine_wait, kwargs)
 
 
 class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):
@@ -552,14 +552,7 @@ class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):
         -------
         display : LearningCurveDisplay
         """
-        with cls._on_cluster(
-            X,
-            kwargs,
-            client=client,
-            store_dir=store_dir,
-            retries=retries,
-            engine_wait=engine_wait,
-        ):
+        with cls._on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
             return super().from_estimator(estimator, X, y, **kwargs)
 
 
@@ -615,14 +608,7 @@ class ValidationCurveDisplay(_ClusterCurveDisplay, _SklearnValidationCurve):
         -------
         display : ValidationCurveDisplay
         """
-        with cls._on_cluster(
-            X,
-            kwargs,
-            client=client,
-            store_dir=store_dir,
-            retries=retries,
-            engine_wait=engine_wait,
-        ):
+        with cls._on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
             return super().from_estimator(
                 estimator,
                 X,
