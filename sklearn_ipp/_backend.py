@@ -539,7 +539,7 @@ def on_cluster(
     caller_backend=None,
     whole_data=False,
     reuse_prefixes=True,
-    engine_wait=None,
+    engine_wait=DEFAULT_TIMEOUT,
 ):
     """Run the ``Parallel`` calls of the block on the cluster.
 
@@ -568,9 +568,9 @@ def on_cluster(
         active in this thread.
     whole_data, reuse_prefixes : bool
         As in :class:`ClusterBackend`.
-    engine_wait : float or None, default=None
+    engine_wait : float, default=60
         Seconds to wait for engines when there are none, at the start and
-        during the calls, as in :class:`ClusterBackend`; None means 60.
+        during the calls, as in :class:`ClusterBackend`.
 
     Yields
     ------
@@ -578,8 +578,6 @@ def on_cluster(
     """
     if caller_backend is None:
         caller_backend, _ = get_active_backend()
-    if engine_wait is None:
-        engine_wait = DEFAULT_TIMEOUT
     progress = FitProgress(verbose)
 
     def report_progress(n_done, n_submitted):
