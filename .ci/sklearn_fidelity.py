@@ -1,10 +1,19 @@
-"""scikit-learn's own model-selection tests, run against sklearn_ipp.
+"""scikit-learn's own tests, run against sklearn_ipp.
 
-Copies ``test_search.py``, ``test_successive_halving.py`` and
-``test_validation.py`` from the installed scikit-learn (they ship in its
-wheel) next to ``.ci/fidelity/conftest.py``, which rebinds the searches to
-sklearn_ipp's and runs the validation tests under sklearn_ipp's joblib
-backend, on a real cluster. Then compares with ``.ci/sklearn-fidelity.json``:
+Copies test files from the installed scikit-learn (they ship in its wheel)
+next to ``.ci/fidelity/conftest.py`` and runs them on a real cluster, with
+sklearn_ipp in each of its two faces:
+
+- ``classes``: ``test_search.py`` and ``test_successive_halving.py`` with
+  scikit-learn's searches rebound to sklearn_ipp's classes;
+- ``backend``: ``test_validation.py``, ``test_search.py``,
+  ``test_stacking.py``, ``test_calibration.py``, ``test_sequential.py`` and
+  ``test_classification_threshold.py`` with scikit-learn's own classes,
+  every test under ``parallel_config(backend="ipyparallel")``.
+
+Every test has a time limit (``--timeout``, pytest-timeout): a test that
+hangs fails with a dump of every thread's stack, and the run goes on. Then
+compares with ``.ci/sklearn-fidelity.json``:
 
 - every failing test must be a known one (listed there, and explained in
   ``docs/fidelity.rst``);
@@ -17,17 +26,20 @@ Usage::
     python .ci/sklearn_fidelity.py --record   # write the counts and failures
     python .ci/sklearn_fidelity.py --mode in-process   # the references:
     python .ci/sklearn_fidelity.py --mode loky         # counts only
+    python .ci/sklearn_fidelity.py --face backend      # one face only
 
 Other arguments go to pytest.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 
 import sklearn
@@ -35,49 +47,74 @@ import sklearn
 HERE = os.path.dirname(os.path.abspath(__file__))
 RECORD = os.path.join(HERE, "sklearn-fidelity.json")
 DOCS = os.path.join(HERE, "..", "docs", "fidelity.rst")
-FILES = ("test_search.py", "test_successive_halving.py", "test_validation.py")
+# The test files of each face, as paths in the scikit-learn package.
+FACES = {
+    "classes": (
+        "model_selection/tests/test_search.py",
+        "model_selection/tests/test_successive_halving.py",
+    ),
+    "backend": (
+        "model_selection/tests/test_validation.py",
+        "model_selection/tests/test_search.py",
+        "ensemble/tests/test_stacking.py",
+        "tests/test_calibration.py",
+        "feature_selection/tests/test_sequential.py",
+        "model_selection/tests/test_classification_threshold.py",
+    ),
+}
+# Seconds a test may take before it fails as hung.
+TIMEOUT = 300
 
 
-def run_tests(directory, pytest_args):
-    """Copy the tests into ``directory``, run them; return their outcomes."""
-    tests = os.path.join(os.path.dirname(sklearn.__file__), "model_selection", "tests")
-    for name in FILES:
-        shutil.copy(os.path.join(tests, name), directory)
-    shutil.copy(os.path.join(HERE, "fidelity", "conftest.py"), directory)
-    report = os.path.join(directory, "report.xml")
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        directory,
-        "-p",
-        "no:cacheprovider",
-        "-o",
-        "addopts=",
-        "-q",
-        "-rfE",
-        "--disable-warnings",  # their summary: thousands of lines
-        f"--junitxml={report}",
-        *pytest_args,
-    ]
-    subprocess.run(command, cwd=directory, check=False)
-    return _outcomes(report)
+def run_face(face, pytest_args, timeout):
+    """Run the tests of ``face`` in a directory of their own; return outcomes."""
+    directory = tempfile.mkdtemp(prefix=f"sklearn_ipp-sklearn-tests-{face}-")
+    try:
+        package = os.path.dirname(sklearn.__file__)
+        for path in FACES[face]:
+            shutil.copy(os.path.join(package, path), directory)
+        shutil.copy(os.path.join(HERE, "fidelity", "conftest.py"), directory)
+        report = os.path.join(directory, "report.xml")
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            directory,
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            "-q",
+            "-rfE",
+            "--disable-warnings",  # their summary: thousands of lines
+            f"--timeout={timeout}",
+            f"--junitxml={report}",
+            *pytest_args,
+        ]
+        environ = {**os.environ, "SKLEARN_IPP_FIDELITY_FACE": face}
+        subprocess.run(command, cwd=directory, env=environ, check=False)
+        return _outcomes(report, face)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-def _outcomes(report):
-    """Return ``{file: {"passed": n, "failed": [test, ...], "skipped": n}}``."""
-    outcomes = {name: {"passed": 0, "failed": [], "skipped": 0} for name in FILES}
+def _outcomes(report, face):
+    """Return ``{"face/file": {"passed": n, "failed": [test, ...], "skipped": n}}``."""
+    names = [os.path.basename(path) for path in FACES[face]]
+    outcomes = {
+        f"{face}/{name}": {"passed": 0, "failed": [], "skipped": 0} for name in names
+    }
     for case in ET.parse(report).getroot().iter("testcase"):
-        module = case.get("classname", "").split(".")[0] + ".py"
-        if module not in outcomes:
+        key = f"{face}/{case.get('classname', '').split('.')[0]}.py"
+        if key not in outcomes:
             continue
-        test = f"{module}::{case.get('name')}"
+        test = f"{key}::{case.get('name')}"
         if case.find("failure") is not None or case.find("error") is not None:
-            outcomes[module]["failed"].append(test)
+            outcomes[key]["failed"].append(test)
         elif case.find("skipped") is not None:
-            outcomes[module]["skipped"] += 1
+            outcomes[key]["skipped"] += 1
         else:
-            outcomes[module]["passed"] += 1
+            outcomes[key]["passed"] += 1
     return outcomes
 
 
@@ -88,29 +125,44 @@ def main():
     parser.add_argument(
         "--mode", choices=["cluster", "in-process", "loky"], default="cluster"
     )
+    parser.add_argument("--face", choices=sorted(FACES), action="append")
+    parser.add_argument(
+        "--timeout", type=int, default=TIMEOUT, help="seconds per test (%(default)s)"
+    )
     args, pytest_args = parser.parse_known_args()
+    if importlib.util.find_spec("pytest_timeout") is None:
+        print(
+            "pytest-timeout is not installed: every test needs a time limit. "
+            'Install the test extra: pip install -e ".[test]"'
+        )
+        return 1
     os.environ["SKLEARN_IPP_FIDELITY_MODE"] = args.mode
-    directory = tempfile.mkdtemp(prefix="sklearn_ipp-sklearn-tests-")
-    try:
-        outcomes = run_tests(directory, pytest_args)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    faces = args.face or list(FACES)
+    outcomes, seconds = {}, {}
+    for face in faces:
+        start = time.monotonic()
+        outcomes.update(run_face(face, pytest_args, args.timeout))
+        seconds[face] = time.monotonic() - start
     with open(RECORD) as f:
         record = json.load(f)
     print(f"\nscikit-learn {sklearn.__version__}'s tests, {args.mode}:")
     header = ("passed", "failed", "skipped", "recorded")
-    print(f"{'file':30s} {' '.join(f'{h:>8s}' for h in header)}")
+    print(f"{'face/file':42s} {' '.join(f'{h:>8s}' for h in header)}")
     for name, outcome in outcomes.items():
         recorded = record["passed"].get(name, "-")
         print(
-            f"{name:30s} {outcome['passed']:8d} {len(outcome['failed']):8d} "
+            f"{name:42s} {outcome['passed']:8d} {len(outcome['failed']):8d} "
             f"{outcome['skipped']:8d} {recorded!s:>8s}"
         )
+    print(", ".join(f"{face}: {s:.0f} s" for face, s in seconds.items()))
     failed = sorted(test for o in outcomes.values() for test in o["failed"])
     if args.mode != "cluster":
         print("\n".join(["Failed:", *failed]))
         return 0
     if args.record:
+        if args.face is not None or pytest_args:
+            print("--record takes a run of every face, without pytest arguments.")
+            return 1
         record = {
             "scikit-learn": sklearn.__version__,
             "passed": {name: o["passed"] for name, o in outcomes.items()},
@@ -121,6 +173,10 @@ def main():
             f.write("\n")
         print(f"Recorded in {RECORD}.")
         return 0
+    return _check(outcomes, failed, record)
+
+
+def _check(outcomes, failed, record):
     problems = []
     if sum(o["passed"] for o in outcomes.values()) == 0:
         problems.append("no test passed: the run is broken")

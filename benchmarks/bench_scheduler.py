@@ -181,8 +181,11 @@ class SimulatedCluster:
         """Return no message: the controller's queue is open to every engine."""
         return []
 
-    def take_all(self):
-        """Forget every message in flight; return their handles and tasks."""
+    def take_all(self, owner=None):
+        """Forget every message in flight; return their handles and tasks.
+
+        Every call of the simulation is the same owner's.
+        """
         in_flight, self._in_flight = self._in_flight, {}
         return list(in_flight), [task for tasks in in_flight.values() for task in tasks]
 
@@ -271,6 +274,7 @@ def simulate(
             cluster.at(when, cluster.join, engine_id)
 
     cpu = time.process_time()
+    scheduler.start(thread=False)  # this loop calls step() instead
     scheduler.start_call()
     scheduler.submit(tasks, [])
     scheduler.release()

@@ -20,6 +20,7 @@ from ._engines import (
     one_engine_per_host,
 )
 from ._exceptions import (
+    BackendStoppedError,
     CheckpointWarning,
     ClusterNotFoundError,
     ControllerLostError,
@@ -70,6 +71,7 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     "hosts_free_memory",
     "one_engine_per_host",
     # Errors
+    "BackendStoppedError",
     "CheckpointWarning",
     "ClusterNotFoundError",
     "ControllerLostError",

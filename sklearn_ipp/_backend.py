@@ -8,7 +8,9 @@ at their stored fold (``_folds``) and looked up in the checkpoint, and the
 hands results back through joblib's callback. Every other task takes the
 *generic path*: numpy arrays of at least ``max_nbytes`` anywhere in it are
 written once into the store, keyed by their content, and sent as references
-(see ``_pickling.dumps``).
+(see ``_pickling.dumps``). Each joblib ``Parallel`` makes its calls through
+a ``ParallelCalls`` of its own (``_calls``), so that any number of them,
+nested or in turn, share the backend.
 
 ``on_cluster`` wires a store, a progress bar and a backend around a block of
 scikit-learn code (the searches, the curves and their displays);
@@ -16,26 +18,27 @@ scikit-learn code (the searches, the curves and their displays);
 """
 
 import contextlib
-import contextvars
 import numbers
-import sys
+import threading
 import weakref
 
 from joblib import parallel_config, register_parallel_backend
+from joblib._parallel_backends import FallbackToBackend
 from joblib.disk import memstr_to_bytes
 from joblib.parallel import ParallelBackendBase, get_active_backend
 
+from ._calls import ParallelCalls
 from ._checkpoint import KEPT_RESULTS_NOTE, SavedFits
 from ._cluster import DEFAULT_TIMEOUT, resolve_cluster
 from ._controller import ControllerWatch
+from ._exceptions import BackendStoppedError
 from ._fit_and_score import fit_and_score_arguments
 from ._folds import FoldIndex, _without_callbacks
 from ._hosts import EngineLosses, EngineRoster
 from ._messages import Messenger
-from ._output import current_warning_filters
 from ._prefix import prefix_plan
 from ._results import FitProgress
-from ._scheduler import MESSAGES_PER_ENGINE, ErrorsInOrder, Job, Scheduler, Task
+from ._scheduler import Scheduler, Task
 from ._store import MMAP_MIN_BYTES, Store
 
 __all__ = ["DEFAULT_RETRIES", "ClusterBackend", "on_cluster", "register_backend"]
@@ -59,6 +62,12 @@ class _Count:
 
 class ClusterBackend(ParallelBackendBase):
     """Run joblib tasks on the engines of an ipyparallel cluster.
+
+    joblib keeps one instance for a ``parallel_config`` block and gives it
+    to every ``Parallel`` made there; each makes its calls through a
+    ``ParallelCalls`` of its own, and all share this backend's connection,
+    store, folds and scheduling thread, which stay while any ``Parallel``
+    holds them.
 
     Parameters
     ----------
@@ -88,12 +97,14 @@ class ClusterBackend(ParallelBackendBase):
         thread when tasks finish.
     on_result : callable or None, default=None
         Called as ``on_result(call, arguments, result)`` from the scheduling
-        thread for every successful ``_fit_and_score`` task, ``call``
-        counting the backend's Parallel calls.
+        thread for every successful ``_fit_and_score`` task of the first
+        ``Parallel`` to use the backend (a search's own), ``call`` counting
+        the backend's Parallel calls. Not for the tasks of other ``Parallel``
+        objects, such as a search fitted inside a custom ``_run_search``.
     candidate_position : callable or None, default=None
-        ``candidate_position(candidate_index)``: the fits of candidates run
-        in the order of these positions (see the randomized search). None:
-        in the order they came.
+        ``candidate_position(candidate_index)``: the fits of candidates of
+        the first ``Parallel`` to use the backend run in the order of these
+        positions (see the randomized search). None: in the order they came.
     retries : int, default=3
         Times a task is sent again after the engine running it died. Errors
         raised by the task itself are never retried.
@@ -169,10 +180,13 @@ class ClusterBackend(ParallelBackendBase):
         )
         self._resources = _Resources(client, store, store_dir, self.engine_wait)
         weakref.finalize(self, self._resources.close)
-        self._scheduler = None  # made with the roster at the first configure
+        self._scheduler = None  # made with the roster when first held
         self._cancelled = None  # what cancel() was given
         self._messenger = None
-        self._in_order = ErrorsInOrder()
+        self._lock = threading.Lock()
+        self._holders = set()  # the ParallelCalls holding the backend
+        self._first_calls = None  # those of the first Parallel, a search's own
+        self._closed = False
 
     @property
     def connection(self):
@@ -221,18 +235,82 @@ class ClusterBackend(ParallelBackendBase):
         return max(2, len(self.connection.engine_ids))
 
     def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
-        """Start the scheduling thread; return how many tasks to keep going.
+        """Hand the ``Parallel`` calls of its own (joblib's fallback).
 
-        That is ``MESSAGES_PER_ENGINE`` per engine, the messages this backend
-        keeps in flight, rather than the number of engines: joblib sizes its
-        ``pre_dispatch`` window with it, and the larger window lets the
-        scheduler see tasks of the same split together.
+        joblib then configures that ``ParallelCalls``, which holds this
+        backend until joblib terminates it.
         """
-        self.parallel = parallel
-        if self._scheduler is None:
-            self._scheduler = self._make_scheduler()
-        self._scheduler.start()
-        return MESSAGES_PER_ENGINE * self.effective_n_jobs(n_jobs)
+        raise FallbackToBackend(ParallelCalls(self, parallel))
+
+    def submit(self, func, callback=None):
+        """Refuse: joblib submits through the ``ParallelCalls`` of ``configure``."""
+        raise RuntimeError(
+            "ClusterBackend.configure() hands each Parallel the calls it submits "
+            "through; joblib calls it before submitting."
+        )
+
+    # joblib < 1.5 requires apply_async.
+    apply_async = submit
+
+    def hold(self, calls):
+        """Start the scheduling thread for ``calls``, if needed; return it.
+
+        Raises ``BackendStoppedError`` once the backend is closed, and the
+        cluster's errors (no cluster, no engine in time) as they come.
+        """
+        with self._lock:
+            if self._closed:
+                raise BackendStoppedError(
+                    "The backend is closed: the search or with block it was "
+                    "made for has ended. Make the call inside an open "
+                    '`parallel_config(backend="ipyparallel")` block.'
+                )
+            if self._scheduler is None:
+                self._scheduler = self._make_scheduler()
+            self._scheduler.start()
+            if self._first_calls is None:
+                self._first_calls = calls
+            if self._cancelled is not None:
+                self._scheduler.stop(self._cancelled, cancel=True)
+            self._holders.add(calls)
+            return self._scheduler
+
+    def let_go(self, calls):
+        """Forget ``calls``; shut the scheduler down when nothing holds it.
+
+        Its stored folds are removed then; the store and the connection stay
+        until :meth:`close`.
+        """
+        # Under the lock: a Parallel holding the backend meanwhile would find
+        # it shut down. The scheduling thread never takes this lock.
+        with self._lock:
+            self._holders.discard(calls)
+            if not self._holders and self._scheduler is not None:
+                self._scheduler.shutdown()
+
+    def tasks_of(self, job, items, calls):
+        """Make the tasks of a joblib batch of ``calls``; return them and those saved.
+
+        ``(tasks, saved)``: the tasks to run, and the ``(task, result)`` of
+        those whose result the checkpoint has.
+        """
+        if self._cancelled is not None:
+            raise self._cancelled
+        ordered = calls is self._first_calls and self.candidate_position is not None
+        tasks, saved = [], []
+        for index, (function, args, kwargs) in enumerate(items):
+            task = self._make_task(job, index, function, args, kwargs, ordered)
+            found, result = (False, None)
+            if task.split_key is not None and self.saved_fits is not None:
+                found, result = self.saved_fits.look_up(task)
+            if found:
+                task.saved = True
+                saved.append((task, result))
+            else:
+                if task.split_key is not None and self.reuse_prefixes:
+                    self._share_prefix(task)
+                tasks.append(task)
+        return tasks, saved
 
     def _make_scheduler(self):
         roster = self._resources.roster = EngineRoster(
@@ -268,94 +346,8 @@ class ClusterBackend(ParallelBackendBase):
         roster.refresh()
         return scheduler
 
-    def start_call(self):
-        """Hold sending until joblib has handed over this call's first tasks."""
-        # The batches of an earlier call that was aborted may never finish:
-        # each call's errors are ordered among its own batches only.
-        self._in_order = ErrorsInOrder()
-        self._messenger.warning_filters = current_warning_filters()
-        if getattr(sys.flags, "context_aware_warnings", False):
-            # Warnings filters and catch_warnings blocks live in the caller's
-            # context: the tasks' warnings are issued again there.
-            self._messenger.context = contextvars.copy_context()
-        self._scheduler.start_call()
-
-    def compute_batch_size(self):
-        """Return 1: this backend packs tasks into messages itself."""
-        return 1
-
-    def submit(self, func, callback=None):
-        """Queue a joblib batch; ``callback`` runs when all its tasks are done."""
-        if self._cancelled is not None:
-            raise self._cancelled
-        items = list(func.items) if hasattr(func, "items") else [(func, (), {})]
-        job = Job(len(items), self._in_order.callback(callback))
-        tasks, saved = [], []
-        for index, (function, args, kwargs) in enumerate(items):
-            task = self._make_task(job, index, function, args, kwargs)
-            found, result = (False, None)
-            if task.split_key is not None and self.saved_fits is not None:
-                found, result = self.saved_fits.look_up(task)
-            if found:
-                task.saved = True
-                saved.append((task, result))
-            else:
-                if task.split_key is not None and self.reuse_prefixes:
-                    self._share_prefix(task)
-                tasks.append(task)
-        self._scheduler.submit(tasks, saved)
-        return job
-
-    # joblib < 1.5 calls apply_async instead of submit.
-    apply_async = submit
-
-    def retrieve_result_callback(self, out):
-        """Return the results of a finished batch, or raise its error."""
-        return out.get()
-
-    @contextlib.contextmanager
-    def retrieval_context(self):
-        """Send tasks only once joblib has handed over its first batches.
-
-        joblib enters this after dispatching what ``pre_dispatch`` allows, so
-        the scheduler sees the whole queue and can order it fold by fold.
-        For a search, the rest of its fit tasks are asked for first (see
-        :meth:`_look_ahead`).
-        """
-        self._look_ahead()
-        self._scheduler.release()
-        yield
-
-    def _look_ahead(self):
-        """Have joblib hand over the rest of a search's fit tasks now.
-
-        scikit-learn's searches keep joblib's default ``pre_dispatch`` of
-        ``2*n_jobs``: joblib would hand over a new task only as one ends, in
-        candidate order, so that the scheduler would see a few tasks of each
-        split at a time and store each large split again for every few
-        candidates. A fit task says how many candidates and splits its
-        search has; up to ``LOOK_AHEAD_TASKS`` more of them are taken from
-        joblib's iterator here, as joblib's own callbacks take them (under
-        its lock, while it still iterates), before any is sent. A search's
-        tasks carry references to the data, not copies. Other calls keep
-        joblib's window.
-        """
-        parallel = self.parallel
-        lock = getattr(parallel, "_lock", None)
-        if lock is None:
-            return
-        for _ in range(LOOK_AHEAD_TASKS):
-            if self.folds.n_fit_tasks_to_come() <= 0:
-                return
-            with lock:
-                if getattr(parallel, "_original_iterator", None) is None or getattr(
-                    parallel, "_aborting", False
-                ):
-                    return
-                parallel.dispatch_next()
-
     def abort_everything(self, ensure_ready=True):
-        """Drop queued tasks, abort queued messages, interrupt running ones."""
+        """Stop the tasks of every call; without ``ensure_ready``, terminate."""
         if not ensure_ready:
             self.terminate()
         elif self._scheduler is not None:
@@ -373,35 +365,41 @@ class ClusterBackend(ParallelBackendBase):
             self._scheduler.stop(exc, cancel=True)
 
     def terminate(self):
-        """Stop everything still running, remove every stored fold.
+        """Shut the scheduler down whoever holds it, remove every stored fold.
 
-        Called at the end of every call; after an interrupt or an error in
-        the client, tasks may still be queued or running: they are aborted
-        and interrupted, so that the engines are free for the next call.
+        The tasks of every call still queued or running fail with
+        ``BackendStoppedError``, as do the calls of ``Parallel`` objects
+        that still held the backend; later ones start it again. joblib
+        terminates each ``Parallel``'s ``ParallelCalls`` instead.
         """
-        if self._scheduler is not None:
-            self._scheduler.shutdown()
+        with self._lock:
+            self._holders.clear()
+            if self._scheduler is not None:
+                self._scheduler.shutdown()
 
     def close(self):
         """Terminate, then close what this backend opened.
 
         That is the copies of the store on hosts without the client's
         filesystem, and the store and connection unless they were given.
-        Otherwise done when the backend is garbage collected.
+        Otherwise done when the backend is garbage collected. Calls made
+        after it fail at once with ``BackendStoppedError``.
         """
+        with self._lock:
+            self._closed = True
         self.terminate()
         self._resources.close()
 
     # Tasks -----------------------------------------------------------------
 
-    def _make_task(self, job, index, function, args, kwargs):
+    def _make_task(self, job, index, function, args, kwargs, ordered):
         task = Task(job, index, function, args, kwargs)
         arguments = fit_and_score_arguments(function, args, kwargs)
         if arguments is not None:
             task.arguments = arguments
             task.split_key, task.fold, task.rows = self.folds.fold_of(arguments)
             candidate = arguments.get("candidate_progress")
-            if self.candidate_position is not None and candidate is not None:
+            if ordered and candidate is not None:
                 task.position = self.candidate_position(candidate[0])
         return task
 
@@ -425,20 +423,14 @@ class ClusterBackend(ParallelBackendBase):
             return
         if self.saved_fits is not None and not task.saved:
             self.saved_fits.save(task, value)
-        if self.on_result is not None:
-            self.on_result(task.call, task.arguments, value)
+        if self.on_result is not None and task.owner is self._first_calls:
+            self.on_result(task.call.number, task.arguments, value)
 
     def _write(self, obj, rows=None, columns=None):
         return self._resources.write(obj, rows, columns)
 
     def _persist(self, array):
         return self._resources.persist(array, self.folds.hash(array))
-
-
-# The most of a search's fit tasks asked for beyond joblib's window before
-# the first is sent (see ClusterBackend._look_ahead); each is a few
-# references and the candidate's parameters.
-LOOK_AHEAD_TASKS = 100_000
 
 
 class _Resources:

@@ -5,6 +5,7 @@ same kind of failure, so ``except TimeoutError`` keeps working.
 """
 
 __all__ = [
+    "BackendStoppedError",
     "CheckpointWarning",
     "ClusterNotFoundError",
     "ControllerLostError",
@@ -82,6 +83,18 @@ class ControllerLostError(_CallCut, ConnectionError):
         Tasks that finished before the error.
     n_submitted : int
         Tasks handed to the cluster.
+    """
+
+
+class BackendStoppedError(RuntimeError):
+    """The joblib backend cannot run a call: nothing would ever run its tasks.
+
+    Raised at once by a call made after the backend was closed (its search
+    or ``with`` block ended), after the ``Parallel`` context that held it
+    ended, or after its scheduling thread ended on an error (which is then
+    the ``__cause__``); and by the tasks of a call still running when the
+    backend was shut down. Make a new ``Parallel`` call inside an open
+    ``parallel_config(backend="ipyparallel")`` block.
     """
 
 

@@ -82,12 +82,6 @@ class Messenger:
         self._persist = persist
         self._max_nbytes = max_nbytes
         self._on_reply = on_reply
-        # The context of the call the tasks came from, where their warnings
-        # are issued again when Python keeps warning filters per context
-        # (free-threaded builds); None: any thread's will do.
-        self.context = None
-        # The warning filters of that call, which its tasks run under.
-        self.warning_filters = None
         self._view = None
         self._lock = threading.Lock()
         # message id -> (AsyncResult, tasks, the engines it may run on,
@@ -107,10 +101,11 @@ class Messenger:
         return len(self._in_flight)
 
     def send(self, tasks):
-        """Send one message of ``tasks`` to one of the ready engines.
+        """Send one message of ``tasks``, of one call, to one of the ready engines.
 
-        Returns False, sending nothing, when a ready engine is already
-        unknown to ipyparallel (it left since the roster was refreshed).
+        They run under the warning filters of their call (``Call``). Returns
+        False, sending nothing, when a ready engine is already unknown to
+        ipyparallel (it left since the roster was refreshed).
         """
         # Only to engines whose host holds the data, which excludes engines
         # that joined but are not probed yet.
@@ -118,8 +113,9 @@ class Messenger:
         thread_limits = self._roster.thread_limits(self._n_threads)
         items = [task.message_item() for task in tasks]
         generation = by_value_generation()
+        call = tasks[0].call
         payload = dumps(
-            (items, self.warning_filters),
+            (items, None if call is None else call.warning_filters),
             persist=None if self._max_nbytes is None else self._persist,
             min_nbytes=self._max_nbytes or 0,
         )
@@ -181,11 +177,18 @@ class Messenger:
             )
         return stranded
 
-    def take_all(self):
-        """Forget every message in flight; return their handles and tasks."""
+    def take_all(self, owner=None):
+        """Forget the messages in flight of ``owner``'s calls (None: all).
+
+        Returns their handles and tasks.
+        """
         with self._lock:
-            entries = list(self._in_flight.values())
-            self._in_flight.clear()
+            taken = [
+                msg_id
+                for msg_id, entry in self._in_flight.items()
+                if owner is None or entry[1][0].owner is owner
+            ]
+            entries = [self._in_flight.pop(msg_id) for msg_id in taken]
         return [entry[0] for entry in entries], [
             task for entry in entries for task in entry[1]
         ]
@@ -243,18 +246,11 @@ class Messenger:
             try:
                 for said in (said_before, output):
                     if said is not None:
-                        self._replay(said, task.caller)
+                        _replay(said, task)
             except Exception as exc:  # a warning the user's filters make an error
                 outcome = (False, exc)
             read.append(outcome)
         return read, seconds
-
-    def _replay(self, output, caller):
-        """Say what a task said on its engine here, before its result is used."""
-        if self.context is None:
-            output.replay(caller)
-        else:
-            self.context.run(output.replay, caller)
 
     def stop(self, async_results, end_stuck=True):
         """Abort messages still queued; stop the tasks of those running.
@@ -307,6 +303,18 @@ class Messenger:
             timer.daemon = True
             timer.name = "sklearn_ipp-stuck-engines"
             timer.start()
+
+
+def _replay(output, task):
+    """Say what a task said on its engine here, before its result is used.
+
+    In its call's context, when Python keeps warning filters per context.
+    """
+    context = None if task.call is None else task.call.context
+    if context is None:
+        output.replay(task.caller)
+    else:
+        context.run(output.replay, task.caller)
 
 
 def _end_stuck_engines(signalled, pids, client):

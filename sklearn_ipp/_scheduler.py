@@ -7,7 +7,14 @@ the stored folds into messages sized to hide the per-message cost, keeps
 ``MESSAGES_PER_ENGINE`` messages in flight per engine, and turns replies into
 finished tasks: sent again when their engine died (up to ``retries`` times)
 or a stray stop signal cut them short, failed when no engine is left for
-``engine_wait`` seconds. A ``Job`` is joblib's handle on one batch.
+``engine_wait`` seconds. A ``Job`` is joblib's handle on one batch, a
+``Call`` one ``Parallel`` call, whose tasks can be stopped without stopping
+those of other calls.
+
+Every task submitted ends, with its result or an error: none is dropped
+silently, and a scheduler that cannot send tasks (shut down, or its thread
+ended) refuses them at once (``BackendStoppedError``), so that no caller
+waits for a task that nothing will run.
 """
 
 import itertools
@@ -17,10 +24,18 @@ import threading
 import time
 from collections import OrderedDict, deque
 
-from ._exceptions import ControllerLostError
+from ._exceptions import BackendStoppedError, ControllerLostError
 from ._messages import ENGINE_LOST, SEND_AGAIN, STOPPED
 
-__all__ = ["ErrorsInOrder", "Job", "PrefixTask", "Scheduler", "Task", "TaskQueues"]
+__all__ = [
+    "Call",
+    "ErrorsInOrder",
+    "Job",
+    "PrefixTask",
+    "Scheduler",
+    "Task",
+    "TaskQueues",
+]
 
 logger = logging.getLogger("sklearn_ipp")
 
@@ -70,6 +85,31 @@ class Job:
         if self.exception is not None:
             raise self.exception
         return self.results
+
+
+class Call:
+    """One joblib ``Parallel`` call: the number ordering its tasks, their settings.
+
+    Parameters
+    ----------
+    owner : object or None, default=None
+        Whose call it is (the backend's ``ParallelCalls``):
+        ``Scheduler.stop(owner=...)`` stops its tasks and no others.
+    warning_filters : list or None, default=None
+        The caller's ``warnings.filters``, which its tasks run under.
+    context : contextvars.Context or None, default=None
+        Where its tasks' warnings are issued again, when Python keeps
+        warning filters per context (free-threaded builds); None: in the
+        thread that reads the reply.
+    """
+
+    __slots__ = ("context", "number", "owner", "warning_filters")
+
+    def __init__(self, owner=None, warning_filters=None, context=None):
+        self.owner = owner
+        self.warning_filters = warning_filters
+        self.context = context
+        self.number = 0  # given by Scheduler.start_call
 
 
 class ErrorsInOrder:
@@ -154,7 +194,7 @@ class Task:
         self.arguments = self.fold = self.split_key = None
         self.rows = None  # its rows of its fold (see Fold.rewrite)
         self.position = 0  # of its candidate in the search's running order
-        self.call = 0  # which Parallel call of the backend submitted it
+        self.call = None  # the Call that submitted it
         self.order = None  # tasks are sent in this order, fold permitting
         self.attempts = 0  # times sent to an engine that then died
         self.n_stops = 0  # times stopped by a signal meant for another message
@@ -171,6 +211,11 @@ class Task:
         if self.prefix is not None:
             return self.prefix.key
         return None if self.fold is None else self.fold.key
+
+    @property
+    def owner(self):
+        """Whose call submitted the task (see ``Call``), or None."""
+        return None if self.call is None else self.call.owner
 
     @property
     def stored(self):
@@ -239,8 +284,8 @@ class PrefixTask(Task):
             prefix.rows,
         )
         self.split_key = candidate.split_key
-        call, position, order = candidate.order
-        self.call, self.order = call, (call, position, order - 0.5)
+        number, position, order = candidate.order
+        self.call, self.order = candidate.call, (number, position, order - 0.5)
 
     @property
     def kind(self):
@@ -300,10 +345,18 @@ class TaskQueues:
         waiting = self._waiting.get(key)
         return min(waiting, key=_order) if waiting else None
 
-    def clear(self):
-        """Empty every queue; return the tasks that were waiting."""
-        tasks = [task for waiting in self._waiting.values() for task in waiting]
-        self._waiting.clear()
+    def clear(self, owner=None):
+        """Take the waiting tasks of ``owner``'s calls (None: all); return them."""
+        if owner is None:
+            tasks = [task for waiting in self._waiting.values() for task in waiting]
+            self._waiting.clear()
+        else:
+            tasks = []
+            for key, waiting in list(self._waiting.items()):
+                kept = deque()
+                for task in waiting:
+                    (tasks if task.owner is owner else kept).append(task)
+                self._waiting[key] = kept
         self.version += 1
         return tasks
 
@@ -312,7 +365,8 @@ class TaskQueues:
 
         The first tasks in order among those of all stored folds, which may
         share a message so that short fits fill messages even when each fold
-        has few tasks left per engine; then tasks without data.
+        has few tasks left per engine; then tasks without data. A message
+        carries the tasks of one call, which can be stopped alone.
         """
         keys = self.keys()
         for key in self._unsorted.intersection(keys):
@@ -335,6 +389,8 @@ class TaskQueues:
         last = size == 1 and n_waiting <= n_in_flight_max and self._seconds_by_kind
         for _ in range(size):
             first = min(filter(None, queues), key=lambda waiting: waiting[0].order)
+            if tasks and first[0].call is not tasks[0].call:
+                break  # queues are in order: the first call has no task left
             if last:
                 first = self._longest_first(first[0].key)
             tasks.append(first.popleft())
@@ -435,30 +491,47 @@ class Scheduler:
         self._handling = []  # the tasks of the reply being handled
         self._order = itertools.count()
         self._n_calls = 0
+        self._call = None  # the last call started
         self._sending = False
         self._nothing_to_store = None  # (queues, folds) versions, see _store_folds
         self._last_submit = time.monotonic()
         self._cancelled = None
+        self._open = False  # taking tasks: started, not shut down
         self._stopping = False
         self._thread = None
 
     # What the backend calls -------------------------------------------------
 
-    def start(self):
-        """Start the scheduling thread, if it is not running."""
-        if self._thread is None:
-            self._stopping = False
-            self._cancelled = None  # by a thread that failed in an earlier call
-            self._thread = threading.Thread(
-                target=self._run, name="sklearn_ipp-scheduler", daemon=True
-            )
-            self._thread.start()
+    def start(self, thread=True):
+        """Take tasks, and send them from a thread of the scheduler's own.
 
-    def start_call(self):
-        """Hold sending until the new call's first tasks are all submitted."""
+        Does nothing if started already. ``thread=False``: no thread; whoever
+        calls :meth:`step` sends them (``benchmarks/bench_scheduler.py``).
+        """
+        with self._condition:
+            if self._open:
+                return
+            self._open = True
+            self._stopping = False
+            self._cancelled = None  # by a thread that failed before a shutdown
+            if thread:
+                self._thread = threading.Thread(
+                    target=self._run, name="sklearn_ipp-scheduler", daemon=True
+                )
+                self._thread.start()
+
+    def start_call(self, call=None):
+        """Give ``call`` its number; hold sending until its first tasks are in.
+
+        Returns the call (a new one without owner nor settings if None).
+        """
+        call = Call() if call is None else call
         with self._condition:
             self._sending = False
             self._n_calls += 1
+            call.number = self._n_calls
+            self._call = call
+        return call
 
     def release(self):
         """Send the tasks held since ``start_call``."""
@@ -466,14 +539,20 @@ class Scheduler:
             self._sending = True
             self._condition.notify_all()
 
-    def submit(self, tasks, saved):
-        """Queue ``tasks``; ``saved`` are ``(task, result)`` not to run."""
+    def submit(self, tasks, saved, call=None):
+        """Queue ``tasks`` of ``call``; ``saved`` are ``(task, result)`` not to run.
+
+        ``call`` None: the last call started. Raises, queueing nothing, when
+        no task would ever be sent: the scheduler is shut down or cancelled,
+        or its thread ended.
+        """
         with self._condition:
-            if self._cancelled is not None:
-                raise self._cancelled
+            self._check_open()
+            call = self._call if call is None else call
             for task in itertools.chain(tasks, (task for task, _ in saved)):
-                task.call = self._n_calls
-                task.order = (task.call, task.position, next(self._order))
+                task.call = call
+                number = 0 if call is None else call.number
+                task.order = (number, task.position, next(self._order))
                 for fold in task.folds:
                     fold.n_outstanding += 1  # until _finish
             for task in tasks:
@@ -494,44 +573,73 @@ class Scheduler:
         with self._condition:
             self._condition.notify_all()
 
-    def stop(self, exc=None, cancel=False):
-        """Drop every task queued or running; fail them with ``exc`` if given.
+    def stop(self, exc=None, cancel=False, owner=None):
+        """Stop the tasks queued or running of ``owner``'s calls (None: all).
 
         The one way tasks are stopped (from any thread): messages still
-        queued on the cluster are aborted, running ones interrupted. With
-        ``cancel``, tasks submitted from now on fail with ``exc`` too, so
-        that joblib ends the call with it.
+        queued on the cluster are aborted, running ones interrupted. The
+        tasks fail with ``exc``, or with ``BackendStoppedError`` if None
+        (joblib, which aborted the call, no longer waits for them; anyone
+        else would learn why). With ``cancel``, tasks submitted from now on
+        fail with ``exc`` too, so that joblib ends the call with it.
         """
         with self._condition:
             if cancel:
                 self._cancelled = exc
-            dropped = self._queues.clear() + [task for task, _ in self._saved]
-            self._saved.clear()
-            handles, sent = self._messenger.take_all()
-            if exc is None:
-                for task in dropped + sent:
-                    if task.internal:  # whatever waits for it runs whole
-                        task.finished = task.fits.plain = True
-                    for fold in task.folds:
-                        fold.n_outstanding -= 1
-        if exc is not None:
-            for task in dropped + sent:
-                self._finish(task, False, exc)
+            dropped = self._queues.clear(owner)
+            kept = deque()
+            for task, result in self._saved:
+                if owner is None or task.owner is owner:
+                    dropped.append(task)
+                else:
+                    kept.append((task, result))
+            self._saved = kept
+            handles, sent = self._messenger.take_all(owner)
+        if exc is None:
+            exc = BackendStoppedError(
+                "The task was stopped before it ended: its Parallel call was "
+                "aborted, or the backend shut down."
+            )
+        self._finish_all(dropped + sent, exc)
         # A lost controller answers nothing: its engines are not stuck.
         self._messenger.stop(
             handles, end_stuck=not isinstance(exc, ControllerLostError)
         )
 
     def shutdown(self):
-        """Stop the thread and every task, remove every stored fold."""
+        """Stop the thread and every task, remove every stored fold.
+
+        Tasks submitted from now on are refused until :meth:`start`.
+        """
         with self._condition:
+            self._open = False
             self._stopping = True
             self._condition.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self._thread = None
-        self.stop()
+        self.stop(
+            BackendStoppedError(
+                "The backend shut down while the task was queued or running."
+            )
+        )
         self._folds.clear()
+
+    def _check_open(self):
+        """Raise why no task submitted now would be sent (with the lock held)."""
+        if self._cancelled is not None:
+            raise self._cancelled
+        if not self._open:
+            raise BackendStoppedError(
+                "The backend is shut down: its Parallel call, or the with "
+                "block it was made for, has ended. Make the call inside an "
+                'open `parallel_config(backend="ipyparallel")` block.'
+            )
+        if self._thread is not None and not self._thread.is_alive():
+            raise BackendStoppedError(
+                "The backend's scheduling thread has ended, so no task would "
+                "be sent; start a new Parallel call."
+            )
 
     # The scheduling thread --------------------------------------------------
 
@@ -552,10 +660,26 @@ class Scheduler:
                         return
                 self.step()
         except BaseException as exc:  # surfaced to joblib through the jobs
-            for task in self._handling:  # taken from the messenger already
+            # No thread sends what comes next: every task fails with the
+            # error, those taken from the messenger already included, and so
+            # does every task submitted until the next start.
+            with self._condition:
+                handling, self._handling = self._handling, []
+            self._finish_all(handling, exc)
+            try:
+                self.stop(exc, cancel=True)
+            except BaseException:
+                logger.exception("Stopping the tasks after an error failed.")
+                with self._condition:
+                    self._cancelled = exc
+
+    def _finish_all(self, tasks, exc):
+        """Fail ``tasks``; one whose callback fails does not keep others waiting."""
+        for task in tasks:
+            try:
                 self._finish(task, False, exc)
-            # No thread sends what comes next: the rest of the call fails too.
-            self.stop(exc, cancel=True)
+            except Exception:
+                logger.exception("A stopped task's callback failed.")
 
     def step(self):
         """Do what is to be done now: replies, engines lost, folds, messages.
@@ -631,7 +755,12 @@ class Scheduler:
                 tasks = self._queues.next_message(self._max_in_flight())
             if not tasks:
                 return
-            if not self._messenger.send(tasks):
+            try:
+                sent = self._messenger.send(tasks)
+            except BaseException:
+                self._requeue(tasks)  # failed with the rest (see _run)
+                raise
+            if not sent:
                 # An engine left since the roster was last refreshed, and
                 # ipyparallel no longer knows its id: send again without it.
                 self._requeue(tasks)

@@ -362,6 +362,40 @@ def _engines_idle_after_test(request):
 
 
 @pytest.fixture
+def writes(monkeypatch):
+    """The number of rows of every array of the data the backends store.
+
+    Not those of fitted pipeline prefixes (see test_prefix.py), which are
+    written as the prefixes are fitted.
+    """
+    import threading
+
+    from sklearn_ipp._backend import ClusterBackend
+    from sklearn_ipp._prefix import PrefixFold
+
+    written = []
+    in_prefix = threading.local()
+    write = ClusterBackend._write
+    materialise = PrefixFold.materialise
+
+    def counting_write(self, obj, rows=None, columns=None):
+        if not getattr(in_prefix, "writing", False):
+            written.append(len(obj) if rows is None else len(rows))
+        return write(self, obj, rows, columns)
+
+    def prefix_materialise(self, *args):
+        in_prefix.writing = True
+        try:
+            return materialise(self, *args)
+        finally:
+            in_prefix.writing = False
+
+    monkeypatch.setattr(ClusterBackend, "_write", counting_write)
+    monkeypatch.setattr(PrefixFold, "materialise", prefix_materialise)
+    return written
+
+
+@pytest.fixture
 def lbview(client):
     """A load-balanced view over every engine of the session cluster."""
     return client.load_balanced_view()

@@ -1,9 +1,6 @@
 """The successive-halving searches: scikit-learn's results, the data once."""
 
-import threading
-
 import numpy as np
-import pytest
 from scipy.stats import loguniform
 from sklearn.datasets import make_classification
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401
@@ -21,42 +18,11 @@ from sklearn_ipp import (
     IPyParallelHalvingGridSearchCV,
     IPyParallelHalvingRandomSearchCV,
 )
-from sklearn_ipp._backend import ClusterBackend
-from sklearn_ipp._prefix import PrefixFold
 
 from ._sklearn_compare import assert_same_search, fit_both
 
 X, Y = make_classification(n_samples=300, n_features=8, random_state=0)
 GRID = {"C": [0.1, 1, 10], "gamma": [0.01, 0.1, 1]}
-
-
-@pytest.fixture
-def writes(monkeypatch):
-    """The number of rows of every array of the data the backends store.
-
-    Not those of fitted pipeline prefixes (see test_prefix.py), which are
-    written as the prefixes are fitted.
-    """
-    written = []
-    in_prefix = threading.local()
-    write = ClusterBackend._write
-    materialise = PrefixFold.materialise
-
-    def counting_write(self, obj, rows=None, columns=None):
-        if not getattr(in_prefix, "writing", False):
-            written.append(len(obj) if rows is None else len(rows))
-        return write(self, obj, rows, columns)
-
-    def prefix_materialise(self, *args):
-        in_prefix.writing = True
-        try:
-            return materialise(self, *args)
-        finally:
-            in_prefix.writing = False
-
-    monkeypatch.setattr(ClusterBackend, "_write", counting_write)
-    monkeypatch.setattr(PrefixFold, "materialise", prefix_materialise)
-    return written
 
 
 def test_halving_grid_equals_sklearns_and_stores_the_data_once(client, writes):

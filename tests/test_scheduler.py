@@ -15,7 +15,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from sklearn_ipp._checkpoint import DirectoryCheckpoint, SavedFits
-from sklearn_ipp._exceptions import EngineLostError
+from sklearn_ipp._exceptions import BackendStoppedError, EngineLostError
 from sklearn_ipp._folds import FoldIndex
 from sklearn_ipp._hosts import EngineLosses
 from sklearn_ipp._messages import ENGINE_LOST, STOPPED
@@ -77,10 +77,16 @@ class FakeMessenger:
             self.stranded = []
         return stranded
 
-    def take_all(self):
+    def take_all(self, owner=None):
         with self._lock:
-            in_flight, self._in_flight = self._in_flight, {}
-        return list(in_flight), [task for tasks in in_flight.values() for task in tasks]
+            taken = {
+                handle: tasks
+                for handle, tasks in self._in_flight.items()
+                if owner is None or tasks[0].owner is owner
+            }
+            for handle in taken:
+                del self._in_flight[handle]
+        return list(taken), [task for tasks in taken.values() for task in tasks]
 
     def read(self, handle, tasks):
         reply = self.replies.pop(handle)
@@ -319,7 +325,11 @@ def test_stop_drops_queued_tasks_and_stops_messages_in_flight():
         time.sleep(0.3)
         assert len(harness.messenger.sent) == 2
         wait_for(lambda: len(harness.removed) == len(harness.written))
-        assert not job.done.is_set()
+        # The stopped tasks end, with an error that says why: whoever waits
+        # for them learns it instead of waiting for ever.
+        assert job.done.is_set()
+        with pytest.raises(BackendStoppedError, match="stopped before it ended"):
+            job.get(0)
 
 
 def test_stop_with_an_error_fails_every_task_and_later_submissions():

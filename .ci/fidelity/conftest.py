@@ -1,21 +1,21 @@
-"""Run scikit-learn's own model-selection tests against sklearn_ipp.
+"""Run scikit-learn's own tests against sklearn_ipp.
 
-Copied next to the test files of the installed scikit-learn by
+Copied next to test files of the installed scikit-learn by
 ``.ci/sklearn_fidelity.py``. One ipyparallel cluster (a controller and two
 engines, as processes) runs for the session, in a temporary IPYTHONDIR, so
-that ``client=None`` finds it:
+that ``client=None`` finds it. ``SKLEARN_IPP_FIDELITY_FACE`` says how the
+tests meet sklearn_ipp:
 
-- ``test_search.py`` and ``test_successive_halving.py`` run with scikit-learn's
-  ``GridSearchCV``, ``RandomizedSearchCV``, ``HalvingGridSearchCV`` and
-  ``HalvingRandomSearchCV`` rebound to sklearn_ipp's classes, before the test
-  modules import them;
-- ``test_validation.py`` runs every test under
+- ``classes``: scikit-learn's ``GridSearchCV``, ``RandomizedSearchCV``,
+  ``HalvingGridSearchCV`` and ``HalvingRandomSearchCV`` are rebound to
+  sklearn_ipp's classes, before the test modules import them;
+- ``backend``: scikit-learn's own classes, every test under
   ``parallel_config(backend="ipyparallel")``.
 
 ``SKLEARN_IPP_FIDELITY_MODE`` set to ``in-process`` runs the same tests with
 scikit-learn's own classes and its default backend, and ``loky`` with its
-own classes under ``parallel_config(backend="loky", n_jobs=2)`` for all
-three files: the references the counts are compared with.
+own classes under ``parallel_config(backend="loky", n_jobs=2)``: the
+references the counts are compared with.
 """
 
 import logging
@@ -40,9 +40,8 @@ REBOUND = {
     "HalvingGridSearchCV": sklearn_ipp.IPyParallelHalvingGridSearchCV,
     "HalvingRandomSearchCV": sklearn_ipp.IPyParallelHalvingRandomSearchCV,
 }
-UNDER_BACKEND = ("test_validation.py",)
-
 MODE = os.environ.get("SKLEARN_IPP_FIDELITY_MODE", "cluster")
+FACE = os.environ.get("SKLEARN_IPP_FIDELITY_FACE", "classes")
 _state = {}
 
 
@@ -50,8 +49,9 @@ def pytest_configure(config):
     """Rebind the searches and start the session's cluster."""
     if MODE != "cluster":
         return
-    for name, cls in REBOUND.items():
-        setattr(sklearn.model_selection, name, cls)
+    if FACE == "classes":
+        for name, cls in REBOUND.items():
+            setattr(sklearn.model_selection, name, cls)
     ipython_dir = tempfile.mkdtemp(prefix="sklearn_ipp-fidelity-")
     os.environ["IPYTHONDIR"] = ipython_dir
     cluster = ipp.Cluster(
@@ -74,13 +74,11 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture(autouse=True)
-def _on_the_cluster(request):
+def _on_the_cluster():
     if MODE == "loky":
         with parallel_config(backend="loky", n_jobs=2):
             yield
-    elif MODE == "cluster" and (
-        os.path.basename(str(request.node.fspath)) in UNDER_BACKEND
-    ):
+    elif MODE == "cluster" and FACE == "backend":
         with parallel_config(backend="ipyparallel"):
             yield
     else:

@@ -1,0 +1,202 @@
+"""The calls of one joblib ``Parallel`` on the cluster backend.
+
+joblib keeps one backend instance for a whole ``parallel_config`` block, and
+hands it to every ``Parallel`` made inside: a search's own, held open
+around its ``_run_search`` (``with parallel:``), and those of whatever runs
+inside it (a plain search fitted in ``_run_search``, ``cross_validate``...).
+Each ``Parallel`` tells the backend when it starts and ends a call, but not
+which ``Parallel`` it is. So that one ending leaves the others working,
+``ClusterBackend.configure`` hands each ``Parallel`` a ``ParallelCalls`` of
+its own (joblib's ``FallbackToBackend``), which keeps that ``Parallel``'s
+state and shares the cluster backend's engines, store, folds and scheduler:
+these stay while any ``Parallel`` holds them, and its tasks are the only
+ones its abort or end stops.
+"""
+
+import contextlib
+import contextvars
+import sys
+
+from joblib.parallel import ParallelBackendBase
+
+from ._exceptions import BackendStoppedError
+from ._output import current_warning_filters
+from ._scheduler import MESSAGES_PER_ENGINE, Call, ErrorsInOrder, Job
+
+__all__ = ["LOOK_AHEAD_TASKS", "ParallelCalls"]
+
+# The most of a search's fit tasks asked for beyond joblib's window before
+# the first is sent (see ParallelCalls._look_ahead); each is a few
+# references and the candidate's parameters.
+LOOK_AHEAD_TASKS = 100_000
+
+
+class ParallelCalls(ParallelBackendBase):
+    """What one joblib ``Parallel`` uses of a ``ClusterBackend``.
+
+    Parameters
+    ----------
+    backend : ClusterBackend
+        Whose engines, store, folds and scheduler the calls use.
+    parallel : joblib.Parallel
+        The ``Parallel`` whose calls these are.
+    """
+
+    supports_retrieve_callback = True
+    supports_inner_max_num_threads = True
+    supports_timeout = True
+    supports_sharedmem = False
+    default_n_jobs = -1
+
+    def __init__(self, backend, parallel):
+        super().__init__(
+            nesting_level=backend.nesting_level,
+            inner_max_num_threads=backend.inner_max_num_threads,
+        )
+        self.backend = backend
+        self.parallel = parallel
+        self._scheduler = None  # while this Parallel holds the backend
+        self._call = None  # the running call's
+        self._in_order = ErrorsInOrder()
+
+    # joblib's backend API -------------------------------------------------
+
+    def effective_n_jobs(self, n_jobs):
+        """Return the cluster backend's number of workers (its engines)."""
+        return self.backend.effective_n_jobs(n_jobs)
+
+    def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
+        """Hold the cluster backend until :meth:`terminate`.
+
+        joblib configures a ``Parallel`` used in a ``with`` block once, on
+        entering it, and others at every call. Returns how many tasks to
+        keep going: ``MESSAGES_PER_ENGINE`` per engine, the messages the
+        backend keeps in flight, rather than the number of engines: joblib
+        sizes its ``pre_dispatch`` window with it, and the larger window lets
+        the scheduler see tasks of the same split together.
+        """
+        if parallel is not None:
+            self.parallel = parallel
+        if self._scheduler is None:
+            self._scheduler = self.backend.hold(self)
+        return MESSAGES_PER_ENGINE * self.effective_n_jobs(n_jobs)
+
+    def start_call(self):
+        """Open a call; hold sending until joblib has handed over its tasks.
+
+        The tasks run under the warning filters in force here.
+        """
+        # The batches of an earlier call that was aborted may never finish:
+        # each call's errors are ordered among its own batches only.
+        self._in_order = ErrorsInOrder()
+        call = Call(self, current_warning_filters())
+        if getattr(sys.flags, "context_aware_warnings", False):
+            # Warnings filters and catch_warnings blocks live in the caller's
+            # context: the tasks' warnings are issued again there.
+            call.context = contextvars.copy_context()
+        if self._scheduler is not None:
+            self._call = self._scheduler.start_call(call)
+
+    def compute_batch_size(self):
+        """Return 1: the backend packs tasks into messages itself."""
+        return 1
+
+    def submit(self, func, callback=None):
+        """Queue a joblib batch; ``callback`` runs when all its tasks are done.
+
+        Never raises: a batch that cannot be queued (the backend was shut
+        down or cancelled, its thread ended) fails at once with the reason,
+        which joblib raises in the caller's thread, even when it submits
+        from a callback.
+        """
+        items = list(func.items) if hasattr(func, "items") else [(func, (), {})]
+        job = Job(len(items), self._in_order.callback(callback))
+        try:
+            if self._scheduler is None:
+                raise BackendStoppedError(
+                    "This Parallel no longer holds the backend: its call or "
+                    "its with block has ended."
+                )
+            tasks, saved = self.backend.tasks_of(job, items, self)
+            self._scheduler.submit(tasks, saved, self._call)
+        except Exception as exc:
+            job.fail(0, exc)
+            job.n_remaining = 0
+            job.done.set()
+            if job.callback is not None:
+                job.callback(job)
+        return job
+
+    # joblib < 1.5 calls apply_async instead of submit.
+    apply_async = submit
+
+    def retrieve_result_callback(self, out):
+        """Return the results of a finished batch, or raise its error."""
+        return out.get()
+
+    @contextlib.contextmanager
+    def retrieval_context(self):
+        """Send tasks only once joblib has handed over its first batches.
+
+        joblib enters this after dispatching what ``pre_dispatch`` allows, so
+        the scheduler sees the whole queue and can order it fold by fold.
+        For a search, the rest of its fit tasks are asked for first (see
+        :meth:`_look_ahead`).
+        """
+        self._look_ahead()
+        if self._scheduler is not None:
+            self._scheduler.release()
+        yield
+
+    def _look_ahead(self):
+        """Have joblib hand over the rest of a search's fit tasks now.
+
+        scikit-learn's searches keep joblib's default ``pre_dispatch`` of
+        ``2*n_jobs``: joblib would hand over a new task only as one ends, in
+        candidate order, so that the scheduler would see a few tasks of each
+        split at a time and store each large split again for every few
+        candidates. A fit task says how many candidates and splits its
+        search has; up to ``LOOK_AHEAD_TASKS`` more of them are taken from
+        joblib's iterator here, as joblib's own callbacks take them (under
+        its lock, while it still iterates), before any is sent. A search's
+        tasks carry references to the data, not copies. Other calls keep
+        joblib's window.
+        """
+        parallel = self.parallel
+        lock = getattr(parallel, "_lock", None)
+        if lock is None:
+            return
+        for _ in range(LOOK_AHEAD_TASKS):
+            if self.backend.folds.n_fit_tasks_to_come() <= 0:
+                return
+            with lock:
+                if getattr(parallel, "_original_iterator", None) is None or getattr(
+                    parallel, "_aborting", False
+                ):
+                    return
+                parallel.dispatch_next()
+
+    def abort_everything(self, ensure_ready=True):
+        """Stop this Parallel's tasks: queued ones dropped, running interrupted.
+
+        Those of other ``Parallel`` objects on the backend go on.
+        """
+        if self._scheduler is not None:
+            self._scheduler.stop(owner=self)
+        if not ensure_ready:
+            self.terminate()
+
+    def terminate(self):
+        """Let the backend go, after stopping whatever of this Parallel runs.
+
+        joblib calls it at the end of every call of a ``Parallel`` not used
+        in a ``with`` block, and at the end of the block otherwise. After an
+        interrupt or an error in the client, tasks may still be queued or
+        running: they are stopped, so that the engines are free for the next
+        call. The backend shuts its scheduler down, and removes its stored
+        folds, when no ``Parallel`` holds it any more.
+        """
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.stop(owner=self)
+            self.backend.let_go(self)
