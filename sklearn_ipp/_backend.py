@@ -171,15 +171,20 @@ class ClusterBackend(ParallelBackendBase):
         self.check_versions = check_versions
         self.engine_wait = DEFAULT_TIMEOUT if engine_wait is None else engine_wait
         self.saved_fits = None if checkpoint is None else SavedFits(checkpoint)
-        # Looked up at each call, so that tests can count the writes.
+        self._resources = _Resources(client, store, store_dir, self.engine_wait)
+        # What the resources lead to (the roster, ipyparallel's replies) calls
+        # the backend's parts weakly: the finalizer holds the resources, and
+        # a path from them to the backend would keep it from ever being
+        # collected, and its connection from being closed, whenever joblib
+        # drops it at the end of a parallel_config block.
+        weakref.finalize(self, self._resources.close)
         self.folds = FoldIndex(
-            lambda *args: self._write(*args),
-            lambda ref: self._resources.remove(ref),
+            # Looked up at each call, so that tests can count the writes.
+            _WeakCalls(self).method("_write"),
+            self._resources.remove,
             max_live_folds,
             whole_data=whole_data,
         )
-        self._resources = _Resources(client, store, store_dir, self.engine_wait)
-        weakref.finalize(self, self._resources.close)
         self._scheduler = None  # made with the roster when first held
         self._cancelled = None  # what cancel() was given
         self._messenger = None
@@ -237,10 +242,15 @@ class ClusterBackend(ParallelBackendBase):
     def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
         """Hand the ``Parallel`` calls of its own (joblib's fallback).
 
-        joblib then configures that ``ParallelCalls``, which holds this
-        backend until joblib terminates it.
+        joblib then uses that ``ParallelCalls``, which holds this backend
+        until joblib terminates it.
         """
-        raise FallbackToBackend(ParallelCalls(self, parallel))
+        calls = ParallelCalls(self, parallel)
+        # Held here, not when joblib configures the fallback inside its
+        # handler of FallbackToBackend: an error (no cluster, no engine in
+        # time) is raised as itself, not "during handling of" the fallback.
+        calls.configure(n_jobs, parallel)
+        raise FallbackToBackend(calls)
 
     def submit(self, func, callback=None):
         """Refuse: joblib submits through the ``ParallelCalls`` of ``configure``."""
@@ -313,14 +323,15 @@ class ClusterBackend(ParallelBackendBase):
         return tasks, saved
 
     def _make_scheduler(self):
+        made = _WeakCalls()  # the scheduler, once made
         roster = self._resources.roster = EngineRoster(
             self.connection,
             self.store,
             self.check_versions,
-            on_probe_reply=lambda: scheduler.wake(),
+            on_probe_reply=made.method("wake"),
             # The folds' data was hashed to find them: hosts that get it
             # whole name it by that hash, not by a second one.
-            content_key=self.folds.hash,
+            content_key=_WeakCalls(self.folds).method("hash"),
         )
         self._messenger = Messenger(
             self.connection,
@@ -328,7 +339,7 @@ class ClusterBackend(ParallelBackendBase):
             self.inner_max_num_threads,
             persist=self._persist,
             max_nbytes=self.max_nbytes,
-            on_reply=lambda handle: scheduler.message_done(handle),
+            on_reply=made.method("message_done"),
         )
         note = "" if self.saved_fits is None else KEPT_RESULTS_NOTE
         scheduler = Scheduler(
@@ -340,6 +351,7 @@ class ClusterBackend(ParallelBackendBase):
             on_progress=self.on_progress,
             controller=ControllerWatch(self.connection, note),
         )
+        made.set(scheduler)
         # Probed now, the engines import scikit-learn and report their
         # versions while the client prepares the first data. Only now: the
         # probe's reply wakes the scheduler, which must exist by then.
@@ -431,6 +443,34 @@ class ClusterBackend(ParallelBackendBase):
 
     def _persist(self, array):
         return self._resources.persist(array, self.folds.hash(array))
+
+
+class _WeakCalls:
+    """Calls to an object's methods that do not keep the object alive.
+
+    Parameters
+    ----------
+    obj : object or None, default=None
+        The object; None: one given later to :meth:`set`. Calls made while
+        there is none, or once it is gone, do nothing and return None.
+    """
+
+    def __init__(self, obj=None):
+        self._ref = lambda: None
+        if obj is not None:
+            self.set(obj)
+
+    def set(self, obj):
+        self._ref = weakref.ref(obj)
+
+    def method(self, name):
+        """Return a function calling the object's method ``name``."""
+
+        def call(*args):
+            obj = self._ref()
+            return None if obj is None else getattr(obj, name)(*args)
+
+        return call
 
 
 class _Resources:

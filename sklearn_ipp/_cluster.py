@@ -415,7 +415,7 @@ def _connect_file(path):
         content = json.load(f)
     try:
         if "cluster" in content:  # a cluster file, as written by ipp.Cluster
-            cluster = ipp.Cluster.from_file(path, log=logger)
+            cluster = _load_cluster_file(path)
             if cluster.controller is None or not _launcher_alive(cluster.controller):
                 raise ConnectionError("its controller is not running")
             client = cluster.connect_client_sync(timeout=_CONNECT_TIMEOUT)
@@ -460,8 +460,6 @@ def _connect_running(profile_dir):
 
 def _running_clusters(security_dir):
     """Yield the clusters of a security directory whose controller is alive."""
-    import ipyparallel as ipp
-
     try:
         names = os.listdir(security_dir)
     except OSError:
@@ -474,12 +472,46 @@ def _running_clusters(security_dir):
     paths.sort(key=lambda p: (os.path.basename(p) != "cluster-.json", -_mtime(p)))
     for path in paths:
         try:
-            cluster = ipp.Cluster.from_file(path, log=logger)
+            cluster = _load_cluster_file(path)
         except Exception as exc:  # a corrupt or foreign file must not stop the search
             logger.debug("Cannot load cluster file %s: %s", path, exc)
             continue
         if cluster.controller is not None and _launcher_alive(cluster.controller):
             yield cluster
+
+
+def _load_cluster_file(path):
+    """Return the ``ipyparallel.Cluster`` of a cluster file, loaded once.
+
+    Loading one starts a thread per process of the cluster, which waits for
+    the process to end: loaded again for every connection (every search, or
+    every ``parallel_config`` block), they would pile up for as long as the
+    cluster runs. Loaded again only when the file changes.
+    """
+    import ipyparallel as ipp
+
+    version = _file_version(path)
+    with _loaded_lock:
+        loaded = _loaded_clusters.get(path)
+    if loaded is not None and loaded[0] == version:
+        return loaded[1]
+    cluster = ipp.Cluster.from_file(path, log=logger)
+    with _loaded_lock:
+        _loaded_clusters[path] = (version, cluster)
+    return cluster
+
+
+# cluster file path -> (its version, the Cluster loaded from it)
+_loaded_clusters = {}
+_loaded_lock = threading.Lock()
+
+
+def _file_version(path):
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _mtime(path):

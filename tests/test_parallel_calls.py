@@ -7,13 +7,17 @@ cluster compare every result with scikit-learn's in this process; those
 without a cluster drive ``ParallelCalls`` and the scheduler with fake parts.
 """
 
+import gc
 import inspect
 import threading
 import time
+import weakref
 
 import numpy as np
+import psutil
 import pytest
 from joblib import Parallel, delayed, parallel_config
+from joblib._parallel_backends import FallbackToBackend
 from joblib.parallel import get_active_backend
 from sklearn.base import clone
 from sklearn.datasets import make_classification
@@ -30,6 +34,7 @@ from sklearn.tree import DecisionTreeRegressor
 
 from sklearn_ipp import (
     BackendStoppedError,
+    ClusterNotFoundError,
     IPyParallelHalvingGridSearchCV,
     IPyParallelRandomizedSearchCV,
 )
@@ -124,7 +129,8 @@ def test_interleaved_generators_each_get_their_results(client):
             delayed(abs)(-i) for i in range(20)
         )
         next(left)
-        left.close()
+        with pytest.warns(UserWarning, match="executed  but not used|cancelled"):
+            left.close()  # joblib says what was done for nothing
         assert list(going_on) == list(range(20))
 
 
@@ -149,6 +155,39 @@ def test_cross_validate_of_a_search_and_searches_in_turn_inside_a_parallel(clien
     best = [search.best_score_ for search in best]
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-12)
     np.testing.assert_allclose(best, expected_best, rtol=1e-12)
+
+
+def test_parallel_config_blocks_leave_no_connection_or_thread_behind(client):
+    def block():
+        with parallel_config(backend="ipyparallel"):
+            backend, _ = get_active_backend()
+            assert _negated(Parallel(n_jobs=2), range(3)) == [0, 1, 2]
+            GridSearchCV(LogisticRegression(), {"C": [0.1, 1.0]}).fit(X, Y)
+        return weakref.ref(backend)
+
+    block()
+    gc.collect()
+    process = psutil.Process()
+    n_files, n_threads = process.num_fds(), threading.active_count()
+    backends = [block() for _ in range(5)]
+    gc.collect()
+    # Each block's backend is collected once joblib drops it, and closes the
+    # connection it opened: ipyparallel's client (about 20 sockets and a
+    # thread) and the threads waiting for the cluster's processes.
+    assert [backend() for backend in backends] == [None] * 5
+    # zmq closes the sockets' files in its own thread, a moment later.
+    wait_for(lambda: process.num_fds() < n_files + 10)
+    assert threading.active_count() <= n_threads
+
+
+def test_a_backend_without_cluster_raises_its_error_as_itself():
+    with (
+        parallel_config(backend="ipyparallel", client="no-such-profile"),
+        pytest.raises(ClusterNotFoundError, match="no-such-profile") as info,
+    ):
+        Parallel(n_jobs=2)(delayed(abs)(i) for i in range(2))
+    # Not "during handling of" joblib's fallback to the Parallel's own calls.
+    assert not isinstance(info.value.__context__, FallbackToBackend)
 
 
 # Searches inside a search's _run_search ---------------------------------------
