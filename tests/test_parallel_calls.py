@@ -59,7 +59,7 @@ def _fail_on(value, bad):
     return value
 
 
-# The reproduction, and every order of Parallel objects -------------
+# Parallel objects in every order, nested and in turn ------------------------
 
 
 def test_a_parallel_used_again_after_a_nested_search_ended(client):
