@@ -25,9 +25,9 @@ import weakref
 from joblib import parallel_config, register_parallel_backend
 from joblib._parallel_backends import FallbackToBackend
 from joblib.disk import memstr_to_bytes
-from joblib.parallel import ParallelBackendBase, get_active_backend
+from joblib.parallel import get_active_backend
 
-from ._calls import ParallelCalls
+from ._calls import ClusterCapabilities, ParallelCalls
 from ._checkpoint import KEPT_RESULTS_NOTE, SavedFits
 from ._cluster import DEFAULT_TIMEOUT, resolve_cluster
 from ._controller import ControllerWatch
@@ -60,7 +60,7 @@ class _Count:
         return 0 if part is None else getattr(part, self.name)
 
 
-class ClusterBackend(ParallelBackendBase):
+class ClusterBackend(ClusterCapabilities):
     """Run joblib tasks on the engines of an ipyparallel cluster.
 
     joblib keeps one instance for a ``parallel_config`` block and gives it
@@ -132,12 +132,6 @@ class ClusterBackend(ParallelBackendBase):
         host divided by the cluster's engines there, at least 1, as loky
         does for its workers.
     """
-
-    supports_retrieve_callback = True
-    supports_inner_max_num_threads = True
-    supports_timeout = True
-    supports_sharedmem = False
-    default_n_jobs = -1
 
     def __init__(
         self,

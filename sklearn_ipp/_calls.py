@@ -23,7 +23,7 @@ from ._exceptions import BackendStoppedError
 from ._output import current_warning_filters
 from ._scheduler import MESSAGES_PER_ENGINE, Call, ErrorsInOrder, Job
 
-__all__ = ["LOOK_AHEAD_TASKS", "ParallelCalls"]
+__all__ = ["LOOK_AHEAD_TASKS", "ClusterCapabilities", "ParallelCalls"]
 
 # The most of a search's fit tasks asked for beyond joblib's window before
 # the first is sent (see ParallelCalls._look_ahead); each is a few
@@ -31,7 +31,21 @@ __all__ = ["LOOK_AHEAD_TASKS", "ParallelCalls"]
 LOOK_AHEAD_TASKS = 100_000
 
 
-class ParallelCalls(ParallelBackendBase):
+class ClusterCapabilities(ParallelBackendBase):
+    """What joblib may ask of the cluster backend, and of each ``Parallel``'s part.
+
+    joblib reads these on the backend it was given and on the
+    ``ParallelCalls`` it falls back to: they must say the same.
+    """
+
+    supports_retrieve_callback = True
+    supports_inner_max_num_threads = True
+    supports_timeout = True
+    supports_sharedmem = False
+    default_n_jobs = -1
+
+
+class ParallelCalls(ClusterCapabilities):
     """What one joblib ``Parallel`` uses of a ``ClusterBackend``.
 
     Parameters
@@ -41,12 +55,6 @@ class ParallelCalls(ParallelBackendBase):
     parallel : joblib.Parallel
         The ``Parallel`` whose calls these are.
     """
-
-    supports_retrieve_callback = True
-    supports_inner_max_num_threads = True
-    supports_timeout = True
-    supports_sharedmem = False
-    default_n_jobs = -1
 
     def __init__(self, backend, parallel):
         super().__init__(

@@ -356,7 +356,11 @@ class TaskQueues:
                 kept = deque()
                 for task in waiting:
                     (tasks if task.owner is owner else kept).append(task)
-                self._waiting[key] = kept
+                if kept:
+                    self._waiting[key] = kept
+                else:
+                    del self._waiting[key]
+                    self._by_duration.pop(key, None)
         self.version += 1
         return tasks
 
