@@ -99,18 +99,27 @@ def run_face(face, pytest_args, timeout):
 
 
 def _outcomes(report, face):
-    """Return ``{"face/file": {"passed": n, "failed": [test, ...], "skipped": n}}``."""
+    """Return ``{"face/file": {"passed": n, "failed": [test, ...], "skipped": n}}``.
+
+    ``"messages"`` maps each failed test to the first lines of its error.
+    """
     names = [os.path.basename(path) for path in FACES[face]]
     outcomes = {
-        f"{face}/{name}": {"passed": 0, "failed": [], "skipped": 0} for name in names
+        f"{face}/{name}": {"passed": 0, "failed": [], "skipped": 0, "messages": {}}
+        for name in names
     }
     for case in ET.parse(report).getroot().iter("testcase"):
         key = f"{face}/{case.get('classname', '').split('.')[0]}.py"
         if key not in outcomes:
             continue
         test = f"{key}::{case.get('name')}"
-        if case.find("failure") is not None or case.find("error") is not None:
+        problem = case.find("failure")
+        if problem is None:
+            problem = case.find("error")
+        if problem is not None:
             outcomes[key]["failed"].append(test)
+            message = problem.get("message") or problem.text or ""
+            outcomes[key]["messages"][test] = "\n".join(message.splitlines()[:12])
         elif case.find("skipped") is not None:
             outcomes[key]["skipped"] += 1
         else:
@@ -182,7 +191,17 @@ def _check(outcomes, failed, record):
         problems.append("no test passed: the run is broken")
     unknown = [test for test in failed if test not in record["known_failures"]]
     if unknown:
-        problems.append("failures not known before:\n  " + "\n  ".join(unknown))
+        # What each says, so that a failure seen once can be understood.
+        messages = {}
+        for outcome in outcomes.values():
+            messages.update(outcome["messages"])
+        problems.append(
+            "failures not known before:\n"
+            + "\n".join(
+                f"  {test}\n    " + messages.get(test, "").replace("\n", "\n    ")
+                for test in unknown
+            )
+        )
     if record["scikit-learn"] == sklearn.__version__:
         for name, outcome in outcomes.items():
             if outcome["passed"] < record["passed"].get(name, 0):
