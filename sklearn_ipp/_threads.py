@@ -9,6 +9,18 @@ spin against each other. loky limits the pools of its workers to
 get the same: ``max(1, CPUs of the host // engines of the cluster there)``,
 set with threadpoolctl around the tasks of every message and undone after
 them, so that whatever else runs on the engines keeps its own settings.
+
+Some libraries size their threads themselves, from the CPUs that
+``joblib.cpu_count()`` reports, and set that number explicitly on every
+call, which overrides any limit set on the pools from outside: LightGBM
+(``n_jobs=None`` is ``joblib.cpu_count(only_physical_cores=True)``), and
+``n_jobs=-1`` in scikit-learn's estimators. So while the tasks run, that
+count is the engine's share too: ``LOKY_MAX_CPU_COUNT``, which joblib reads
+at every call, is set to it, unless the engine's environment sets it
+already (the user's choice, kept). A thread count the user gave a library
+(``n_jobs=4``) is kept. ``os.cpu_count()`` is left as it is: joblib's
+physical-core count, which LightGBM asks for, would take a lowered
+``os.cpu_count()`` for no limit at all and return every core.
 """
 
 import contextlib
@@ -16,6 +28,7 @@ import os
 import sys
 
 __all__ = [
+    "CPU_COUNT_VARIABLE",
     "THREAD_VARIABLES",
     "limited_threads",
     "thread_environment",
@@ -34,6 +47,9 @@ THREAD_VARIABLES = (
     "NUMBA_NUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
+# The CPUs joblib.cpu_count() reports, when lower than the host's (loky's
+# variable, read at every call).
+CPU_COUNT_VARIABLE = "LOKY_MAX_CPU_COUNT"
 # Lets the TBB schedulers of several processes share the CPUs (as loky does).
 _TBB_VARIABLE = "TBB_ENABLE_IPC"
 
@@ -94,19 +110,39 @@ def thread_environment(n_engines, environ=None):
 
 @contextlib.contextmanager
 def limited_threads(n_threads):
-    """Limit every BLAS and OpenMP pool of this process while in the block.
+    """Limit the threads of this process's libraries while in the block.
+
+    Every BLAS and OpenMP pool gets ``n_threads``, and the CPUs that
+    ``joblib.cpu_count()`` reports are ``n_threads`` too, unless
+    ``LOKY_MAX_CPU_COUNT`` is set already.
 
     Parameters
     ----------
     n_threads : int or None
-        Threads per pool; None leaves the pools as they are. The previous
+        Threads per pool; None leaves everything as it is. The previous
         limits are restored on exit.
     """
     if n_threads is None:
         yield
         return
-    with _thread_controller().limit(limits=n_threads):
+    with _thread_controller().limit(limits=n_threads), _cpus_seen(n_threads):
         yield
+
+
+@contextlib.contextmanager
+def _cpus_seen(n_cpus):
+    """Make ``joblib.cpu_count()`` say at most ``n_cpus``, physical or not."""
+    if CPU_COUNT_VARIABLE in os.environ:
+        yield  # the user's limit, which joblib applies already
+        return
+    value = os.environ[CPU_COUNT_VARIABLE] = str(n_cpus)
+    try:
+        yield
+    finally:
+        # Unless a task set a value of its own, which stays as tasks' changes
+        # to the engine's environment do.
+        if os.environ.get(CPU_COUNT_VARIABLE) == value:
+            del os.environ[CPU_COUNT_VARIABLE]
 
 
 def _thread_controller():

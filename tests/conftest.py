@@ -8,11 +8,13 @@ way it finds a cluster started with ``ipcluster start``.
 With ``SKLEARN_IPP_STRICT_TESTS=1`` (set by ``.ci/run``) or ``CI`` set, the run
 fails if any test was skipped or if no test used the cluster; a user who is
 not root may skip only the tests marked with :func:`needs_root`, which CI runs
-as root.
+as root, and the tests marked with :func:`needs_library` skip when their
+library is not installed, which CI installs for a run of them of its own.
 """
 
 import contextlib
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -76,7 +78,12 @@ def pytest_collection_modifyitems(items):
 def pytest_runtest_logreport(report):
     if report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
-        allowed = os.geteuid() != 0 and reason.startswith("Skipped: " + NEEDS_ROOT)
+        allowed = (
+            os.geteuid() != 0 and reason.startswith("Skipped: " + NEEDS_ROOT)
+        ) or (
+            os.environ.get(ALL_LIBRARIES) != "1"
+            and reason.startswith("Skipped: " + NEEDS_LIBRARY)
+        )
         _outcomes["allowed_skips" if allowed else "skipped"].append(report.nodeid)
     elif report.when == "call" and report.passed and "cluster" in report.keywords:
         _outcomes["cluster_passed"] += 1
@@ -93,6 +100,33 @@ def needs_root(what):
         os.geteuid() != 0,
         reason=f"{NEEDS_ROOT}{what}; run the tests as root to check it (CI does)",
     )
+
+
+# The reason of every skip of a test that needs a library which the test
+# extra does not install (too heavy for every test run) starts with this. The
+# strict check lets those skip unless ALL_LIBRARIES is "1": CI installs the
+# benchmark extra and runs them with it set.
+NEEDS_LIBRARY = "needs the optional library "
+ALL_LIBRARIES = "SKLEARN_IPP_ALL_LIBRARIES"
+
+
+def needs_library(name, what):
+    """Mark a test that needs the library ``name``; ``what`` is what it checks.
+
+    ``pytest -m needs_library`` runs these tests alone.
+    """
+    skip = pytest.mark.skipif(
+        importlib.util.find_spec(name) is None,
+        reason=(
+            f"{NEEDS_LIBRARY}{name}: {what}; install it (pip install -e "
+            '".[benchmark]"), as CI does, to check it'
+        ),
+    )
+
+    def mark(test):
+        return pytest.mark.needs_library(skip(test))
+
+    return mark
 
 
 def _strict():
@@ -115,7 +149,7 @@ def pytest_sessionfinish(session, exitstatus):
     elif _outcomes["allowed_skips"]:
         print(
             f"\nStrict test run: {len(_outcomes['allowed_skips'])} tests that need "
-            "root were skipped, as this user is not root."
+            "root (this user is not) or an optional library were skipped."
         )
 
 
