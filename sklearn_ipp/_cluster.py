@@ -132,8 +132,23 @@ class ClusterConnection:
 
     def close(self):
         """Close the client if it was opened for this connection only."""
-        if self.owns_client:
-            self.client.close()
+        if not self.owns_client:
+            return
+        client = self.client
+        if getattr(client, "_io_thread", None) is threading.current_thread():
+            # A backend is often freed by the cyclic garbage collector (joblib's
+            # Parallel and its callbacks refer to each other), which runs its
+            # finalizer in whatever thread allocates: this client's own IO
+            # thread too. Closed there, the client cannot stop that thread's
+            # loop before closing its sockets, and pyzmq warns about each of
+            # them ("Unregistering FD ... after closing socket"), in the middle
+            # of whatever the user runs then. Closed from a thread of its own,
+            # the loop is stopped first.
+            threading.Thread(
+                target=client.close, name="sklearn_ipp-close", daemon=True
+            ).start()
+        else:
+            client.close()
 
     def __enter__(self):
         return self

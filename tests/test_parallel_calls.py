@@ -11,6 +11,7 @@ import gc
 import inspect
 import threading
 import time
+import warnings
 import weakref
 
 import numpy as np
@@ -178,6 +179,45 @@ def test_parallel_config_blocks_leave_no_connection_or_thread_behind(client):
     # zmq closes the sockets' files in its own thread, a moment later.
     wait_for(lambda: process.num_fds() < n_files + 10)
     assert threading.active_count() <= n_threads
+
+
+def test_a_backend_collected_on_its_client_io_thread_closes_without_warnings(
+    client,
+):
+    # The cyclic collector runs a dropped backend's finalizer in whatever
+    # thread allocates, the backend's own client's IO thread too; the warnings
+    # of a client closed there reached whatever the user ran then, such as a
+    # catch_warnings block around the next search. They came when messages
+    # reached the client as it closed: a few tries, with the engines busy.
+    def collect_on_io_thread(its_client):
+        collected = threading.Event()
+        its_client._io_loop.add_callback(lambda: (gc.collect(), collected.set()))
+        assert collected.wait(30)
+        wait_for(lambda: its_client._closed)
+
+    caught = []
+    for _ in range(6):
+        gc.disable()
+        try:
+            with parallel_config(backend="ipyparallel"):
+                backend, _ = get_active_backend()
+                assert _negated(Parallel(n_jobs=2), range(3)) == [0, 1, 2]
+                its_client = backend.connection.client
+            assert backend.connection.owns_client
+            del backend
+            with warnings.catch_warnings(record=True) as records:
+                warnings.simplefilter("always")
+                # Every engine's output and state reach every client.
+                busy = client[:].apply_async(time.sleep, 0.05)
+                collect_on_io_thread(its_client)
+                busy.get(timeout=30)
+                with parallel_config(backend="ipyparallel"):
+                    assert _negated(Parallel(n_jobs=2), range(3)) == [0, 1, 2]
+                time.sleep(0.2)
+            caught += [f"{w.category.__name__}: {w.message}" for w in records]
+        finally:
+            gc.enable()
+    assert caught == []
 
 
 def test_a_backend_without_cluster_raises_its_error_as_itself():
