@@ -228,7 +228,9 @@ def test_catboost_keeps_its_own_threads_and_finds_sklearn_results(client):
 
     # Its results depend on its thread count: on the engines it keeps its
     # default, every CPU of the host, as in-process, and finds the same.
-    default = CatBoostClassifier(iterations=10, random_seed=0, verbose=0)
+    default = CatBoostClassifier(
+        iterations=10, random_seed=0, verbose=0, allow_writing_files=False
+    )
     ours, reference = searches(default)
     assert _split_values(ours, "threads") == {-1}
     assert_same_search(ours, reference)
