@@ -177,14 +177,18 @@ def test_xgboost_fits_get_the_engine_share_and_find_sklearn_results(client):
     scoring = {"accuracy": "accuracy", "threads": _xgboost_threads}
     params = {"n_estimators": 10, "tree_method": "hist"}
     grid = {"max_depth": [2, 4]}
-    search = IPyParallelGridSearchCV(
-        estimator_class(**params),
-        grid,
-        scoring=scoring,
-        refit="accuracy",
-        cv=CV,
-        client=client,
-    ).fit(X, Y)
+
+    def searched(**more):
+        return IPyParallelGridSearchCV(
+            estimator_class(**params, **more),
+            grid,
+            scoring=scoring,
+            refit="accuracy",
+            cv=CV,
+            client=client,
+        ).fit(X, Y)
+
+    search = searched()
     assert _split_values(search, "threads") == {share}
     reference = GridSearchCV(
         estimator_class(**params), grid, scoring="accuracy", cv=CV
@@ -194,15 +198,7 @@ def test_xgboost_fits_get_the_engine_share_and_find_sklearn_results(client):
             search.cv_results_[f"split{k}_test_accuracy"],
             reference.cv_results_[f"split{k}_test_score"],
         )
-    explicit = IPyParallelGridSearchCV(
-        estimator_class(**params, n_jobs=3),
-        grid,
-        scoring=scoring,
-        refit="accuracy",
-        cv=CV,
-        client=client,
-    ).fit(X, Y)
-    assert _split_values(explicit, "threads") == {3}
+    assert _split_values(searched(n_jobs=3), "threads") == {3}
 
 
 def _catboost_threads(estimator, X, y):
