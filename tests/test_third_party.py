@@ -15,12 +15,12 @@ from joblib import parallel_config
 from sklearn.datasets import make_classification
 from sklearn.model_selection import GridSearchCV, KFold, cross_validate
 
-import sklearn_ipp
 from sklearn_ipp import IPyParallelGridSearchCV
-from sklearn_ipp._threads import CPU_COUNT_VARIABLE, threads_per_engine
+from sklearn_ipp._threads import CPU_COUNT_VARIABLE
 
 from ._sklearn_compare import assert_same_search
 from .conftest import needs_library, on_engine
+from .test_threads import _expected_threads
 
 X, Y = make_classification(n_samples=300, n_features=8, random_state=0)
 CV = KFold(3, shuffle=True, random_state=0)
@@ -28,12 +28,7 @@ CV = KFold(3, shuffle=True, random_state=0)
 
 def _share(client):
     """The threads each engine gets: its share of its host's CPUs."""
-    facts = sklearn_ipp.engine_facts(client)
-    hosts = [fact["hostname"] for fact in facts.values()]
-    shares = {
-        threads_per_engine(fact["n_cpus"], hosts.count(fact["hostname"]))
-        for fact in facts.values()
-    }
+    shares = _expected_threads(client)
     assert len(shares) == 1, shares
     return shares.pop()
 
