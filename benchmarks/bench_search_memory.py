@@ -111,15 +111,21 @@ class _PeakSampler(threading.Thread):
         self.peak = max(self.peak, _footprint())
 
 
-def local_cluster(n_engines):
+def local_cluster(n_engines, own_sessions=False):
     """Start a local cluster in a profile of its own; return ``(client, stop)``.
 
+    The engines start in this process's session, as those of sklearn_ipp's own
+    local cluster (``SameSessionEngineSetLauncher``); with ``own_sessions``,
+    each in a session of its own, as ipyparallel's local launcher starts them.
     The other benchmarks start theirs with this too.
     """
     import ipyparallel as ipp
 
+    from sklearn_ipp import SameSessionEngineSetLauncher
+
     os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
-    cluster = ipp.Cluster(n=n_engines, log_level=40)
+    launcher = "local" if own_sessions else SameSessionEngineSetLauncher
+    cluster = ipp.Cluster(n=n_engines, log_level=40, engine_launcher_class=launcher)
     client = cluster.start_and_connect_sync()
 
     def stop():

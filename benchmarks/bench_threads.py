@@ -24,7 +24,10 @@ LightGBM sizes its threads from. ``sklearn_ipp`` runs
 system ``sklearn_ipp-all-cpus`` gives every engine all CPUs
 (``inner_max_num_threads`` and ``LOKY_MAX_CPU_COUNT`` set to
 ``cpu_count()``), as engines had before they were limited: slow, so not run
-unless asked.
+unless asked. The engines start in this process's session, as those of
+sklearn_ipp's own local cluster; ``sklearn_ipp-own-sessions`` starts each in a
+session of its own, as ipyparallel's local launcher does, which Linux
+schedules as a group of its own (not run unless asked either).
 
     python benchmarks/bench_threads.py --workers 2 4 --repeat 3
 """
@@ -40,7 +43,14 @@ import numpy as np
 import saved_run
 from ratio_plot import plot_ratios, ratios
 
-SYSTEMS = ("serial", "loky", "sklearn_ipp", "backend", "sklearn_ipp-all-cpus")
+SYSTEMS = (
+    "serial",
+    "loky",
+    "sklearn_ipp",
+    "backend",
+    "sklearn_ipp-all-cpus",
+    "sklearn_ipp-own-sessions",
+)
 DEFAULT_SYSTEMS = ("serial", "loky", "sklearn_ipp", "backend")
 WORKLOADS = ("hgb", "pipeline", "kmeans", "lightgbm", "xgboost", "catboost")
 # The library each third-party workload needs.
@@ -119,7 +129,8 @@ def _run_child(system, workload, n_workers, scale):
 
         from sklearn_ipp import IPyParallelGridSearchCV
 
-        client, stop_cluster = local_cluster(n_workers)
+        own_sessions = system == "sklearn_ipp-own-sessions"
+        client, stop_cluster = local_cluster(n_workers, own_sessions=own_sessions)
         client.wait_for_engines(n_workers)
         if system == "backend":
             backend = {"backend": "ipyparallel", "client": client}
@@ -264,16 +275,16 @@ def main(argv=None):
         for name in ("loky", "serial")
     }
     print()
-    header = f"{'workload':<10} {'system':<22} {'workers':>7} {'wall s':>8}"
+    header = f"{'workload':<10} {'system':<24} {'workers':>7} {'wall s':>8}"
     print(f"{header} {'x serial':>8} {'x loky':>7} {'same scores':>12}")
-    print("-" * 79)
+    print("-" * 81)
     for row in rows:
         ratio = {}
         for name, walls in reference.items():
             key = (row["workload"], row["workers"] if name == "loky" else 1)
             ratio[name] = f"{row['wall'] / walls[key]:.2f}" if key in walls else "-"
         print(
-            f"{row['workload']:<10} {row['system']:<22} {row['workers']:>7} "
+            f"{row['workload']:<10} {row['system']:<24} {row['workers']:>7} "
             f"{row['wall']:>8.1f} {ratio['serial']:>8} {ratio['loky']:>7} "
             f"{'yes' if row['same_scores'] else 'NO':>12}"
         )

@@ -64,6 +64,7 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     "get_client",
     "resolve_cluster",
     "stop_local_cluster",
+    "SameSessionEngineSetLauncher",
     # Facts about the engines
     "check_engines",
     "engine_facts",
@@ -80,6 +81,17 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     "EngineVersionError",
     "StoreError",
 ]
+
+
+def __getattr__(name):
+    # The launcher subclasses ipyparallel's, which this package otherwise
+    # imports only once it connects to a cluster.
+    if name == "SameSessionEngineSetLauncher":
+        from ._launcher import SameSessionEngineSetLauncher
+
+        return SameSessionEngineSetLauncher
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Unchanged scikit-learn code runs on the cluster inside
 # ``with parallel_backend("ipyparallel")``.

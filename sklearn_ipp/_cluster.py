@@ -575,6 +575,8 @@ def _start_local_cluster(n_engines, timeout):
     import ipyparallel as ipp
     from traitlets.config import Config
 
+    from ._launcher import SameSessionEngineSetLauncher
+
     remove_stale_clusters()
     profile_dir = tempfile.mkdtemp(prefix=PROFILE_PREFIX)
     cluster = watchdog = None
@@ -588,8 +590,14 @@ def _start_local_cluster(n_engines, timeout):
         # before the first one, size their pools from these (see _threads).
         config = Config()
         config.EngineLauncher.environment = thread_environment(n_engines)
+        # Engines in this process's session: on Linux, the kernel then
+        # schedules their threads as one group (see _launcher).
         cluster = ipp.Cluster(
-            n=n_engines, profile_dir=profile_dir, log=logger, config=config
+            n=n_engines,
+            profile_dir=profile_dir,
+            log=logger,
+            config=config,
+            engine_launcher_class=SameSessionEngineSetLauncher,
         )
         cluster.start_cluster_sync()
         write_processes(profile_dir, _cluster_processes(cluster))

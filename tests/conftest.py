@@ -325,6 +325,7 @@ def cluster(ipython_dir):
     """A running ipyparallel.Cluster with N_ENGINES local engines."""
     from traitlets.config import Config
 
+    from sklearn_ipp import SameSessionEngineSetLauncher
     from sklearn_ipp._threads import thread_environment
 
     # Started as sklearn_ipp starts a local cluster of its own, with the
@@ -340,6 +341,7 @@ def cluster(ipython_dir):
         profile_dir=os.path.join(ipython_dir, "profile_default"),
         log=logging.getLogger("sklearn_ipp.tests"),
         config=config,
+        engine_launcher_class=SameSessionEngineSetLauncher,
     )
     client = cluster.start_and_connect_sync()
     client.close()

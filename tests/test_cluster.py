@@ -18,6 +18,7 @@ from sklearn_ipp import (
     ClusterNotFoundError,
     EngineTimeoutError,
     _cluster,
+    _launcher,
     get_client,
     resolve_cluster,
 )
@@ -207,6 +208,10 @@ _OWNED_CLUSTER_SCRIPT = textwrap.dedent(
         "controller_pid": cluster.controller.process.pid,
         "profile_dir": cluster.profile_dir,
         "engine_environ": first[:].apply_sync(lambda: dict(__import__("os").environ)),
+        "engine_groups": first[:].apply_sync(lambda: __import__("os").getpgid(0)),
+        "engine_sessions": first[:].apply_sync(lambda: __import__("os").getsid(0)),
+        "group": os.getpgid(0),
+        "session": os.getsid(0),
     }))
     """
 )
@@ -230,6 +235,11 @@ def test_none_starts_an_owned_local_cluster_stopped_at_exit(tmp_path, cluster):
     for environ in report["engine_environ"]:
         assert {name: environ.get(name) for name in THREAD_VARIABLES} == expected
         assert environ["TBB_ENABLE_IPC"] == os.environ.get("TBB_ENABLE_IPC", "1")
+    # Engines in groups of their own, in this process's session (_launcher).
+    assert sorted(report["engine_groups"]) == sorted(report["engine_pids"])
+    assert report["group"] not in report["engine_groups"]
+    if _launcher._CAN_GROUP:
+        assert set(report["engine_sessions"]) == {report["session"]}
     pids = [report["controller_pid"], *report["engine_pids"]]
     deadline = time.monotonic() + 10
     while any(psutil.pid_exists(pid) for pid in pids) and time.monotonic() < deadline:

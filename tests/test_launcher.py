@@ -1,0 +1,94 @@
+"""Local engines started in the session of the process that starts them."""
+
+import json
+import os
+import sys
+
+import ipyparallel as ipp
+import pytest
+
+import sklearn_ipp
+from sklearn_ipp import SameSessionEngineSetLauncher, _launcher
+from sklearn_ipp._launcher import SameSessionEngineLauncher
+
+from .conftest import on_engine
+
+_IDS = "import os, json; print(json.dumps([os.getsid(0), os.getpgid(0), os.getpid()]))"
+
+
+def _start(tmp_path, identifier):
+    """Start a process with the engine launcher; return its session, group, pid."""
+    launcher = SameSessionEngineLauncher(
+        engine_cmd=[sys.executable, "-c", _IDS],
+        engine_args=[],
+        profile_dir=str(tmp_path),
+        identifier=identifier,
+    )
+    launcher.start()
+    launcher.process.wait(timeout=60)
+    with open(launcher.output_file) as output:
+        session, group, pid = json.loads(output.read())
+    assert pid == launcher.pid
+    return session, group, pid
+
+
+@pytest.mark.skipif(not _launcher._CAN_GROUP, reason="Popen has no process_group")
+def test_launched_process_shares_the_session_in_a_group_of_its_own(tmp_path):
+    session, group, pid = _start(tmp_path, "grouped")
+    assert session == os.getsid(0)
+    assert group == pid != os.getpgid(0)
+
+
+def test_without_process_groups_the_launched_process_gets_a_session(
+    tmp_path, monkeypatch
+):
+    # Python 3.10 and Windows: as ipyparallel's own launcher.
+    monkeypatch.setattr(_launcher, "_CAN_GROUP", False)
+    session, group, pid = _start(tmp_path, "session")
+    assert session == group == pid != os.getsid(0)
+
+
+@on_engine
+def _engine_ids():
+    import os
+
+    return os.getsid(0), os.getpgid(0), os.getpid()
+
+
+@pytest.mark.cluster
+def test_session_cluster_engines_share_this_session_in_groups_of_their_own(client):
+    # The session's cluster is started in this process, as sklearn_ipp starts
+    # a local cluster of its own: Ctrl-C here does not reach its engines, and
+    # on Linux the kernel schedules them as one group.
+    for session, group, pid in client[:].apply_sync(_engine_ids):
+        assert group == pid != os.getpgid(0)
+        if _launcher._CAN_GROUP:
+            assert session == os.getsid(0)
+        else:
+            assert session == pid
+
+
+@pytest.mark.cluster
+def test_cluster_file_loads_back_with_the_launcher(cluster):
+    assert cluster.engine_launcher_class is SameSessionEngineSetLauncher
+    # ipyparallel writes the class in the cluster file, which sklearn_ipp
+    # reads to connect to a running cluster and to start engines on it.
+    loaded = ipp.Cluster.from_file(cluster.cluster_file)
+    assert loaded.engine_launcher_class is SameSessionEngineSetLauncher
+    assert _engine_pids(loaded) == _engine_pids(cluster)
+
+
+def _engine_pids(cluster):
+    return {
+        engine.pid
+        for engine_set in cluster.engines.values()
+        for engine in engine_set.launchers.values()
+    }
+
+
+def test_launcher_is_public_and_loaded_when_asked_for():
+    # test_import checks that ``import sklearn_ipp`` alone does not load it.
+    assert sklearn_ipp.SameSessionEngineSetLauncher is SameSessionEngineSetLauncher
+    assert "SameSessionEngineSetLauncher" in sklearn_ipp.__all__
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        sklearn_ipp.missing  # noqa: B018 (the attribute access is the test)
