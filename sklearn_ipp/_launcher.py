@@ -9,11 +9,12 @@ An engine that runs more threads than its share of the CPUs (CatBoost's
 default of one thread per CPU of the host, which the engine cannot lower
 without changing its results) then waits longer for its own descheduled
 threads than the same threads would in processes of one group, as loky's
-workers are: on 2 CPUs, two fits side by side took about 10 % longer.
+workers are: two such fits side by side on 2 CPUs took 1.12 times as long
+in a session each as in one session (``benchmarks/bench_sessions.py``).
 
-:class:`SameSessionEngineSetLauncher` starts the engines in a process group
-of their own, which is enough to keep the terminal's signals from them, but in
-the session, and so the scheduling group, of the process that starts them.
+:class:`SameSessionEngineSetLauncher` starts each engine in a process group
+of its own, which is enough to keep the terminal's signals from it, but in the
+session, and so the scheduling group, of the process that starts it.
 sklearn_ipp's own local cluster and its tests start engines with it; a user
 can too, with ``ipcluster start --engines=sklearn_ipp.SameSessionEngineSetLauncher``
 or ``ipyparallel.Cluster(engine_launcher_class=...)``.

@@ -1,8 +1,13 @@
 """Local engines started in the session of the process that starts them."""
 
+import glob
 import json
 import os
+import signal
+import subprocess
 import sys
+import textwrap
+import time
 
 import ipyparallel as ipp
 import pytest
@@ -11,7 +16,7 @@ import sklearn_ipp
 from sklearn_ipp import SameSessionEngineSetLauncher, _launcher
 from sklearn_ipp._launcher import SameSessionEngineLauncher
 
-from .conftest import on_engine
+from .conftest import last_json_line, on_engine, run_python
 
 _IDS = "import os, json; print(json.dumps([os.getsid(0), os.getpgid(0), os.getpid()]))"
 
@@ -32,11 +37,11 @@ def _start(tmp_path, identifier):
     return session, group, pid
 
 
-@pytest.mark.skipif(not _launcher._CAN_GROUP, reason="Popen has no process_group")
 def test_launched_process_shares_the_session_in_a_group_of_its_own(tmp_path):
     session, group, pid = _start(tmp_path, "grouped")
-    assert session == os.getsid(0)
     assert group == pid != os.getpgid(0)
+    # Python 3.10 starts it in a session of its own (the next test).
+    assert session == (os.getsid(0) if _launcher._CAN_GROUP else pid)
 
 
 def test_without_process_groups_the_launched_process_gets_a_session(
@@ -92,3 +97,55 @@ def test_launcher_is_public_and_loaded_when_asked_for():
     assert "SameSessionEngineSetLauncher" in sklearn_ipp.__all__
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
         sklearn_ipp.missing  # noqa: B018 (the attribute access is the test)
+
+
+_ENGINES_OF_DEFAULT_CLUSTER = textwrap.dedent(
+    """
+    import json
+    import sklearn_ipp
+
+    with sklearn_ipp.resolve_cluster(timeout=60) as connection:
+        ids = connection.client[:].apply_sync(
+            lambda: (lambda os: (os.getsid(0), os.getpgid(0), os.getpid()))(
+                __import__("os")
+            )
+        )
+        print(json.dumps({"source": connection.source, "ids": ids}))
+    """
+)
+
+
+@pytest.mark.cluster
+def test_ipcluster_starts_engines_with_the_launcher_by_its_name(tmp_path):
+    # The command of the docs; the cluster file ipcluster writes names the
+    # launcher, and sklearn_ipp connects through it.
+    command = [sys.executable, "-m", "ipyparallel.cluster", "start", "-n", "2"]
+    command += ["--engines=sklearn_ipp.SameSessionEngineSetLauncher"]
+    ipcluster = subprocess.Popen(
+        command,
+        env=dict(os.environ, IPYTHONDIR=str(tmp_path)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        security = os.path.join(tmp_path, "profile_default", "security")
+        pattern = os.path.join(security, "cluster-*.json")
+        deadline = time.monotonic() + 60
+        while not glob.glob(pattern):
+            assert ipcluster.poll() is None, ipcluster.stderr.read().decode()
+            assert time.monotonic() < deadline, "ipcluster wrote no cluster file"
+            time.sleep(0.2)
+        found = last_json_line(
+            run_python("-c", _ENGINES_OF_DEFAULT_CLUSTER, IPYTHONDIR=str(tmp_path))
+        )
+    finally:
+        os.killpg(ipcluster.pid, signal.SIGINT)
+        ipcluster.wait(timeout=60)
+    # Through the cluster file, not the controller's connection file, which
+    # is what is left when the file cannot be loaded.
+    assert found["source"].startswith("<Cluster("), found["source"]
+    assert len(found["ids"]) == 2
+    for session, group, pid in found["ids"]:
+        assert group == pid
+        assert session == (ipcluster.pid if _launcher._CAN_GROUP else pid)
