@@ -26,11 +26,9 @@ import numpy as np
 import saved_run
 
 
-def _fit(X, y):
-    from catboost import CatBoostClassifier
-
+def _fit(estimator, X, y):
     start = time.perf_counter()
-    CatBoostClassifier(iterations=80, depth=6, random_seed=0, verbose=0).fit(X, y)
+    estimator.fit(X, y)
     return time.perf_counter() - start
 
 
@@ -43,15 +41,18 @@ def _autogroup():
 
 
 def main(argv=None):
-    from sklearn.datasets import make_classification
+    from bench_threads import _workload
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args(argv)
 
-    # Two thirds of the rows of bench_threads' catboost workload, as a split.
-    X, y = make_classification(20000, 40, random_state=0)
-    X, y = X[: 2 * len(X) // 3], y[: 2 * len(y) // 3]
+    # The first training split of bench_threads' catboost workload, with the
+    # deeper of its trees.
+    estimator, _, cv, X, y = _workload("catboost", 1.0)
+    estimator.set_params(depth=6)
+    train, _ = next(cv.split(X))
+    X, y = X[train], y[train]
     context = multiprocessing.get_context("spawn")
     pools = {
         "one session": context.Pool(2),
@@ -60,10 +61,10 @@ def main(argv=None):
     times = {name: [] for name in pools}
     try:
         for pool in pools.values():  # warm-up: catboost imported
-            pool.starmap(_fit, [(X[:300], y[:300])] * 2)
+            pool.starmap(_fit, [(estimator, X[:300], y[:300])] * 2)
         for _ in range(args.repeat):
             for name, pool in pools.items():
-                times[name] += pool.starmap(_fit, [(X, y)] * 2)
+                times[name] += pool.starmap(_fit, [(estimator, X, y)] * 2)
     finally:
         for pool in pools.values():
             pool.terminate()

@@ -9,8 +9,8 @@ An engine that runs more threads than its share of the CPUs (CatBoost's
 default of one thread per CPU of the host, which the engine cannot lower
 without changing its results) then waits longer for its own descheduled
 threads than the same threads would in processes of one group, as loky's
-workers are: two such fits side by side on 2 CPUs took 1.12 times as long
-in a session each as in one session (``benchmarks/bench_sessions.py``).
+workers are: two such fits side by side on 2 CPUs took 1.26 to 1.28 times as
+long in a session each as in one session (``benchmarks/bench_sessions.py``).
 
 :class:`SameSessionEngineSetLauncher` starts each engine in a process group
 of its own, which is enough to keep the terminal's signals from it, but in the
