@@ -67,10 +67,7 @@ def test_session_cluster_engines_share_this_session_in_groups_of_their_own(clien
     # on Linux the kernel schedules them as one group.
     for session, group, pid in client[:].apply_sync(_engine_ids):
         assert group == pid != os.getpgid(0)
-        if _launcher._CAN_GROUP:
-            assert session == os.getsid(0)
-        else:
-            assert session == pid
+        assert session == (os.getsid(0) if _launcher._CAN_GROUP else pid)
 
 
 @pytest.mark.cluster
@@ -106,12 +103,13 @@ _ENGINES_OF_DEFAULT_CLUSTER = textwrap.dedent(
     import json
     import sklearn_ipp
 
+    def engine_ids():
+        import os
+
+        return os.getsid(0), os.getpgid(0), os.getpid()
+
     with sklearn_ipp.resolve_cluster(timeout=60) as connection:
-        ids = connection.client[:].apply_sync(
-            lambda: (lambda os: (os.getsid(0), os.getpgid(0), os.getpid()))(
-                __import__("os")
-            )
-        )
+        ids = connection.client[:].apply_sync(engine_ids)
         print(json.dumps({"source": connection.source, "ids": ids}))
     """
 )
