@@ -566,6 +566,7 @@ def on_cluster(
     whole_data=False,
     reuse_prefixes=True,
     engine_wait=DEFAULT_TIMEOUT,
+    delayed_bar=True,
 ):
     """Run the ``Parallel`` calls of the block on the cluster.
 
@@ -584,7 +585,8 @@ def on_cluster(
     retries : int, default=3
         Times a fit is sent again when its engine dies.
     verbose : int, default=0
-        Above 0 a progress bar shows at once, else after 10 s.
+        Above 0 a progress bar shows at once, else after 10 s (see
+        ``delayed_bar``).
     checkpoint, on_progress, on_result, candidate_position
         As in :class:`ClusterBackend`; ``on_progress`` is called besides
         the progress bar.
@@ -597,6 +599,11 @@ def on_cluster(
     engine_wait : float, default=60
         Seconds to wait for engines when there are none, at the start and
         during the calls, as in :class:`ClusterBackend`.
+    delayed_bar : bool, default=True
+        Whether the bar shows after 10 s without ``verbose``. False for a
+        search fitting in the background, whose bar would appear in
+        whatever output is current by then: a later cell of a notebook, or
+        the prompt of a terminal.
 
     Yields
     ------
@@ -604,7 +611,7 @@ def on_cluster(
     """
     if caller_backend is None:
         caller_backend, _ = get_active_backend()
-    progress = FitProgress(verbose)
+    progress = FitProgress(verbose, delayed=delayed_bar)
 
     def report_progress(n_done, n_submitted):
         if on_progress is not None:

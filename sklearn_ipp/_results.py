@@ -442,11 +442,15 @@ class FitProgress:
         once the search has run for ``QUIET_DELAY_SECONDS``.
     description : str, default="fits"
         Text before the bar.
+    delayed : bool, default=True
+        Whether the bar shows after the delay when ``verbose`` is 0; if
+        False, it shows only with ``verbose``.
     """
 
-    def __init__(self, verbose, description="fits"):
+    def __init__(self, verbose, description="fits", delayed=True):
         self._lock = threading.Lock()
         self._verbose = verbose
+        self._delayed = delayed
         self._description = description
         self._bar = None  # made at the first result, after sklearn's own output
 
@@ -454,6 +458,8 @@ class FitProgress:
         """Show ``n_done`` of ``n_submitted`` fits finished."""
         with self._lock:
             if self._bar is None:
+                if not (self._verbose > 0 or self._delayed):
+                    return
                 self._bar = _bar_class()(
                     total=n_submitted,
                     desc=self._description,

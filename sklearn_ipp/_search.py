@@ -317,7 +317,8 @@ class IPyParallelGridSearchCV(_ClusterSearchMixin, GridSearchCV):
     verbose : int, default=0
         As in :class:`~sklearn.model_selection.GridSearchCV`; above 0 a
         progress bar of finished fits is shown too (without, it appears for
-        searches running longer than 10 s, on a terminal or in Jupyter).
+        searches running longer than 10 s, on a terminal or in Jupyter,
+        except those started with ``fit_async``).
     pre_dispatch : int or str, default="all"
         How many tasks joblib hands to the scheduler before the first result.
         Tasks are a few KB each whatever the data size, so all of them are

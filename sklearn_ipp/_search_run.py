@@ -124,7 +124,14 @@ class SearchRun:
             self.finished.set()
 
     def run_in_background(self, connection, sklearn_fit, X, y, params):
-        """Start :meth:`run` in a thread; its errors are kept for ``wait``."""
+        """Start :meth:`run` in a thread; its errors are kept for ``wait``.
+
+        No progress bar shows after a delay, only with ``verbose``: the
+        caller has moved on, and the bar would appear wherever its output is
+        by then (a later cell of a notebook). report() and progress() show
+        how far the search is.
+        """
+        self._cluster_options["delayed_bar"] = False
 
         def run():
             try:

@@ -175,7 +175,20 @@ def test_without_ipywidgets_the_bar_is_text(kernel_without_ipywidgets):
 # The live report in a kernel ----------------------------------------------------
 
 
-def test_live_report_displays_and_refreshes_in_place(kernel):
+@pytest.fixture
+def bar_at_once(kernel):
+    """Progress bars that would show after a delay show at once in ``kernel``."""
+    name = "sklearn_ipp._results.QUIET_DELAY_SECONDS"
+    delay = _run(kernel, f"import sklearn_ipp._results\nprint({name})")
+    _assert_no_error(_run(kernel, f"{name} = 0"))
+    yield
+    _assert_no_error(_run(kernel, f"{name} = {_stream(delay, 'stdout').strip()}"))
+
+
+def test_live_report_displays_and_refreshes_in_place(kernel, bar_at_once):
+    # A search in the background shows no progress bar without verbose:
+    # it would appear in whichever cell runs then. The report shows the
+    # progress instead.
     shown = _run(
         kernel,
         "search = small_search()\n"
@@ -203,6 +216,7 @@ def test_live_report_displays_and_refreshes_in_place(kernel):
     expected = json.loads(_stream(refreshed, "stdout"))
     # Updated where it was, nothing added.
     assert not _of_type(refreshed, "display_data")
+    assert not _of_type(shown + refreshed, "comm_open")
     (update,) = _of_type(refreshed, "update_display_data")
     assert update["transient"]["display_id"] == display_id
     assert update["data"]["text/plain"] == expected["report"]
