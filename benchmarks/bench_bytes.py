@@ -38,12 +38,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import ratio_plot
 import saved_run
+from bench_search_memory import new_cluster
 
 SYSTEMS = (
     "sklearn_ipp",
@@ -210,7 +210,6 @@ def _send_folds_whole():
 
 
 def _run_child(system, size_mb, n_engines, fake_host, n_splits):
-    import ipyparallel as ipp
     from joblib import parallel_backend
     from sklearn.dummy import DummyClassifier
     from sklearn.model_selection import GridSearchCV, KFold
@@ -221,7 +220,6 @@ def _run_child(system, size_mb, n_engines, fake_host, n_splits):
     rng = np.random.RandomState(0)
     X = rng.standard_normal((n_samples, N_FEATURES))
     y = rng.randint(0, 2, size=n_samples)
-    os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
     with contextlib.ExitStack() as stack:
         network = {}
         if fake_host:
@@ -229,7 +227,7 @@ def _run_child(system, size_mb, n_engines, fake_host, n_splits):
             # The controller listens on every address; engines reach it on
             # the client's end of the fake host's network.
             network = {"controller_ip": "*", "controller_location": _HOST_ADDRESS}
-        cluster = ipp.Cluster(n=n_engines, log_level=40, **network)
+        cluster = new_cluster(n_engines, **network)
         client = cluster.start_and_connect_sync()
         client.wait_for_engines(n_engines, timeout=120)
         if fake_host:

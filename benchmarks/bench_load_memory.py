@@ -14,13 +14,12 @@ larger search.
 
 import argparse
 import contextlib
-import os
-import tempfile
 import threading
 import time
 
 import numpy as np
 import psutil
+from bench_search_memory import new_cluster
 
 MB = 1e6
 
@@ -94,10 +93,7 @@ def main():
     parser.add_argument("--engines", type=int, default=2)
     parser.add_argument("--candidates", type=int, nargs="+", default=[500, 2000])
     args = parser.parse_args()
-    import ipyparallel as ipp
-
-    os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
-    cluster = ipp.Cluster(n=args.engines, log_level=40)
+    cluster = new_cluster(args.engines)
     client = cluster.start_and_connect_sync()
     client.wait_for_engines(args.engines)
     controller = psutil.Process(cluster.controller.process.pid)

@@ -12,14 +12,13 @@ wall time (the refit is left out: ``refit=False``), the median of
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import saved_run
+from bench_search_memory import new_cluster
 from ratio_plot import label, plot_ratios
 from sklearn.base import BaseEstimator, ClassifierMixin
 
@@ -54,12 +53,9 @@ def _run_child(system, n_workers, repeats):
     X, y = rng.standard_normal((200, 5)), rng.randint(0, 2, size=200)
     client = cluster = None
     if system == "sklearn_ipp":
-        import ipyparallel as ipp
-
         from sklearn_ipp import IPyParallelGridSearchCV
 
-        os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
-        cluster = ipp.Cluster(n=n_workers, log_level=40)
+        cluster = new_cluster(n_workers)
         client = cluster.start_and_connect_sync()
         client.wait_for_engines(n_workers, timeout=300)
         search = IPyParallelGridSearchCV(

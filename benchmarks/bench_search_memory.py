@@ -24,9 +24,11 @@ the RAM-backed files it wrote in /dev/shm, minus the same sum just before
 """
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,21 +113,33 @@ class _PeakSampler(threading.Thread):
         self.peak = max(self.peak, _footprint())
 
 
-def local_cluster(n_engines, own_sessions=False):
-    """Start a local cluster in a profile of its own; return ``(client, stop)``.
+def new_cluster(n_engines, own_sessions=False, **options):
+    """Return an ``ipyparallel.Cluster`` of ``n_engines``, not started yet.
 
-    The engines start in this process's session, as those of sklearn_ipp's own
-    local cluster (``SameSessionEngineSetLauncher``); with ``own_sessions``,
-    each in a session of its own, as ipyparallel's local launcher starts them.
-    The other benchmarks start theirs with this too.
+    It has a profile of its own, in a temporary directory removed when this
+    process exits. The engines start in this process's session, as those of
+    sklearn_ipp's own local cluster (``SameSessionEngineSetLauncher``); with
+    ``own_sessions``, each in a session of its own, as ipyparallel's local
+    launcher starts them. ``options`` are more of the cluster's options.
+    The other benchmarks start their clusters with this too.
     """
     import ipyparallel as ipp
 
     from sklearn_ipp import SameSessionEngineSetLauncher
 
-    os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
+    ipython_dir = tempfile.mkdtemp(prefix="bench-ipython-")
+    # Registered before the cluster's own exit handler, so run after it.
+    atexit.register(shutil.rmtree, ipython_dir, ignore_errors=True)
+    os.environ["IPYTHONDIR"] = ipython_dir
     launcher = "local" if own_sessions else SameSessionEngineSetLauncher
-    cluster = ipp.Cluster(n=n_engines, log_level=40, engine_launcher_class=launcher)
+    return ipp.Cluster(
+        n=n_engines, log_level=40, engine_launcher_class=launcher, **options
+    )
+
+
+def local_cluster(n_engines, own_sessions=False):
+    """Start :func:`new_cluster`; return ``(client, stop)``."""
+    cluster = new_cluster(n_engines, own_sessions)
     client = cluster.start_and_connect_sync()
 
     def stop():

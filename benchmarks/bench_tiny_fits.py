@@ -22,11 +22,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import saved_run
+from bench_search_memory import new_cluster
 from ratio_plot import plot_ratios, ratios
 
 SYSTEMS = ("serial", "loky", "ipyparallel-builtin", "sklearn_ipp")
@@ -77,10 +77,7 @@ def _run_child(system, n_workers, n_candidates, n_repeats):
     estimator, grid, X, y = _search_parts(n_candidates)
     client = cluster = None
     if system in ("ipyparallel-builtin", "sklearn_ipp"):
-        import ipyparallel as ipp
-
-        os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="bench-ipython-")
-        cluster = ipp.Cluster(n=n_workers, log_level=40)
+        cluster = new_cluster(n_workers)
         client = cluster.start_and_connect_sync()
     if system == "sklearn_ipp":
         from sklearn_ipp import IPyParallelGridSearchCV

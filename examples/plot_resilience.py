@@ -16,6 +16,7 @@ fits that had not finished.
 # This example kills one of its engines, so it starts a local cluster of 2
 # engines for itself rather than using the default one.
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -149,6 +150,8 @@ ax_first.set_ylabel(f"fits finished (of {total})")
 ax_first.legend(loc="lower right")
 
 # %%
-# The cluster is stopped: it was this example's own.
+# The cluster is stopped, and the saved results removed: both were this
+# example's own.
 client.close()
 cluster.stop_cluster_sync()
+shutil.rmtree(checkpoint_dir)
