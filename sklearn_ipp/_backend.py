@@ -33,6 +33,7 @@ from ._cluster import DEFAULT_TIMEOUT, resolve_cluster
 from ._controller import ControllerWatch
 from ._exceptions import BackendStoppedError
 from ._fit_and_score import fit_and_score_arguments
+from ._fit_timeout import check_fit_timeout
 from ._folds import FoldIndex, _without_callbacks
 from ._hosts import EngineLosses, EngineRoster
 from ._messages import Messenger
@@ -125,6 +126,12 @@ class ClusterBackend(ClusterCapabilities):
         Fit the leading steps of a searched ``Pipeline`` once per split for
         all the candidates that share them, where that cannot change a
         result (see :ref:`repeated-work`).
+    fit_timeout : float or None, default=None
+        Seconds each fit of scikit-learn's fit-and-score tasks (the
+        searches, ``cross_validate``, the curves) may run on its engine. A
+        fit past it is stopped and fails with
+        :class:`~sklearn_ipp.FitTimeoutError`, as a fit that raised (see
+        :doc:`budgets`). None: no limit.
     **backend_kwargs
         joblib's: ``inner_max_num_threads``, the BLAS and OpenMP threads of
         each engine while it runs tasks (``parallel_config(backend=...,
@@ -150,9 +157,11 @@ class ClusterBackend(ClusterCapabilities):
         check_versions=True,
         engine_wait=None,
         reuse_prefixes=True,
+        fit_timeout=None,
         **backend_kwargs,
     ):
         super().__init__(**backend_kwargs)
+        self.fit_timeout = check_fit_timeout(fit_timeout)
         self.reuse_prefixes = reuse_prefixes
         # Why a searched pipeline was fitted whole, if the user can change it.
         self.prefix_note = None
@@ -334,6 +343,7 @@ class ClusterBackend(ClusterCapabilities):
             persist=self._persist,
             max_nbytes=self.max_nbytes,
             on_reply=made.method("message_done"),
+            fit_timeout=self.fit_timeout,
         )
         note = "" if self.saved_fits is None else KEPT_RESULTS_NOTE
         scheduler = Scheduler(
@@ -567,6 +577,7 @@ def on_cluster(
     reuse_prefixes=True,
     engine_wait=DEFAULT_TIMEOUT,
     delayed_bar=True,
+    fit_timeout=None,
 ):
     """Run the ``Parallel`` calls of the block on the cluster.
 
@@ -604,6 +615,8 @@ def on_cluster(
         search fitting in the background, whose bar would appear in
         whatever output is current by then: a later cell of a notebook, or
         the prompt of a terminal.
+    fit_timeout : float or None, default=None
+        As in :class:`ClusterBackend`.
 
     Yields
     ------
@@ -636,6 +649,7 @@ def on_cluster(
             retries=retries,
             engine_wait=engine_wait,
             checkpoint=checkpoint,
+            fit_timeout=fit_timeout,
             inner_max_num_threads=getattr(
                 caller_backend, "inner_max_num_threads", None
             ),
@@ -680,6 +694,9 @@ def register_backend(name="ipyparallel", client=None, make_default=False, **opti
           still queued) and when all were lost during a call;
         - ``retries`` (int, default 3): times a task is sent again when the
           engine running it dies;
+        - ``fit_timeout`` (float or None): seconds each fit of
+          scikit-learn's fit-and-score tasks may run before it is stopped
+          and fails (see :doc:`budgets`);
         - ``reuse_prefixes`` (bool, default True): fit the leading steps of
           a searched ``Pipeline`` once per split (see :ref:`repeated-work`);
         - ``store_dir`` (str or None): where the private store is made;

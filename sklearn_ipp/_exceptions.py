@@ -12,6 +12,7 @@ __all__ = [
     "EngineLostError",
     "EngineTimeoutError",
     "EngineVersionError",
+    "FitTimeoutError",
     "StoreError",
 ]
 
@@ -22,6 +23,15 @@ class ClusterNotFoundError(ConnectionError):
 
 class EngineTimeoutError(TimeoutError):
     """Fewer engines registered with the controller than were expected in time."""
+
+
+class FitTimeoutError(TimeoutError):
+    """A fit ran past ``fit_timeout`` and was stopped.
+
+    The fit counts as failed, as a fit that raised: its scores are
+    ``error_score``, and with ``error_score="raise"`` the search raises this
+    error. Its message names the limit, the engine and its host.
+    """
 
 
 class EngineVersionError(RuntimeError):

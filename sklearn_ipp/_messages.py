@@ -17,14 +17,24 @@ import time
 import cloudpickle
 
 from ._cluster import end_stuck_engines
+from ._fit_timeout import fit_timeout_error
 from ._pickling import by_value_generation, dumps, send_by_value
-from ._worker import INTERRUPTIBLE, STOP_SIGNAL, STOPPED, UNPICKLING_FAILED, run_batch
+from ._worker import (
+    INTERRUPTIBLE,
+    STARTED,
+    STOP_SIGNAL,
+    STOPPED,
+    TIMED_OUT,
+    UNPICKLING_FAILED,
+    run_batch,
+)
 
 __all__ = [
     "ENGINE_LOST",
     "MAX_STOPS",
     "SEND_AGAIN",
     "STOPPED",
+    "TIMED_OUT",
     "Messenger",
     "RemoteTraceback",
 ]
@@ -43,6 +53,12 @@ MAX_STOPS = 3
 # Seconds that the engine of a stopped message gets to free itself before it
 # is ended (when it belongs to the local cluster started by this process).
 STUCK_GRACE_SECONDS = 30.0
+
+# Seconds past its fit_timeout after which a fit that its engine has not
+# stopped (compiled code that does not return to Python, which the engine's
+# signal waits for) is failed by the client, and the engine ended: this, plus
+# a tenth of the limit, for a slow reply.
+OVERDUE_GRACE_SECONDS = 2.0
 
 # What reading a reply gives when the message's engine died or left.
 ENGINE_LOST = "sklearn_ipp_engine_lost"
@@ -73,9 +89,24 @@ class Messenger:
     on_reply : callable
         Called with a message's handle, in ipyparallel's thread, when its
         reply (or failure) arrives.
+    fit_timeout : float or None, default=None
+        Seconds each fit of scikit-learn's ``_fit_and_score`` may run on its
+        engine; None: no limit.
     """
 
-    def __init__(self, connection, roster, n_threads, persist, max_nbytes, on_reply):
+    def __init__(
+        self,
+        connection,
+        roster,
+        n_threads,
+        persist,
+        max_nbytes,
+        on_reply,
+        fit_timeout=None,
+    ):
+        self.fit_timeout = fit_timeout
+        # message id -> when the client saw its limited fit start
+        self._started = {}
         self._connection = connection
         self._roster = roster
         self._n_threads = n_threads
@@ -112,6 +143,9 @@ class Messenger:
         targets = sorted(self._roster.ready)
         thread_limits = self._roster.thread_limits(self._n_threads)
         items = [task.message_item() for task in tasks]
+        limits = None
+        if self.fit_timeout is not None and any(task.limited for task in tasks):
+            limits = [self.fit_timeout if task.limited else None for task in tasks]
         generation = by_value_generation()
         call = tasks[0].call
         payload = dumps(
@@ -128,6 +162,7 @@ class Messenger:
                     payload,
                     thread_limits,
                     all(task.n_stops < MAX_STOPS for task in tasks),
+                    limits,
                 )
         except KeyError:
             return False
@@ -141,6 +176,8 @@ class Messenger:
                 targets,
                 generation,
             )
+            if limits is not None:
+                self._started[async_result.msg_ids[0]] = None
         async_result.add_done_callback(self._on_reply)
         return True
 
@@ -149,6 +186,7 @@ class Messenger:
         msg_id = async_result.msg_ids[0]
         with self._lock:
             entry = self._in_flight.pop(msg_id, None)
+            self._started.pop(msg_id, None)
             if entry is None:
                 return None
             self._generations[msg_id] = entry[3]
@@ -168,6 +206,8 @@ class Messenger:
                 for msg_id, (_, _, targets, _) in self._in_flight.items()
                 if not alive.intersection(targets)
             ]
+            for msg_id in stranded:
+                self._started.pop(msg_id, None)
             stranded = [self._in_flight.pop(msg_id)[1] for msg_id in stranded]
         for tasks in stranded:
             logger.info(
@@ -188,6 +228,8 @@ class Messenger:
                 for msg_id, entry in self._in_flight.items()
                 if owner is None or entry[1][0].owner is owner
             ]
+            for msg_id in taken:
+                self._started.pop(msg_id, None)
             entries = [self._in_flight.pop(msg_id) for msg_id in taken]
         return [entry[0] for entry in entries], [
             task for entry in entries for task in entry[1]
@@ -221,13 +263,19 @@ class Messenger:
                 return SEND_AGAIN, None
             error = _unloadable_task_error(exc, text, async_result, hostname)
             return [(False, error)] * len(tasks), None
-        outcomes, seconds, _, outputs = reply
+        outcomes, seconds, hostname, outputs = reply
         if STOPPED in (outcome[0] for outcome in outcomes):
             seconds = None  # cut short: not how long the tasks take
         read = []
         for task, outcome, output in zip(tasks, outcomes, outputs, strict=True):
             if outcome[0] == STOPPED:
                 read.append(STOPPED)
+                continue
+            if outcome[0] == TIMED_OUT:
+                error = fit_timeout_error(
+                    self.fit_timeout, async_result.engine_id, hostname
+                )
+                read.append(_timed_out(task, error, outcome[1]))
                 continue
             said_before = None
             if outcome[0] is True:
@@ -252,7 +300,70 @@ class Messenger:
             read.append(outcome)
         return read, seconds
 
-    def stop(self, async_results, end_stuck=True):
+    def take_overdue(self):
+        """Take the limited fits that their engines did not stop in time.
+
+        A fit that started more than ``fit_timeout`` plus a grace ago and has
+        not replied runs compiled code that does not see the engine's signal.
+        Returns ``(again, failed)``: its task, to be sent again to fail at
+        once as those the engines stopped, with the tasks of the messages
+        queued behind it on its engine; and ``(task, outcome)`` of a pipeline
+        prefix's fit, which fails. That engine gets the stop signal, and is ended and
+        replaced if it belongs to the local cluster of this process; the
+        search goes on with the other engines without waiting for it.
+        """
+        if not self._started:
+            return [], []
+        now = time.monotonic()
+        limit = self.fit_timeout + OVERDUE_GRACE_SECONDS + 0.1 * self.fit_timeout
+        with self._lock:
+            overdue = {}  # message id -> seconds its fit has run
+            for msg_id, started in self._started.items():
+                if started is None:
+                    if _has_started(self._in_flight[msg_id][0]):
+                        self._started[msg_id] = now
+                elif now - started > limit:
+                    overdue[msg_id] = now - started
+            if not overdue:
+                return [], []
+            stuck = {self._in_flight[msg_id][0].engine_id for msg_id in overdue}
+            taken = [
+                msg_id
+                for msg_id, entry in self._in_flight.items()
+                if msg_id in overdue or entry[0].engine_id in stuck
+            ]
+            entries = {msg_id: self._in_flight.pop(msg_id) for msg_id in taken}
+            for msg_id in taken:
+                self._started.pop(msg_id, None)
+        again, failed = [], []
+        for msg_id, (async_result, tasks, *_) in entries.items():
+            if msg_id not in overdue:
+                again += tasks  # queued behind: they never ran
+                continue
+            engine_id = async_result.engine_id
+            hostname = self._roster.ready.get(engine_id, "unknown")
+            error = fit_timeout_error(self.fit_timeout, engine_id, hostname)
+            for task in tasks:
+                outcome = _timed_out(task, error, overdue[msg_id])
+                if outcome is TIMED_OUT:
+                    again.append(task)
+                else:
+                    failed.append((task, outcome))
+        # The engine's own signal came at the limit, the grace ago.
+        self.stop(
+            [entry[0] for entry in entries.values()],
+            stuck_grace=0.0,
+            signalled_ago=limit - self.fit_timeout,
+        )
+        return again, failed
+
+    def stop(
+        self,
+        async_results,
+        end_stuck=True,
+        stuck_grace=None,
+        signalled_ago=0.0,
+    ):
         """Abort messages still queued; stop the tasks of those running.
 
         The engines known to run one of the messages get ``STOP_SIGNAL``,
@@ -270,8 +381,12 @@ class Messenger:
         place, when it belongs to the local cluster this process started;
         on other clusters it takes new tasks once the call returns. Not
         with ``end_stuck=False``: when the controller is lost, no reply can
-        come, and the engines are not stuck.
+        come, and the engines are not stuck. ``stuck_grace``, if not None,
+        replaces ``STUCK_GRACE_SECONDS``, for engines already signalled
+        ``signalled_ago`` seconds ago.
         """
+        if stuck_grace is None:
+            stuck_grace = STUCK_GRACE_SECONDS
         pending = [ar for ar in async_results if not ar.done()]
         if not pending:
             return
@@ -296,9 +411,9 @@ class Messenger:
         if signalled and end_stuck:
             pids = dict(self._roster.pids)
             timer = threading.Timer(
-                STUCK_GRACE_SECONDS,
+                stuck_grace,
                 _end_stuck_engines,
-                (signalled, pids, self._connection.client),
+                (signalled, pids, self._connection.client, stuck_grace + signalled_ago),
             )
             timer.daemon = True
             timer.name = "sklearn_ipp-stuck-engines"
@@ -317,7 +432,7 @@ def _replay(output, task):
         context.run(output.replay, task.caller)
 
 
-def _end_stuck_engines(signalled, pids, client):
+def _end_stuck_engines(signalled, pids, client, grace):
     """End the engines that a stop signal did not free, where this process may."""
     try:
         stuck = sorted({ar.engine_id for ar in signalled if not ar.done()})
@@ -335,7 +450,7 @@ def _end_stuck_engines(signalled, pids, client):
                 "(a call of compiled code that does not return): it was ended, "
                 "and a new engine started in its place.",
                 engine_id,
-                STUCK_GRACE_SECONDS,
+                grace,
             )
         else:
             logger.warning(
@@ -343,8 +458,29 @@ def _end_stuck_engines(signalled, pids, client):
                 "signal (a call of compiled code that does not return); it takes "
                 "new tasks once that call returns. Restart it to free it sooner.",
                 engine_id,
-                STUCK_GRACE_SECONDS,
+                grace,
             )
+
+
+def _timed_out(task, error, seconds):
+    """Mark ``task`` stopped at ``fit_timeout``; return its outcome.
+
+    ``TIMED_OUT``: it is sent again to fail at once with ``error`` (see
+    ``_fit_timeout``). A pipeline prefix's fit fails with it, and its
+    candidates run whole.
+    """
+    if task.internal:
+        return (False, error)
+    task.timed_out = (error, seconds)
+    return TIMED_OUT
+
+
+def _has_started(async_result):
+    """Whether a message's limited fits have started on their engine."""
+    try:
+        return bool(async_result.data.get(STARTED))
+    except Exception:  # metadata of a message the client no longer tracks
+        return False
 
 
 def _is_interruptible(async_result):

@@ -25,7 +25,8 @@ import time
 from collections import OrderedDict, deque
 
 from ._exceptions import BackendStoppedError, ControllerLostError
-from ._messages import ENGINE_LOST, SEND_AGAIN, STOPPED
+from ._fit_timeout import fail_fit
+from ._messages import ENGINE_LOST, SEND_AGAIN, STOPPED, TIMED_OUT
 
 __all__ = [
     "Call",
@@ -186,6 +187,7 @@ class Task:
         "rows",
         "saved",
         "split_key",
+        "timed_out",
     )
 
     def __init__(self, job, index, function, args, kwargs):
@@ -204,6 +206,9 @@ class Task:
         self.prefix = None  # the PrefixFold it runs on, if any
         self.on_prefix = False  # sent to run on its prefix
         self.output = None  # what an internal task said (a TaskOutput)
+        # (FitTimeoutError, seconds) once it ran past fit_timeout: it is then
+        # sent again to fail at once (see _fit_timeout).
+        self.timed_out = None
 
     @property
     def key(self):
@@ -241,12 +246,22 @@ class Task:
         """Tasks of a kind take about as long: a candidate, on every split."""
         return None if self.arguments is None else id(self.arguments["parameters"])
 
+    @property
+    def limited(self):
+        """Whether ``fit_timeout`` applies: a fit not yet stopped by it."""
+        return self.arguments is not None and self.timed_out is None
+
     def message_item(self):
         """Return ``(function, args, kwargs)`` as the engine runs it."""
         if self.fold is None:
-            return self.function, self.args, self.kwargs
-        args, kwargs = self.fold.rewrite(self.arguments, self.rows)
-        if self.prefix is None:
+            args, kwargs = self.args, self.kwargs
+        else:
+            args, kwargs = self.fold.rewrite(self.arguments, self.rows)
+        if self.timed_out is not None:
+            # Whole, on its own fold: its scores are those of a failed fit.
+            self.on_prefix = False
+            return fail_fit, (self.function, *self.timed_out, *args), kwargs
+        if self.prefix is None or self.fold is None:
             return self.function, args, kwargs
         self.on_prefix = not self.prefix.plain
         return self.prefix.candidate_item(self.function, args, kwargs)
@@ -316,6 +331,9 @@ class TaskQueues:
         # were known when it was sorted.
         self._by_duration = {}
         self.version = 0  # changes when tasks or queues come or go
+        # Whether fits under fit_timeout go one per message: the client then
+        # knows when each started (see Messenger.take_overdue).
+        self.limited_alone = False
         self._seconds_per_task = None
         self._seconds_by_kind = {}
 
@@ -395,6 +413,8 @@ class TaskQueues:
             first = min(filter(None, queues), key=lambda waiting: waiting[0].order)
             if tasks and first[0].call is not tasks[0].call:
                 break  # queues are in order: the first call has no task left
+            if tasks and self.limited_alone and (tasks[0].limited or first[0].limited):
+                break
             if last:
                 first = self._longest_first(first[0].key)
             tasks.append(first.popleft())
@@ -490,6 +510,7 @@ class Scheduler:
         self.n_stopped = 0  # tasks sent again after a stray stop signal
         self._condition = threading.Condition()
         self._queues = TaskQueues()
+        self._queues.limited_alone = getattr(messenger, "fit_timeout", None) is not None
         self._saved = deque()  # (task, result) of checkpointed tasks to hand back
         self._replies = queue.SimpleQueue()
         self._handling = []  # the tasks of the reply being handled
@@ -696,6 +717,7 @@ class Scheduler:
         self._hand_back_saved()
         self._handle_replies()
         self._resend_stranded()
+        self._take_overdue()
         self._losses.check_engines_left(self._busy, self.n_done, self.n_submitted)
         if self._controller is not None:
             self._controller.check(self._busy, self.n_done, self.n_submitted)
@@ -795,12 +817,16 @@ class Scheduler:
             if seconds is not None:
                 with self._condition:
                     self._queues.record_durations(tasks, seconds)
-            stopped = []
+            stopped, timed_out = [], []
             for task, outcome in zip(tasks, outcomes, strict=True):
                 if outcome is STOPPED:
                     stopped.append(task)
+                elif outcome is TIMED_OUT:
+                    timed_out.append(task)
                 else:
                     self._finish(task, *outcome)
+            if timed_out:
+                self._requeue(timed_out)  # to fail at once (see _fit_timeout)
             if stopped:
                 # A stop signal meant for another message (of another call
                 # or client), which had just ended on that engine, stopped
@@ -822,6 +848,20 @@ class Scheduler:
         """
         for tasks in self._messenger.take_stranded():
             self._requeue(tasks)
+
+    def _take_overdue(self):
+        """Fail the fits whose engines did not stop them at ``fit_timeout``.
+
+        They are sent again to fail at once, as those the engines stopped.
+        """
+        take_overdue = getattr(self._messenger, "take_overdue", None)
+        if take_overdue is None:  # a simulation's messenger
+            return
+        again, failed = take_overdue()
+        if again:
+            self._requeue(again)
+        for task, outcome in failed:
+            self._finish(task, *outcome)
 
     def _requeue(self, tasks):
         """Put tasks back at the front of their queues, in their order."""

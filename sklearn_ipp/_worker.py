@@ -6,6 +6,7 @@ serialisation the ipyparallel client is set to use.
 """
 
 import contextlib
+import os
 import pickle
 import signal
 import socket
@@ -23,8 +24,10 @@ from ._threads import limited_threads
 __all__ = [
     "INTERRUPTIBLE",
     "READ_ONLY_HINT",
+    "STARTED",
     "STOPPED",
     "STOP_SIGNAL",
+    "TIMED_OUT",
     "UNPICKLING_FAILED",
     "install_stop_handler",
     "restore_user_handler",
@@ -52,6 +55,13 @@ INTERRUPTIBLE = "sklearn_ipp_interruptible"
 # The outcome of a task that a stop signal kept from finishing.
 STOPPED = "sklearn_ipp_stopped"
 
+# Published by run_batch once its tasks with time limits run.
+STARTED = "sklearn_ipp_started"
+
+# The outcome ``(TIMED_OUT, seconds)`` of a task stopped at the time limit it
+# was given, after running ``seconds``.
+TIMED_OUT = "sklearn_ipp_timed_out"
+
 # The signal that stops the tasks an engine runs. Not SIGINT: ipykernel sets
 # Python's default SIGINT handler around every message it handles, so a SIGINT
 # that comes a moment late, as the engine unpacks its next message or replies,
@@ -73,13 +83,20 @@ _stoppable = True
 # A handler of the user's that ours replaced, called for the signals that come
 # outside our tasks, and given the signal back after each message.
 _user_handler = None
+# Whether the next signal is a task's time limit (see _TimeLimit), sent by
+# this process to itself: it stops even tasks that may not be stopped, and
+# is never the user's.
+_limit_signal = False
+# Held by a time limit from its decision to signal to the signal's sending,
+# and by the task's end: a limit never signals once its task has ended.
+_limit_lock = threading.Lock()
 
 
 class TasksStopped(KeyboardInterrupt):
     """Raised in a task by ``STOP_SIGNAL``."""
 
 
-def run_batch(payload, thread_limits=None, stoppable=True):
+def run_batch(payload, thread_limits=None, stoppable=True, time_limits=None):
     """Run the pickled ``[(function, args, kwargs), ...]`` of ``payload``.
 
     Parameters
@@ -97,15 +114,20 @@ def run_batch(payload, thread_limits=None, stoppable=True):
         Whether ``STOP_SIGNAL`` stops the tasks. False for tasks that
         signals meant for other messages stopped too often: they run to
         their end.
+    time_limits : list of float or None, default=None
+        Seconds each task may run (None: no limit), counted from its start
+        here. A task past its limit is stopped as a stop signal stops it,
+        comes back ``(TIMED_OUT, seconds)``, and the next task runs.
 
     Returns
     -------
     reply : bytes
         Pickled ``(outcomes, seconds, hostname, outputs)``: one
-        ``(True, result)``, ``(False, exception, traceback_text)`` or
-        ``(STOPPED,)`` per task, the time each task took, this engine's
-        hostname, and what each task warned, printed and told its callbacks
-        (a ``TaskOutput``, or None when it said nothing); or
+        ``(True, result)``, ``(False, exception, traceback_text)``,
+        ``(STOPPED,)`` or ``(TIMED_OUT, seconds)`` per task, the time each
+        task took, this engine's hostname, and what each task warned,
+        printed and told its callbacks (a ``TaskOutput``, or None when it
+        said nothing); or
         ``(UNPICKLING_FAILED, exception, traceback_text, hostname)`` when the
         tasks could not be unpickled. A stop signal ends the running task and
         the rest: they all come back ``(STOPPED,)``.
@@ -122,7 +144,7 @@ def run_batch(payload, thread_limits=None, stoppable=True):
     try:
         with limited_threads(n_threads):
             outcomes, seconds, outputs = _run_tasks(
-                tasks, engine_warning_filters(warning_filters)
+                tasks, engine_warning_filters(warning_filters), time_limits
             )
     finally:
         _stoppable = True
@@ -133,18 +155,27 @@ def run_batch(payload, thread_limits=None, stoppable=True):
     return _dumps((outcomes, seconds, hostname, outputs))
 
 
-def _run_tasks(tasks, warning_filters=None):
+def _run_tasks(tasks, warning_filters=None, time_limits=None):
     """Return the outcomes of ``tasks``, the seconds each took, their outputs."""
     outcomes, seconds, outputs = [], [], []
-    _let_stop_signal_stop_tasks()
-    for function, args, kwargs in tasks:
+    limits = time_limits or [None] * len(tasks)
+    can_stop = _let_stop_signal_stop_tasks(any(x is not None for x in limits))
+    for (function, args, kwargs), limit in zip(tasks, limits, strict=True):
         start = time.perf_counter()
         output = None
+        limited = _TimeLimit(limit if can_stop else None)
         try:
-            with captured(kwargs.get("caller"), warning_filters) as output:
+            with captured(kwargs.get("caller"), warning_filters) as output, limited:
                 result = _run_stoppable(function, args, kwargs)
             outcomes.append((True, with_read_only_hint(result)))
         except TasksStopped:
+            if limited.reached:
+                # Only this task: the next ones run.
+                elapsed = time.perf_counter() - start
+                outcomes.append((TIMED_OUT, elapsed))
+                seconds.append(elapsed)
+                outputs.append(None)  # it runs again, failing at once
+                continue
             n_left = len(tasks) - len(outcomes)
             outcomes += [(STOPPED,)] * n_left
             seconds += [time.perf_counter() - start] * n_left
@@ -158,19 +189,65 @@ def _run_tasks(tasks, warning_filters=None):
     return outcomes, seconds, outputs
 
 
-def _let_stop_signal_stop_tasks():
+class _TimeLimit:
+    """Stop the running task with ``STOP_SIGNAL`` once it has run ``seconds``.
+
+    A timer thread signals this process, whose main thread runs the task:
+    the handler raises ``TasksStopped`` there, at the next line of Python,
+    which also interrupts a ``sleep`` or a wait. Compiled code that does
+    not return to Python sees it only when it returns; the client ends such
+    an engine (see ``Messenger``). Does nothing for ``seconds=None``.
+    """
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.reached = False
+        self._ended = False
+        self._timer = None
+
+    def __enter__(self):
+        if self.seconds is not None:
+            self._timer = threading.Timer(self.seconds, self._reach)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._timer is not None:
+            with _limit_lock:
+                self._ended = True
+            self._timer.cancel()
+
+    def _reach(self):
+        global _limit_signal
+        with _limit_lock:
+            if self._ended:
+                return
+            self.reached = _limit_signal = True
+            os.kill(os.getpid(), getattr(signal, STOP_SIGNAL))
+
+
+def _let_stop_signal_stop_tasks(limited=False):
     """On an engine that can be signalled, make ``STOP_SIGNAL`` stop tasks.
 
     Install the handler, which stops only a task run by ``_run_stoppable``,
     and publish ``INTERRUPTIBLE``, which tells the client the engine of this
-    message (unless its tasks may not be stopped).
+    message (unless its tasks may not be stopped), and, for ``limited``
+    tasks, ``STARTED``: the client ends an engine whose task does not stop
+    at its limit. Returns whether the handler is installed.
     """
     shell = _engine_shell()
     if shell is None or not install_stop_handler():
-        return  # not on an engine, or on one without the signal
+        return False  # not on an engine, or on one without the signal
+    data = {}
     if _stoppable:
+        data[INTERRUPTIBLE] = True
+    if limited:
+        data[STARTED] = True
+    if data:
         with contextlib.suppress(Exception):
-            shell.data_pub.publish_data({INTERRUPTIBLE: True})
+            shell.data_pub.publish_data(data)
+    return True
 
 
 def install_stop_handler():
@@ -246,11 +323,12 @@ def _run_stoppable(function, args, kwargs):
 
 
 def _stop_tasks(signum, frame):
-    global _task_stopped
-    if _tasks_running and _stoppable:
+    global _task_stopped, _limit_signal
+    by_limit, _limit_signal = _limit_signal, False
+    if _tasks_running and (_stoppable or by_limit):
         _task_stopped = True
         raise TasksStopped
-    if _user_handler is not None:
+    if _user_handler is not None and not by_limit:
         _user_handler(signum, frame)
 
 
