@@ -27,6 +27,7 @@ from ._exceptions import (
     EngineLostError,
     EngineTimeoutError,
     EngineVersionError,
+    FitTimeoutError,
     StoreError,
 )
 from ._learning_curve import learning_curve, validation_curve
@@ -79,6 +80,7 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     "EngineLostError",
     "EngineTimeoutError",
     "EngineVersionError",
+    "FitTimeoutError",
     "StoreError",
 ]
 

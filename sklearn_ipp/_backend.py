@@ -173,7 +173,9 @@ class ClusterBackend(ClusterCapabilities):
         self.retries = retries
         self.check_versions = check_versions
         self.engine_wait = DEFAULT_TIMEOUT if engine_wait is None else engine_wait
-        self.saved_fits = None if checkpoint is None else SavedFits(checkpoint)
+        self.saved_fits = (
+            None if checkpoint is None else SavedFits(checkpoint, self.fit_timeout)
+        )
         self._resources = _Resources(client, store, store_dir, self.engine_wait)
         # What the resources lead to (the roster, ipyparallel's replies) calls
         # the backend's parts weakly: the finalizer holds the resources, and

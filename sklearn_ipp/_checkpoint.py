@@ -461,6 +461,12 @@ def _make_key(path):
         ) from exc
 
 
+# The key of a saved record of a fit stopped at fit_timeout: the limit, with
+# its result (that of a failed fit) under "result". scikit-learn's results
+# never have it.
+_TIMED_OUT_AT = "sklearn_ipp_timed_out_at"
+
+
 class SavedFits:
     """A backend's use of a checkpoint: fits looked up, and saved as they end.
 
@@ -468,10 +474,14 @@ class SavedFits:
     ----------
     checkpoint : DirectoryCheckpoint or MemoryCheckpoint
         Where the results are.
+    fit_timeout : float or None, default=None
+        The limit of the fits now: a fit saved as stopped at a limit runs
+        again only under a larger one (or none).
     """
 
-    def __init__(self, checkpoint):
+    def __init__(self, checkpoint, fit_timeout=None):
         self.checkpoint = checkpoint
+        self.fit_timeout = fit_timeout
         self.keys = set()  # keys of the fits seen, saved or not
         # Whether a fit's key is computed when it is submitted, to look for
         # a saved result, or only once it is done, to save it: decided at
@@ -486,16 +496,25 @@ class SavedFits:
             self._look_up = len(self.checkpoint) > 0
         if not self._look_up:
             return False, None
-        return self.checkpoint.get(self._key(task))
+        found, result = self.checkpoint.get(self._key(task))
+        if found and isinstance(result, dict) and _TIMED_OUT_AT in result:
+            limit = result[_TIMED_OUT_AT]
+            if self.fit_timeout is None or self.fit_timeout > limit:
+                return False, None  # it may finish now
+            return True, result["result"]
+        return found, result
 
     def save(self, task, result):
         """Save a fit task's result; failed fits are fitted again next time.
 
         The failure of a fit (``fit_error``) may not be the candidate's, such
-        as an engine out of memory.
+        as an engine out of memory. A fit stopped at ``fit_timeout`` is
+        saved with the limit, and fitted again only under a larger one.
         """
         if isinstance(result, dict) and result.get("fit_error"):
-            return
+            if task.timed_out is None or self.fit_timeout is None:
+                return
+            result = {_TIMED_OUT_AT: self.fit_timeout, "result": result}
         if isinstance(self.checkpoint, MemoryCheckpoint):
             self.checkpoint.put_unhashed(self._identity(task), result)
             return

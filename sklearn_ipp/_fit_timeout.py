@@ -52,16 +52,14 @@ def fail_fit(function, error, seconds, *args, **kwargs):
 
 
 def check_fit_timeout(value, name="fit_timeout"):
-    """Return ``value`` as a float of seconds, or None; else a ValueError."""
+    """Return ``value`` as a float of seconds, or None; else a ValueError.
+
+    Infinity is no limit: None.
+    """
     if value is None:
         return None
-    if (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and value > 0
-        and value < float("inf")
-    ):
-        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0:
+        return None if value == float("inf") else float(value)
     raise ValueError(
         f"{name} must be None or a number of seconds greater than 0, got {value!r}."
     )

@@ -12,11 +12,14 @@ from sklearn import model_selection
 
 from ._backend import DEFAULT_RETRIES, on_cluster
 from ._cluster import DEFAULT_TIMEOUT
+from ._fit_timeout import check_fit_timeout
 
 __all__ = ["curve_on_cluster", "learning_curve", "validation_curve"]
 
 
-def curve_on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
+def curve_on_cluster(
+    client, X, store_dir, retries, engine_wait, kwargs, fit_timeout=None
+):
     """Return the context that runs a curve's fits on the cluster.
 
     ``n_jobs`` is removed from the curve's ``kwargs``, since the engines
@@ -30,6 +33,7 @@ def curve_on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
         retries=retries,
         engine_wait=engine_wait,
         verbose=kwargs.get("verbose", 0),
+        fit_timeout=check_fit_timeout(fit_timeout),
     )
 
 
@@ -42,6 +46,7 @@ def learning_curve(
     store_dir=None,
     retries=DEFAULT_RETRIES,
     engine_wait=DEFAULT_TIMEOUT,
+    fit_timeout=None,
     **kwargs,
 ):
     """Compute a learning curve on the cluster.
@@ -70,6 +75,10 @@ def learning_curve(
         Seconds to wait for engines when there are none, at the start and
         when all were lost, as in
         :class:`~sklearn_ipp.IPyParallelGridSearchCV`.
+    fit_timeout : float or None, default=None
+        Seconds each fit may run on its engine; a fit past it is stopped
+        and fails, its scores ``error_score``, as in
+        :class:`~sklearn_ipp.IPyParallelGridSearchCV` (see :doc:`budgets`).
     **kwargs
         The other parameters of
         :func:`sklearn.model_selection.learning_curve` (``train_sizes``,
@@ -90,7 +99,9 @@ def learning_curve(
     >>> sizes, train, test = sklearn_ipp.learning_curve(
     ...     GaussianNB(), X, y, cv=5)  # doctest: +SKIP
     """
-    with curve_on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
+    with curve_on_cluster(
+        client, X, store_dir, retries, engine_wait, kwargs, fit_timeout
+    ):
         return model_selection.learning_curve(estimator, X, y, **kwargs)
 
 
@@ -105,6 +116,7 @@ def validation_curve(
     store_dir=None,
     retries=DEFAULT_RETRIES,
     engine_wait=DEFAULT_TIMEOUT,
+    fit_timeout=None,
     **kwargs,
 ):
     """Compute a validation curve on the cluster.
@@ -135,6 +147,10 @@ def validation_curve(
         Seconds to wait for engines when there are none, at the start and
         when all were lost, as in
         :class:`~sklearn_ipp.IPyParallelGridSearchCV`.
+    fit_timeout : float or None, default=None
+        Seconds each fit may run on its engine; a fit past it is stopped
+        and fails, its scores ``error_score``, as in
+        :class:`~sklearn_ipp.IPyParallelGridSearchCV` (see :doc:`budgets`).
     **kwargs
         The other parameters of
         :func:`sklearn.model_selection.validation_curve` (``cv``,
@@ -145,7 +161,9 @@ def validation_curve(
     train_scores, test_scores : ndarray of shape (n_values, n_splits)
         As returned by :func:`sklearn.model_selection.validation_curve`.
     """
-    with curve_on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
+    with curve_on_cluster(
+        client, X, store_dir, retries, engine_wait, kwargs, fit_timeout
+    ):
         return model_selection.validation_curve(
             estimator, X, y, param_name=param_name, param_range=param_range, **kwargs
         )

@@ -496,13 +496,15 @@ class _ClusterCurveDisplay:
     """What the curve displays add to scikit-learn's: fits on the cluster."""
 
     @staticmethod
-    def _on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
+    def _on_cluster(client, X, store_dir, retries, engine_wait, kwargs, fit_timeout):
         """Return the context that runs the curve's fits on the cluster.
 
         Fails at once without matplotlib, before any fit.
         """
         _pyplot()
-        return curve_on_cluster(client, X, store_dir, retries, engine_wait, kwargs)
+        return curve_on_cluster(
+            client, X, store_dir, retries, engine_wait, kwargs, fit_timeout
+        )
 
 
 class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):
@@ -523,6 +525,7 @@ class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):
         store_dir=None,
         retries=DEFAULT_RETRIES,
         engine_wait=DEFAULT_TIMEOUT,
+        fit_timeout=None,
         **kwargs,
     ):
         """Compute a learning curve on the cluster and plot it.
@@ -542,6 +545,10 @@ class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):
         engine_wait : float, default=60
             Seconds to wait for engines when there are none, as in
             :func:`sklearn_ipp.learning_curve`.
+        fit_timeout : float or None, default=None
+            Seconds each fit may run on its engine; a fit past it is stopped
+            and fails, its scores ``error_score``, as in
+            :class:`~sklearn_ipp.IPyParallelGridSearchCV` (see :doc:`budgets`).
         **kwargs
             The parameters of
             :meth:`sklearn.model_selection.LearningCurveDisplay.from_estimator`
@@ -552,7 +559,9 @@ class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):
         -------
         display : LearningCurveDisplay
         """
-        with cls._on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
+        with cls._on_cluster(
+            client, X, store_dir, retries, engine_wait, kwargs, fit_timeout
+        ):
             return super().from_estimator(estimator, X, y, **kwargs)
 
 
@@ -576,6 +585,7 @@ class ValidationCurveDisplay(_ClusterCurveDisplay, _SklearnValidationCurve):
         store_dir=None,
         retries=DEFAULT_RETRIES,
         engine_wait=DEFAULT_TIMEOUT,
+        fit_timeout=None,
         **kwargs,
     ):
         """Compute a validation curve on the cluster and plot it.
@@ -599,6 +609,10 @@ class ValidationCurveDisplay(_ClusterCurveDisplay, _SklearnValidationCurve):
         engine_wait : float, default=60
             Seconds to wait for engines when there are none, as in
             :func:`sklearn_ipp.learning_curve`.
+        fit_timeout : float or None, default=None
+            Seconds each fit may run on its engine; a fit past it is stopped
+            and fails, its scores ``error_score``, as in
+            :class:`~sklearn_ipp.IPyParallelGridSearchCV` (see :doc:`budgets`).
         **kwargs
             The parameters of
             :meth:`sklearn.model_selection.ValidationCurveDisplay.from_estimator`
@@ -608,7 +622,9 @@ class ValidationCurveDisplay(_ClusterCurveDisplay, _SklearnValidationCurve):
         -------
         display : ValidationCurveDisplay
         """
-        with cls._on_cluster(client, X, store_dir, retries, engine_wait, kwargs):
+        with cls._on_cluster(
+            client, X, store_dir, retries, engine_wait, kwargs, fit_timeout
+        ):
             return super().from_estimator(
                 estimator,
                 X,

@@ -81,6 +81,16 @@ _CLUSTER_PARAMETERS_DOC = """
         change a result (see :ref:`repeated-work`). ``cv_results_`` are
         scikit-learn's; a candidate's ``fit_time`` and ``score_time``
         include its share of the prefix's. False fits every pipeline whole.
+
+    fit_timeout : float or None, default=None
+        Seconds each fit may run, counted from its start on its engine. A
+        fit past it is stopped, its engine freed for the next fit, and it
+        counts as failed, as a fit that raised
+        :class:`~sklearn_ipp.FitTimeoutError`: its scores are
+        ``error_score`` and a ``FitFailedWarning`` says so (with
+        ``error_score="raise"``, ``fit`` raises the error). Its
+        ``fit_time`` is the time it ran. None: no limit. See
+        :doc:`budgets`.
 """
 
 
@@ -92,6 +102,7 @@ _CLUSTER_CONSTRAINTS = {
     "retries": [Interval(Integral, 0, None, closed="left")],
     "engine_wait": [Interval(Real, 0, None, closed="left")],
     "reuse_prefixes": ["boolean"],
+    "fit_timeout": [None, Interval(Real, 0, None, closed="neither")],
 }
 
 
@@ -377,6 +388,7 @@ feature_names_in_
         retries=3,
         engine_wait=60.0,
         reuse_prefixes=True,
+        fit_timeout=None,
     ):
         super().__init__(
             estimator=estimator,
@@ -396,6 +408,7 @@ feature_names_in_
         self.retries = retries
         self.engine_wait = engine_wait
         self.reuse_prefixes = reuse_prefixes
+        self.fit_timeout = fit_timeout
 
     def _search_space_items(self):
         return _grid_items(self.param_grid, "param_grid")
@@ -489,6 +502,7 @@ feature_names_in_
         retries=3,
         engine_wait=60.0,
         reuse_prefixes=True,
+        fit_timeout=None,
     ):
         super().__init__(
             estimator=estimator,
@@ -510,6 +524,7 @@ feature_names_in_
         self.retries = retries
         self.engine_wait = engine_wait
         self.reuse_prefixes = reuse_prefixes
+        self.fit_timeout = fit_timeout
 
     def _search_space_items(self):
         return _grid_items(self.param_distributions, "param_distributions")
@@ -630,6 +645,7 @@ feature_names_in_
         retries=3,
         engine_wait=60.0,
         reuse_prefixes=True,
+        fit_timeout=None,
     ):
         super().__init__(
             estimator,
@@ -654,6 +670,7 @@ feature_names_in_
         self.retries = retries
         self.engine_wait = engine_wait
         self.reuse_prefixes = reuse_prefixes
+        self.fit_timeout = fit_timeout
 
     def _search_space_items(self):
         return _grid_items(self.param_grid, "param_grid")
@@ -763,6 +780,7 @@ feature_names_in_
         retries=3,
         engine_wait=60.0,
         reuse_prefixes=True,
+        fit_timeout=None,
     ):
         super().__init__(
             estimator,
@@ -788,6 +806,7 @@ feature_names_in_
         self.retries = retries
         self.engine_wait = engine_wait
         self.reuse_prefixes = reuse_prefixes
+        self.fit_timeout = fit_timeout
 
     def _search_space_items(self):
         return _grid_items(self.param_distributions, "param_distributions")

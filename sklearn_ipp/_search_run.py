@@ -86,6 +86,7 @@ class SearchRun:
             "retries": search.retries,
             "engine_wait": search.engine_wait,
             "reuse_prefixes": search.reuse_prefixes,
+            "fit_timeout": search.fit_timeout,
             "verbose": search.verbose,
             "whole_data": search._stores_whole_data(),
         }
