@@ -307,10 +307,11 @@ class Messenger:
         not replied runs compiled code that does not see the engine's signal.
         Returns ``(again, failed)``: its task, to be sent again to fail at
         once as those the engines stopped, with the tasks of the messages
-        queued behind it on its engine; and ``(task, outcome)`` of a pipeline
-        prefix's fit, which fails. That engine gets the stop signal, and is ended and
-        replaced if it belongs to the local cluster of this process; the
-        search goes on with the other engines without waiting for it.
+        queued behind it on its engine; and ``(task, outcome)`` of a
+        pipeline prefix's fit, which fails. That engine gets the stop
+        signal, and is ended and replaced if it belongs to the local cluster
+        of this process; the search goes on with the other engines without
+        waiting for it.
         """
         if not self._started:
             return [], []
@@ -326,11 +327,12 @@ class Messenger:
                     overdue[msg_id] = now - started
             if not overdue:
                 return [], []
-            stuck = {self._in_flight[msg_id][0].engine_id for msg_id in overdue}
+            stuck = {_engine_of(self._in_flight[msg_id][0]) for msg_id in overdue}
+            stuck.discard(None)
             taken = [
                 msg_id
                 for msg_id, entry in self._in_flight.items()
-                if msg_id in overdue or entry[0].engine_id in stuck
+                if msg_id in overdue or _engine_of(entry[0]) in stuck
             ]
             entries = {msg_id: self._in_flight.pop(msg_id) for msg_id in taken}
             for msg_id in taken:
@@ -340,7 +342,7 @@ class Messenger:
             if msg_id not in overdue:
                 again += tasks  # queued behind: they never ran
                 continue
-            engine_id = async_result.engine_id
+            engine_id = _engine_of(async_result)
             hostname = self._roster.ready.get(engine_id, "unknown")
             error = fit_timeout_error(self.fit_timeout, engine_id, hostname)
             for task in tasks:
@@ -473,6 +475,14 @@ def _timed_out(task, error, seconds):
         return (False, error)
     task.timed_out = (error, seconds)
     return TIMED_OUT
+
+
+def _engine_of(async_result):
+    """Return the id of the engine a message went to; None if not known yet."""
+    try:
+        return async_result.engine_id
+    except Exception:  # metadata of a message the client no longer tracks
+        return None
 
 
 def _has_started(async_result):
