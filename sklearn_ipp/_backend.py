@@ -131,7 +131,7 @@ class ClusterBackend(ClusterCapabilities):
         searches, ``cross_validate``, the curves) may run on its engine. A
         fit past it is stopped and fails with
         :class:`~sklearn_ipp.FitTimeoutError`, as a fit that raised (see
-        :doc:`budgets`). None: no limit.
+        :doc:`/budgets`). None: no limit.
     **backend_kwargs
         joblib's: ``inner_max_num_threads``, the BLAS and OpenMP threads of
         each engine while it runs tasks (``parallel_config(backend=...,
@@ -698,7 +698,7 @@ def register_backend(name="ipyparallel", client=None, make_default=False, **opti
           engine running it dies;
         - ``fit_timeout`` (float or None): seconds each fit of
           scikit-learn's fit-and-score tasks may run before it is stopped
-          and fails (see :doc:`budgets`);
+          and fails (see :doc:`/budgets`);
         - ``reuse_prefixes`` (bool, default True): fit the leading steps of
           a searched ``Pipeline`` once per split (see :ref:`repeated-work`);
         - ``store_dir`` (str or None): where the private store is made;

@@ -78,7 +78,7 @@ def learning_curve(
     fit_timeout : float or None, default=None
         Seconds each fit may run on its engine; a fit past it is stopped
         and fails, its scores ``error_score``, as in
-        :class:`~sklearn_ipp.IPyParallelGridSearchCV` (see :doc:`budgets`).
+        :class:`~sklearn_ipp.IPyParallelGridSearchCV` (see :doc:`/budgets`).
     **kwargs
         The other parameters of
         :func:`sklearn.model_selection.learning_curve` (``train_sizes``,
@@ -150,7 +150,7 @@ def validation_curve(
     fit_timeout : float or None, default=None
         Seconds each fit may run on its engine; a fit past it is stopped
         and fails, its scores ``error_score``, as in
-        :class:`~sklearn_ipp.IPyParallelGridSearchCV` (see :doc:`budgets`).
+        :class:`~sklearn_ipp.IPyParallelGridSearchCV` (see :doc:`/budgets`).
     **kwargs
         The other parameters of
         :func:`sklearn.model_selection.validation_curve` (``cv``,

@@ -548,7 +548,7 @@ class LearningCurveDisplay(_ClusterCurveDisplay, _SklearnLearningCurve):
         fit_timeout : float or None, default=None
             Seconds each fit may run on its engine; a fit past it is stopped
             and fails, its scores ``error_score``, as in
-            :class:`~sklearn_ipp.IPyParallelGridSearchCV` (see :doc:`budgets`).
+            :class:`~sklearn_ipp.IPyParallelGridSearchCV` (see :doc:`/budgets`).
         **kwargs
             The parameters of
             :meth:`sklearn.model_selection.LearningCurveDisplay.from_estimator`
@@ -612,7 +612,7 @@ class ValidationCurveDisplay(_ClusterCurveDisplay, _SklearnValidationCurve):
         fit_timeout : float or None, default=None
             Seconds each fit may run on its engine; a fit past it is stopped
             and fails, its scores ``error_score``, as in
-            :class:`~sklearn_ipp.IPyParallelGridSearchCV` (see :doc:`budgets`).
+            :class:`~sklearn_ipp.IPyParallelGridSearchCV` (see :doc:`/budgets`).
         **kwargs
             The parameters of
             :meth:`sklearn.model_selection.ValidationCurveDisplay.from_estimator`

@@ -90,7 +90,7 @@ _CLUSTER_PARAMETERS_DOC = """
         ``error_score`` and a ``FitFailedWarning`` says so (with
         ``error_score="raise"``, ``fit`` raises the error). Its
         ``fit_time`` is the time it ran. None: no limit. See
-        :doc:`budgets`.
+        :doc:`/budgets`.
 """
 
 
