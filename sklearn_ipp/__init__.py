@@ -29,6 +29,7 @@ from ._exceptions import (
     EngineVersionError,
     FitTimeoutError,
     StoreError,
+    TimeBudgetError,
 )
 from ._learning_curve import learning_curve, validation_curve
 from ._plot import (
@@ -82,6 +83,7 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     "EngineVersionError",
     "FitTimeoutError",
     "StoreError",
+    "TimeBudgetError",
 ]
 
 

@@ -382,6 +382,22 @@ class ClusterBackend(ClusterCapabilities):
         if self._scheduler is not None:
             self._scheduler.stop(exc, cancel=True)
 
+    def stop_calls(self, exc):
+        """Fail the tasks of every call with ``exc`` now, from any thread.
+
+        Queued tasks are dropped and running ones interrupted; unlike
+        :meth:`cancel`, calls made afterwards run.
+        """
+        if self._scheduler is not None:
+            self._scheduler.stop(exc)
+
+    @property
+    def last_call_number(self):
+        """The number of the last ``Parallel`` call started (0: none)."""
+        scheduler = self._scheduler
+        call = None if scheduler is None else scheduler.last_call
+        return 0 if call is None else call.number
+
     def terminate(self):
         """Shut the scheduler down whoever holds it, remove every stored fold.
 

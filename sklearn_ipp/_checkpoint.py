@@ -504,6 +504,10 @@ class SavedFits:
             return True, result["result"]
         return found, result
 
+    def use_saved(self):
+        """Look every fit up from now on, the checkpoint being no longer empty."""
+        self._look_up = True
+
     def save(self, task, result):
         """Save a fit task's result; failed fits are fitted again next time.
 

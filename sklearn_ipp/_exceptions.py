@@ -14,6 +14,7 @@ __all__ = [
     "EngineVersionError",
     "FitTimeoutError",
     "StoreError",
+    "TimeBudgetError",
 ]
 
 
@@ -31,6 +32,15 @@ class FitTimeoutError(TimeoutError):
     The fit counts as failed, as a fit that raised: its scores are
     ``error_score``, and with ``error_score="raise"`` the search raises this
     error. Its message names the limit, the engine and its host.
+    """
+
+
+class TimeBudgetError(TimeoutError):
+    """``time_budget`` ended a search before any candidate was evaluated.
+
+    A candidate counts once every split of it has finished: with none, no
+    best candidate can be chosen. Its message says how many fits had
+    finished and how long they took.
     """
 
 

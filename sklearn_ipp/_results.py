@@ -258,13 +258,15 @@ class LiveResults:
         self._n_splits = {}  # call -> number of splits
         self.n_done = 0
         self.n_total = 0
+        # False once the fits that finish are no longer new (see time_budget).
+        self.recording = True
 
     def add(self, call, arguments, result):
         """Record one finished fit (the backend's ``on_result``)."""
         candidate = arguments.get("candidate_progress")
         split = arguments.get("split_progress")
-        if candidate is None or split is None:
-            return  # not a search's fit
+        if candidate is None or split is None or not self.recording:
+            return  # not a search's fit, or one seen already
         with self._lock:
             _, splits = self._candidates.setdefault(
                 (call, candidate[0]), (arguments["parameters"], {})
@@ -273,6 +275,23 @@ class LiveResults:
                 self.n_done += 1
             splits[split[0]] = result
             self._n_splits[call] = split[1]
+
+    def finished_in(self, call):
+        """Return the candidates of ``call`` finished on every split, and fit times.
+
+        The candidates by their index in the call, sorted; the ``fit_time``
+        of every fit of the call that finished.
+        """
+        with self._lock:
+            n_splits = self._n_splits.get(call)
+            fits = {
+                candidate: splits
+                for (number, candidate), (_, splits) in self._candidates.items()
+                if number == call
+            }
+        complete = sorted(c for c, splits in fits.items() if len(splits) == n_splits)
+        times = [r["fit_time"] for splits in fits.values() for r in splits.values()]
+        return complete, times
 
     def set_total(self, n_total):
         """Record how many fits were handed to the backend so far.

@@ -558,6 +558,11 @@ class Scheduler:
             self._call = call
         return call
 
+    @property
+    def last_call(self):
+        """The last call started, or None."""
+        return self._call
+
     def release(self):
         """Send the tasks held since ``start_call``."""
         with self._condition:

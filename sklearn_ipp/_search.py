@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import pickle
+from math import ceil, floor, log
 from numbers import Integral, Real
 
 import cloudpickle
@@ -27,6 +28,7 @@ from sklearn.utils._param_validation import Interval
 
 from ._cluster import resolve_cluster
 from ._search_run import SearchRun, WatchedSearchMixin
+from ._time_budget import BudgetEnded
 from ._worker import running_a_task
 
 __all__ = [
@@ -82,6 +84,17 @@ _CLUSTER_PARAMETERS_DOC = """
         scikit-learn's; a candidate's ``fit_time`` and ``score_time``
         include its share of the prefix's. False fits every pipeline whole.
 
+    time_budget : float or None, default=None
+        Seconds the search may run, the refit excluded. At the deadline no
+        fit starts, the running ones are stopped, and ``fit`` returns:
+        ``cv_results_`` holds the candidates evaluated on every split by
+        then, ``best_*`` and the refit come from them, and a warning says
+        how many candidates were evaluated. Candidates run one after
+        another, on all their splits. A halving search ends with the
+        iteration that was running. With no candidate evaluated,
+        :class:`~sklearn_ipp.TimeBudgetError`. None: no limit. See
+        :doc:`/budgets`.
+
     fit_timeout : float or None, default=None
         Seconds each fit may run, counted from its start on its engine. A
         fit past it is stopped, its engine freed for the next fit, and it
@@ -103,6 +116,7 @@ _CLUSTER_CONSTRAINTS = {
     "engine_wait": [Interval(Real, 0, None, closed="left")],
     "reuse_prefixes": ["boolean"],
     "fit_timeout": [None, Interval(Real, 0, None, closed="neither")],
+    "time_budget": [None, Interval(Real, 0, None, closed="neither")],
 }
 
 
@@ -217,15 +231,53 @@ class _ClusterSearchMixin(WatchedSearchMixin):
         other hosts) its folds again; whole, the data is stored once and
         each round's tasks carry only their row numbers.
         """
-        return isinstance(self, (HalvingGridSearchCV, HalvingRandomSearchCV))
+        # Under a time budget too: candidates then run one after another on
+        # all their splits, which folds stored one at a time would not allow.
+        return self.time_budget is not None or isinstance(
+            self, (HalvingGridSearchCV, HalvingRandomSearchCV)
+        )
 
     def _ordered(self, evaluate_candidates):
+        run = self._run
+
         def evaluate(candidate_params, *args, **kwargs):
             candidate_params = list(candidate_params)
-            self._run.positions = self._evaluation_order(candidate_params)
-            return evaluate_candidates(candidate_params, *args, **kwargs)
+            if run.budget is None or not run.budget.ended:
+                run.positions = self._evaluation_order(candidate_params)
+            if run.budget is None:
+                return evaluate_candidates(candidate_params, *args, **kwargs)
+            return run.budget.evaluate(
+                evaluate_candidates, candidate_params, args, kwargs, run.finish_call
+            )
 
         return evaluate
+
+    def _search_within_budget(self, run_search):
+        """Run ``run_search()``; what ran once ``time_budget`` ended it is kept."""
+        try:
+            run_search()
+        except BudgetEnded:
+            self._budget_ended()
+        self._run.leave_cluster_for_refit()
+
+    def _budget_ended(self):
+        """Say what ran, once ``time_budget`` kept an iteration from starting.
+
+        Successive halving sets these at the end of its iterations: here,
+        for the iterations that ran, with the candidates evaluated in each.
+        """
+        if not isinstance(self, (HalvingGridSearchCV, HalvingRandomSearchCV)):
+            return
+        evaluated = self._run.budget.evaluated
+        planned = self.n_candidates_[0]
+        self.n_candidates_ = list(evaluated)
+        self.n_resources_ = self.n_resources_[: len(evaluated)]
+        self.n_iterations_ = len(evaluated)
+        self.n_remaining_candidates_ = ceil(evaluated[-1] / self.factor)
+        self.n_required_iterations_ = 1 + floor(log(planned, self.factor))
+        self.n_possible_iterations_ = 1 + floor(
+            log(self.max_resources_ // self.min_resources_, self.factor)
+        )
 
     if _RUN_SEARCH_TAKES_CALLBACKS:
 
@@ -233,10 +285,11 @@ class _ClusterSearchMixin(WatchedSearchMixin):
             if self._run is None:  # fitted inside a task, on an engine
                 super()._run_search(evaluate_candidates, callback_ctx=callback_ctx)
                 return
-            super()._run_search(
-                self._ordered(evaluate_candidates), callback_ctx=callback_ctx
+            self._search_within_budget(
+                lambda: super(_ClusterSearchMixin, self)._run_search(
+                    self._ordered(evaluate_candidates), callback_ctx=callback_ctx
+                )
             )
-            self._run.leave_cluster_for_refit()
 
     else:
 
@@ -244,8 +297,11 @@ class _ClusterSearchMixin(WatchedSearchMixin):
             if self._run is None:  # fitted inside a task, on an engine
                 super()._run_search(evaluate_candidates)
                 return
-            super()._run_search(self._ordered(evaluate_candidates))
-            self._run.leave_cluster_for_refit()
+            self._search_within_budget(
+                lambda: super(_ClusterSearchMixin, self)._run_search(
+                    self._ordered(evaluate_candidates)
+                )
+            )
 
     def _check_picklable(self):
         """Fail before any task is sent if something cannot reach the engines."""
@@ -389,6 +445,7 @@ feature_names_in_
         engine_wait=60.0,
         reuse_prefixes=True,
         fit_timeout=None,
+        time_budget=None,
     ):
         super().__init__(
             estimator=estimator,
@@ -409,6 +466,7 @@ feature_names_in_
         self.engine_wait = engine_wait
         self.reuse_prefixes = reuse_prefixes
         self.fit_timeout = fit_timeout
+        self.time_budget = time_budget
 
     def _search_space_items(self):
         return _grid_items(self.param_grid, "param_grid")
@@ -503,6 +561,7 @@ feature_names_in_
         engine_wait=60.0,
         reuse_prefixes=True,
         fit_timeout=None,
+        time_budget=None,
     ):
         super().__init__(
             estimator=estimator,
@@ -525,6 +584,7 @@ feature_names_in_
         self.engine_wait = engine_wait
         self.reuse_prefixes = reuse_prefixes
         self.fit_timeout = fit_timeout
+        self.time_budget = time_budget
 
     def _search_space_items(self):
         return _grid_items(self.param_distributions, "param_distributions")
@@ -646,6 +706,7 @@ feature_names_in_
         engine_wait=60.0,
         reuse_prefixes=True,
         fit_timeout=None,
+        time_budget=None,
     ):
         super().__init__(
             estimator,
@@ -671,6 +732,7 @@ feature_names_in_
         self.engine_wait = engine_wait
         self.reuse_prefixes = reuse_prefixes
         self.fit_timeout = fit_timeout
+        self.time_budget = time_budget
 
     def _search_space_items(self):
         return _grid_items(self.param_grid, "param_grid")
@@ -781,6 +843,7 @@ feature_names_in_
         engine_wait=60.0,
         reuse_prefixes=True,
         fit_timeout=None,
+        time_budget=None,
     ):
         super().__init__(
             estimator,
@@ -807,6 +870,7 @@ feature_names_in_
         self.engine_wait = engine_wait
         self.reuse_prefixes = reuse_prefixes
         self.fit_timeout = fit_timeout
+        self.time_budget = time_budget
 
     def _search_space_items(self):
         return _grid_items(self.param_distributions, "param_distributions")

@@ -27,6 +27,7 @@ from ._results import (
     format_report,
     top_candidates,
 )
+from ._time_budget import TimeBudget
 
 __all__ = [
     "ABORTED",
@@ -101,6 +102,10 @@ class SearchRun:
             kept = None if previous is None else previous.unfinished
             self._checkpoint = kept or MemoryCheckpoint()
         self.unfinished = None  # the MemoryCheckpoint of a run that failed
+        # Its deadline, counted from now: the fit starts.
+        self.budget = (
+            None if search.time_budget is None else TimeBudget(search.time_budget)
+        )
 
     def run(self, connection, sklearn_fit, X, y, params, keep_error=False):
         """Fit the search on ``connection``; set the status at the end.
@@ -168,6 +173,9 @@ class SearchRun:
                     self._backend = backend
                     if self._abort_requested:
                         backend.cancel(Aborted())
+                if self.budget is not None:
+                    self.budget.arm(backend.stop_calls)
+                    after_search.callback(self.budget.disarm)
                 try:
                     sklearn_fit(X, y, **params)
                 finally:
@@ -181,6 +189,19 @@ class SearchRun:
             self._after_search = None
         if isinstance(checkpoint, DirectoryCheckpoint):
             checkpoint.keep_only(backend.checkpoint_keys)
+
+    def finish_call(self):
+        """After the deadline stopped a call: its complete candidates, fit times.
+
+        The candidates' fits, saved in the checkpoint as they finished, come
+        back from it when they are evaluated again (see ``TimeBudget``); that
+        evaluation adds nothing to the live results.
+        """
+        backend = self._backend
+        finished = self.live.finished_in(backend.last_call_number)
+        backend.saved_fits.use_saved()
+        self.live.recording = False
+        return finished
 
     def candidate_position(self, candidate):
         """Return a candidate's position in the running order (for the backend)."""
@@ -196,6 +217,8 @@ class SearchRun:
         scikit-learn. The settings are left before the cluster backend is.
         """
         backend = self._backend
+        if self.budget is not None:
+            self.budget.disarm()
         if self._cluster_options["verbose"] > 0 and backend is not None:
             n_fits, n_on = backend.n_prefix_fits, backend.n_on_prefix
             if n_on:
