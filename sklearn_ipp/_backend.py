@@ -382,14 +382,11 @@ class ClusterBackend(ClusterCapabilities):
         if self._scheduler is not None:
             self._scheduler.stop(exc, cancel=True)
 
-    def stop_calls(self, exc):
-        """Fail the tasks of every call with ``exc`` now, from any thread.
-
-        Queued tasks are dropped and running ones interrupted; unlike
-        :meth:`cancel`, calls made afterwards run.
-        """
+    def resume_calls(self):
+        """Let calls run again after :meth:`cancel`."""
+        self._cancelled = None
         if self._scheduler is not None:
-            self._scheduler.stop(exc)
+            self._scheduler.resume()
 
     @property
     def last_call_number(self):

@@ -636,6 +636,11 @@ class Scheduler:
             handles, end_stuck=not isinstance(exc, ControllerLostError)
         )
 
+    def resume(self):
+        """Take tasks again after a ``stop(..., cancel=True)``."""
+        with self._condition:
+            self._cancelled = None
+
     def shutdown(self):
         """Stop the thread and every task, remove every stored fold.
 

@@ -174,7 +174,7 @@ class SearchRun:
                     if self._abort_requested:
                         backend.cancel(Aborted())
                 if self.budget is not None:
-                    self.budget.arm(backend.stop_calls)
+                    self.budget.arm(backend.cancel)
                     after_search.callback(self.budget.disarm)
                 try:
                     sklearn_fit(X, y, **params)
@@ -200,6 +200,7 @@ class SearchRun:
         backend = self._backend
         finished = self.live.finished_in(backend.last_call_number)
         backend.saved_fits.use_saved()
+        backend.resume_calls()
         self.live.recording = False
         return finished
 
@@ -465,11 +466,14 @@ class WatchedSearchMixin:
 
     def _status(self):
         run = self._run
-        if run is None or run.status == COMPLETED:
+        if run is None:
             return None
+        ended = run.budget is not None and run.budget.ended
+        if run.status == COMPLETED:
+            return "time_budget ended it" if ended else None
         if run.status == FAILED:
             return f"failed: {type(run.error).__name__}: {run.error}"
-        return run.status
+        return f"{run.status}, time_budget ended it" if ended else run.status
 
     def _report_metric(self):
         if callable(self.scoring) or not isinstance(self.scoring, (list, tuple, dict)):

@@ -51,11 +51,16 @@ class TimeBudget:
         self.ended = False  # the deadline has passed
         # Candidates evaluated by each evaluate_candidates call that returned.
         self.evaluated = []
+        self._warned = False  # that the budget ended the search
         self._timer = None
         self._lock = threading.Lock()
 
     def arm(self, stop_calls):
-        """Call ``stop_calls(BudgetReached())`` at the deadline."""
+        """Call ``stop_calls(BudgetReached())`` at the deadline.
+
+        It fails the running call's tasks, and those submitted after it,
+        until the complete candidates are evaluated again.
+        """
         delay = max(0.0, self.start + self.seconds - time.monotonic())
         self._timer = threading.Timer(delay, self._reach, (stop_calls,))
         self._timer.daemon = True
@@ -83,16 +88,14 @@ class TimeBudget:
         Returns the results, of every candidate or of the complete ones.
         """
         if self.ended:
-            if self.evaluated:
-                raise BudgetEnded
-            raise self._error(len(candidate_params), [])
+            self._end(len(candidate_params), [])
         try:
             results = evaluate_candidates(candidate_params, *args, **kwargs)
             n_evaluated = len(candidate_params)
         except BudgetReached:
             complete, fit_times = finish()
             if not complete:
-                raise self._error(len(candidate_params), fit_times) from None
+                self._end(len(candidate_params), fit_times)
             args, kwargs = _only(complete, args, kwargs)
             results = evaluate_candidates(
                 [candidate_params[i] for i in complete], *args, **kwargs
@@ -105,9 +108,26 @@ class TimeBudget:
                 UserWarning,
                 stacklevel=2,
             )
+            self._warned = True
             n_evaluated = len(complete)
         self.evaluated.append(n_evaluated)
         return results
+
+    def _end(self, n_candidates, fit_times):
+        """End the search with the calls that returned, or fail without any."""
+        if not self.evaluated:
+            raise self._error(n_candidates, fit_times) from None
+        if self._warned:
+            raise BudgetEnded from None
+        self._warned = True
+        warnings.warn(
+            f"time_budget={self.seconds:g} s ended the search after "
+            f"{len(self.evaluated)} iteration(s); cv_results_ and best_* come "
+            "from them.",
+            UserWarning,
+            stacklevel=3,
+        )
+        raise BudgetEnded from None
 
     def _error(self, n_candidates, fit_times):
         if fit_times:
@@ -128,8 +148,12 @@ def _only(indices, args, kwargs):
     """``evaluate_candidates``'s other arguments, for the candidates kept.
 
     ``more_results`` (halving's ``iter`` and ``n_resources``) has a value per
-    candidate.
+    candidate. scikit-learn's callback context (1.9 and later) already has
+    the subtasks of the first evaluation, numbered as these would be: the
+    fits, which only come back from the checkpoint, get none.
     """
+    if kwargs.get("callback_ctx") is not None:
+        kwargs = {**kwargs, "callback_ctx": None}
     args = list(args)
     more = args[1] if len(args) >= 2 else kwargs.get("more_results")
     if more:
