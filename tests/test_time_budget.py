@@ -74,6 +74,7 @@ def test_the_deadline_ends_the_search_with_whole_candidates(warm):
         "on every split; cv_results_ and best_* come from them."
     ]
     assert wall < 3.0 + 5.0  # the deadline, the refit, the stopped fits' end
+    assert search.report().splitlines()[0].endswith(", time_budget ended it")
     # The candidates evaluated are the first ones, in the grid's order, and
     # their results are scikit-learn's.
     kept = list(ParameterGrid(grid))[:n]
