@@ -25,6 +25,8 @@ from joblib import parallel_config
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import FitFailedWarning
 from sklearn.model_selection import GridSearchCV, KFold, cross_validate
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 import sklearn_ipp
 from sklearn_ipp import (
@@ -200,6 +202,48 @@ def test_curves_and_halving_take_fit_timeout(client):
     scores = halving.cv_results_["mean_test_score"]
     assert np.isnan(scores[first][1])
     assert RUNAWAY not in halving.cv_results_["param_seconds"][~first]
+
+
+class SleepingScaler(StandardScaler):
+    """A StandardScaler that sleeps ``seconds`` in fit."""
+
+    def __init__(self, seconds=0.0):
+        super().__init__()
+        self.seconds = seconds
+
+    def fit(self, X, y=None, sample_weight=None):
+        time.sleep(self.seconds)
+        return super().fit(X, y, sample_weight)
+
+
+@pytest.mark.parametrize("slow", ["prefix", "last step"])
+def test_fits_on_a_shared_pipeline_prefix_are_limited(client, slow, capsys):
+    # The first two candidates share their scaler, fitted once per split for
+    # both. A runaway scaler fails, and both candidates, fitted whole, time
+    # out; a runaway last step times out on the prefix, and is failed whole.
+    pipeline = Pipeline([("scale", SleepingScaler()), ("clf", Sleeper())])
+    if slow == "prefix":
+        shared = {"scale__seconds": [RUNAWAY], "clf__seconds": [0.0, 0.001]}
+    else:
+        shared = {"clf__seconds": [0.0, RUNAWAY]}
+    grid = [shared, {"scale__seconds": [0.002]}]
+    search = IPyParallelGridSearchCV(
+        pipeline, grid, cv=KFold(3), fit_timeout=LIMIT, verbose=1
+    )
+    start = time.monotonic()
+    (warning,) = _fit_failed_warnings(search)
+    assert time.monotonic() - start < RUNAWAY / 2
+    said = capsys.readouterr().out
+    failed = list(np.isnan(search.cv_results_["mean_test_score"]))
+    if slow == "prefix":
+        assert failed == [True, True, False]
+        assert "6 fits failed out of a total of 9" in str(warning.message)
+    else:
+        assert failed == [False, True, False]
+        assert "3 fits failed out of a total of 9" in str(warning.message)
+        # The shared prefix was fitted once per split for both candidates.
+        assert "Fitted 3 pipeline prefixes once per split" in said
+    assert "FitTimeoutError: fit exceeded fit_timeout=1 s" in str(warning.message)
 
 
 def test_the_checkpoint_keeps_a_stopped_fit_for_the_same_or_a_smaller_limit(
