@@ -103,12 +103,16 @@ class ClusterConnection:
     source : str, default="given by the caller"
         Where the cluster came from, for messages and ``python -m sklearn_ipp
         info``.
+    cluster : ipyparallel.Cluster or None, default=None
+        The cluster object the caller gave, if any: engines of it that this
+        process started may be replaced (see :func:`end_stuck_engines`).
     """
 
     client: "ipyparallel.Client"
     targets: list | None = None
     owns_client: bool = False
     source: str = "given by the caller"
+    cluster: "ipyparallel.Cluster | None" = None
 
     @property
     def engine_ids(self):
@@ -203,7 +207,7 @@ def resolve_cluster(client=None, *, timeout=DEFAULT_TIMEOUT, min_engines=1):
     if isinstance(client, ClusterConnection):
         # A borrowed connection: closing ours must not close the caller's client.
         connection = ClusterConnection(
-            client.client, client.targets, False, client.source
+            client.client, client.targets, False, client.source, client.cluster
         )
     elif isinstance(client, View):
         connection = ClusterConnection(
@@ -306,13 +310,16 @@ def _stop_local_cluster(remove_logs):
     return True
 
 
-def end_stuck_engines(pids, client):
-    """End engines of the local cluster of this process; start new ones.
+def end_stuck_engines(pids, client, cluster=None):
+    """End engines that this process started; start new ones in their place.
 
     For engines that a stop signal did not free (a task in a call of
-    compiled code that does not return). Only processes of the local cluster
-    that this process started are ended, and only when ``client`` is its
-    client; other pids are left alone.
+    compiled code that does not return). Only engines this process started
+    on this machine are ended: those of its own local cluster when
+    ``client`` is that cluster's client, or those of ``cluster``, an
+    ``ipyparallel.Cluster`` the caller gave, started here with a local
+    engine launcher. Other pids (engines of ``ipcluster``, of another
+    process, on other hosts, under MPI or a batch system) are left alone.
 
     Parameters
     ----------
@@ -320,6 +327,8 @@ def end_stuck_engines(pids, client):
         Process ids of engines of ``client``'s cluster.
     client : ipyparallel.Client
         The client whose engines they are.
+    cluster : ipyparallel.Cluster or None, default=None
+        The cluster object ``client`` was connected to, if the caller gave one.
 
     Returns
     -------
@@ -327,10 +336,14 @@ def end_stuck_engines(pids, client):
         The pids ended; as many engines were started in their place.
     """
     with _local_lock:
-        cluster = _local_cluster
-        if cluster is None or client is not _local_client:
+        if client is _local_client and _local_cluster is not None:
+            owned = _cluster_processes(_local_cluster)
+            cluster = _local_cluster
+        elif cluster is not None:
+            owned = _started_here(_local_engine_processes(cluster))
+        else:
             return []
-        owned = {process.pid: process for process in _cluster_processes(cluster)}
+        owned = {process.pid: process for process in owned}
         ended = [pid for pid in pids if pid in owned]
         if not ended:
             return []
@@ -339,8 +352,40 @@ def end_stuck_engines(pids, client):
         # would list the engine until its heartbeats time out (30 s).
         end_processes([owned[pid] for pid in ended], timeout=1)
         cluster.start_engines_sync(n=len(ended))
-        write_processes(_local_profile_dir, _cluster_processes(cluster))
+        if cluster is _local_cluster:
+            write_processes(_local_profile_dir, _cluster_processes(cluster))
     return ended
+
+
+def _local_engine_processes(cluster):
+    """Return the processes of ``cluster``'s engine sets of local launchers."""
+    from ipyparallel.cluster.launcher import LocalEngineSetLauncher
+
+    engine_sets = [
+        engine_set
+        for engine_set in cluster.engines.values()
+        if isinstance(engine_set, LocalEngineSetLauncher)
+    ]
+    return _launcher_processes(
+        launcher
+        for engine_set in engine_sets
+        for launcher in getattr(engine_set, "launchers", {}).values()
+    )
+
+
+def _started_here(processes):
+    """Keep the processes whose ancestors include this process.
+
+    A cluster object read from a file (``Cluster.from_file``) has the
+    engines of the process that started them: not ours to end.
+    """
+    here = os.getpid()
+    kept = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if any(parent.pid == here for parent in process.parents()):
+                kept.append(process)
+    return kept
 
 
 def _disown(profile_dir):
@@ -363,6 +408,11 @@ def _cluster_processes(cluster):
     launchers = [cluster.controller] if cluster.controller is not None else []
     for engine_set in cluster.engines.values():
         launchers.extend(getattr(engine_set, "launchers", {}).values())
+    return _launcher_processes(launchers)
+
+
+def _launcher_processes(launchers):
+    """Return the processes of ``launchers`` and all their children."""
     processes = []
     for launcher in launchers:
         try:
@@ -390,7 +440,9 @@ def _connect_cluster_object(cluster, min_engines):
         cluster.start_cluster_sync()
     expected = sum(engine_set.n for engine_set in cluster.engines.values())
     client = cluster.connect_client_sync()
-    connection = ClusterConnection(client, owns_client=True, source=repr(cluster))
+    connection = ClusterConnection(
+        client, owns_client=True, source=repr(cluster), cluster=cluster
+    )
     return connection, max(min_engines, expected)
 
 

@@ -415,7 +415,7 @@ class Messenger:
             timer = threading.Timer(
                 stuck_grace,
                 _end_stuck_engines,
-                (signalled, pids, self._connection.client, stuck_grace + signalled_ago),
+                (signalled, pids, self._connection, stuck_grace + signalled_ago),
             )
             timer.daemon = True
             timer.name = "sklearn_ipp-stuck-engines"
@@ -434,14 +434,17 @@ def _replay(output, task):
         context.run(output.replay, task.caller)
 
 
-def _end_stuck_engines(signalled, pids, client, grace):
+def _end_stuck_engines(signalled, pids, connection, grace):
     """End the engines that a stop signal did not free, where this process may."""
+    client = connection.client
     try:
         stuck = sorted({ar.engine_id for ar in signalled if not ar.done()})
         stuck = [engine_id for engine_id in stuck if engine_id in client.ids]
         if not stuck:
             return
-        ended = end_stuck_engines([pids.get(e) for e in stuck], client)
+        ended = end_stuck_engines(
+            [pids.get(e) for e in stuck], client, connection.cluster
+        )
     except Exception as exc:  # in a timer thread: say it, do not raise it
         logger.warning("Could not end the engines of stopped tasks: %s", exc)
         return

@@ -293,11 +293,13 @@ def test_bad_fit_timeouts_are_value_errors_naming_it(client, value):
         cross_validate(Sleeper(), X, y, cv=2)
 
 
-# A local cluster of this process, whose engine stuck past fit_timeout is
-# ended and replaced while the search goes on.
+# A cluster this process started, whose engine stuck past fit_timeout is
+# ended and replaced while the search goes on: sklearn_ipp's own local
+# cluster (client=None), or an ipyparallel.Cluster given as client.
 _STUCK_PAST_LIMIT_SCRIPT = textwrap.dedent(
     """
     import json, logging, sys, time, warnings
+    import ipyparallel as ipp
     import numpy as np
     import sklearn_ipp
     from sklearn.exceptions import FitFailedWarning
@@ -305,11 +307,17 @@ _STUCK_PAST_LIMIT_SCRIPT = textwrap.dedent(
     from tests.test_fit_timeout import Sleeper, X, y
 
     logging.basicConfig(level=logging.WARNING)  # to see sklearn_ipp's
-    client = sklearn_ipp.get_client()
+    if sys.argv[2] == "cluster object":
+        cluster = ipp.Cluster(n=2, log_level=40)
+        client = cluster.start_and_connect_sync()
+        client.wait_for_engines(2, timeout=120)
+    else:
+        cluster = None
+        client = sklearn_ipp.get_client()
     before = set(client.ids)
     grid = [{"seconds": [0.0]}, {"seconds": [600.0], "deaf": [sys.argv[1]]}]
     search = sklearn_ipp.IPyParallelGridSearchCV(
-        Sleeper(), grid, cv=KFold(2), fit_timeout=1.0
+        Sleeper(), grid, cv=KFold(2), fit_timeout=1.0, client=cluster
     )
     start = time.monotonic()
     with warnings.catch_warnings():
@@ -329,18 +337,29 @@ _STUCK_PAST_LIMIT_SCRIPT = textwrap.dedent(
         "replaced": len(before - set(client.ids)),
         "n_engines": [len(before), len(client.ids)],
     }))
+    if cluster is not None:
+        cluster.stop_cluster_sync()
     """
 )
 
 
-def test_an_engine_stuck_past_the_limit_is_replaced_on_a_local_cluster(tmp_path):
+@pytest.mark.parametrize("started_as", ["local cluster", "cluster object"])
+def test_an_engine_stuck_past_the_limit_is_replaced_on_a_cluster_started_here(
+    tmp_path, started_as
+):
     checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     environment = _client_environment(tmp_path)
     environment["PYTHONPATH"] = os.pathsep.join(
         filter(None, [checkout, environment.get("PYTHONPATH")])
     )
     completed = subprocess.run(
-        [sys.executable, "-c", _STUCK_PAST_LIMIT_SCRIPT, str(tmp_path / "deaf")],
+        [
+            sys.executable,
+            "-c",
+            _STUCK_PAST_LIMIT_SCRIPT,
+            str(tmp_path / "deaf"),
+            started_as,
+        ],
         env=environment,
         capture_output=True,
         text=True,

@@ -567,6 +567,38 @@ def test_only_engines_of_the_local_cluster_of_this_process_are_ended(
             sleeper.kill()
 
 
+def test_only_engines_this_process_started_are_ended_on_a_given_cluster(
+    client, monkeypatch
+):
+    # A cluster object the caller gave, with two local engines: one this
+    # process started (a sleeper), one it did not (init, read from a file).
+    sleeper = _sleeper()
+    started = []
+
+    class FakeCluster:
+        def start_engines_sync(self, n):
+            started.append(n)
+
+    cluster = FakeCluster()
+    theirs = psutil.Process(1)
+    monkeypatch.setattr(
+        _cluster, "_local_engine_processes", lambda c: [theirs, sleeper]
+    )
+    try:
+        # Without the cluster object: nothing to end.
+        assert _cluster.end_stuck_engines([sleeper.pid], client) == []
+        assert _alive(sleeper) and started == []
+        # With it: the engine started here only.
+        ended = _cluster.end_stuck_engines([1, sleeper.pid], client, cluster)
+        assert ended == [sleeper.pid]
+        assert not _wait_until_gone([sleeper], timeout=10)
+        assert started == [1]
+        assert theirs.is_running()
+    finally:
+        with contextlib.suppress(psutil.Error):
+            sleeper.kill()
+
+
 def test_profile_directories_others_could_write_are_left_alone(tmp_path):
     # A record in a directory others could have written is not acted on.
     dead = _sleeper()
