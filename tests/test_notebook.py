@@ -76,7 +76,14 @@ def _kernel(*paths):
 
 
 def _run(kernel, code):
-    """Execute ``code``; return its iopub messages up to its idle status."""
+    """Execute ``code``; return its iopub messages up to its idle status.
+
+    Its reply is awaited too, as a frontend does, before the next request
+    is sent: ipykernel 7.3 (the newest for Python 3.10) can miss a request
+    that arrives while it sends a reply, and then never runs it
+    (ipython/ipykernel#1529, fixed in 7.4). Its idle status can come before
+    that reply is sent.
+    """
     msg_id = kernel.execute(code)
     messages = []
     while True:
@@ -85,8 +92,14 @@ def _run(kernel, code):
             continue
         content = message["content"]
         if message["msg_type"] == "status" and content["execution_state"] == "idle":
-            return messages
+            break
         messages.append(message)
+    while (
+        kernel.get_shell_msg(timeout=KERNEL_TIMEOUT)["parent_header"].get("msg_id")
+        != msg_id
+    ):
+        pass
+    return messages
 
 
 def _assert_no_error(messages):
