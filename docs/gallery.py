@@ -20,6 +20,7 @@ ORDER = [
     "plot_pipeline_prefix.py",
     "plot_halving.py",
     "plot_resilience.py",
+    "plot_budgets.py",
 ]
 
 N_ENGINES = 2

@@ -39,6 +39,10 @@ EXPECTED = {
         "same results: True",
     ],
     "plot_halving.py": ["iteration 3:  1 candidates on 1620 samples", "best: {'C': "],
+    "plot_budgets.py": [
+        "same best candidate: True",
+        "same scores for the other candidates: True",
+    ],
     "plot_resilience.py": [
         "engine 0 killed",
         "engine 0 unregistered",
