@@ -149,8 +149,7 @@ def _plot(rows, path, command):
     ax.set_xlabel("time_budget (s); the last point of each line: no budget")
     ax.set_ylabel("best validation accuracy")
     ax.set_title(
-        "Best score within a time budget (labels: candidates evaluated)\n"
-        + command,
+        "Best score within a time budget (labels: candidates evaluated)\n" + command,
         size=9,
     )
     ax.legend()
