@@ -21,6 +21,7 @@ from ._fit_timeout import fit_timeout_error
 from ._pickling import by_value_generation, dumps, send_by_value
 from ._worker import (
     INTERRUPTIBLE,
+    NOT_STOPPED,
     STARTED,
     STOP_SIGNAL,
     STOPPED,
@@ -304,7 +305,9 @@ class Messenger:
         """Take the limited fits that their engines did not stop in time.
 
         A fit that started more than ``fit_timeout`` plus a grace ago and has
-        not replied runs compiled code that does not see the engine's signal.
+        not replied runs compiled code that does not see the engine's signal;
+        so does a fit whose engine said so (``NOT_STOPPED``), without the
+        grace.
         Returns ``(again, failed)``: its task, to be sent again to fail at
         once as those the engines stopped, with the tasks of the messages
         queued behind it on its engine; and ``(task, outcome)`` of a
@@ -323,7 +326,7 @@ class Messenger:
                 if started is None:
                     if _has_started(self._in_flight[msg_id][0]):
                         self._started[msg_id] = now
-                elif now - started > limit:
+                elif now - started > limit or _not_stopped(self._in_flight[msg_id][0]):
                     overdue[msg_id] = now - started
             if not overdue:
                 return [], []
@@ -492,6 +495,14 @@ def _has_started(async_result):
     """Whether a message's limited fits have started on their engine."""
     try:
         return bool(async_result.data.get(STARTED))
+    except Exception:  # metadata of a message the client no longer tracks
+        return False
+
+
+def _not_stopped(async_result):
+    """Whether a message's engine said its limited fit ignored the signal."""
+    try:
+        return bool(async_result.data.get(NOT_STOPPED))
     except Exception:  # metadata of a message the client no longer tracks
         return False
 

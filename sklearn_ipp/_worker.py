@@ -23,6 +23,7 @@ from ._threads import limited_threads
 
 __all__ = [
     "INTERRUPTIBLE",
+    "NOT_STOPPED",
     "READ_ONLY_HINT",
     "STARTED",
     "STOPPED",
@@ -57,6 +58,15 @@ STOPPED = "sklearn_ipp_stopped"
 
 # Published by run_batch once its tasks with time limits run.
 STARTED = "sklearn_ipp_started"
+
+# Published by a time limit whose signal the running task did not see within
+# NOT_STOPPED_AFTER_SECONDS: the task is in a call of compiled code that
+# released the GIL (libsvm's fit does) and does not return to Python. The
+# client then fails it at once, rather than after its grace for fits that
+# are merely slow to reply (see Messenger.take_overdue). Compiled code that
+# holds the GIL keeps this from being published: the grace covers it.
+NOT_STOPPED = "sklearn_ipp_not_stopped"
+NOT_STOPPED_AFTER_SECONDS = 0.5
 
 # The outcome ``(TIMED_OUT, seconds)`` of a task stopped at the time limit it
 # was given, after running ``seconds``.
@@ -160,10 +170,12 @@ def _run_tasks(tasks, warning_filters=None, time_limits=None):
     outcomes, seconds, outputs = [], [], []
     limits = time_limits or [None] * len(tasks)
     can_stop = _let_stop_signal_stop_tasks(any(x is not None for x in limits))
+    shell = _engine_shell() if can_stop else None
+    publish = shell.data_pub.publish_data if shell is not None else None
     for (function, args, kwargs), limit in zip(tasks, limits, strict=True):
         start = time.perf_counter()
         output = None
-        limited = _TimeLimit(limit if can_stop else None)
+        limited = _TimeLimit(limit if can_stop else None, publish)
         try:
             with captured(kwargs.get("caller"), warning_filters) as output, limited:
                 result = _run_stoppable(function, args, kwargs)
@@ -195,15 +207,18 @@ class _TimeLimit:
     A timer thread signals this process, whose main thread runs the task:
     the handler raises ``TasksStopped`` there, at the next line of Python,
     which also interrupts a ``sleep`` or a wait. Compiled code that does
-    not return to Python sees it only when it returns; the client ends such
-    an engine (see ``Messenger``). Does nothing for ``seconds=None``.
+    not return to Python sees it only when it returns: the timer thread then
+    publishes ``NOT_STOPPED`` with ``publish`` (the engine's data publisher),
+    and the client ends such an engine (see ``Messenger``). Does nothing for
+    ``seconds=None``.
     """
 
-    def __init__(self, seconds):
+    def __init__(self, seconds, publish=None):
         self.seconds = seconds
         self.reached = False
         self._ended = False
         self._timer = None
+        self._publish = publish
 
     def __enter__(self):
         if self.seconds is not None:
@@ -225,6 +240,16 @@ class _TimeLimit:
                 return
             self.reached = _limit_signal = True
             os.kill(os.getpid(), getattr(signal, STOP_SIGNAL))
+        if self._publish is None:
+            return
+        time.sleep(NOT_STOPPED_AFTER_SECONDS)
+        with _limit_lock:
+            # The handler clears the flag when it runs; the task's end sets
+            # _ended. Neither: the main thread is in compiled code.
+            if self._ended or not _limit_signal:
+                return
+        with contextlib.suppress(Exception):
+            self._publish({NOT_STOPPED: True})
 
 
 def _let_stop_signal_stop_tasks(limited=False):

@@ -35,6 +35,7 @@ from sklearn_ipp import (
     IPyParallelHalvingGridSearchCV,
 )
 from sklearn_ipp._messages import OVERDUE_GRACE_SECONDS
+from sklearn_ipp._worker import NOT_STOPPED
 
 from .test_watchdog import _client_environment
 
@@ -161,11 +162,12 @@ def test_a_fit_deaf_to_the_signal_fails_without_being_waited_for(
     still_running = not os.path.exists(deaf + ".done")
     assert still_running, f"the call waited for the deaf fit ({ended:.1f} s)"
     assert not np.isnan(results["test_score"]).any()
-    # The deaf fit failed, by the client, the time it ran past its limit.
+    # The deaf fit failed, by the client, the time it ran past its limit:
+    # soon after it, once its engine said it did not stop.
     failed = np.isnan(deaf_results["test_score"])
     assert failed.sum() == 1
     overdue = deaf_results["fit_time"][failed][0]
-    assert LIMIT + OVERDUE_GRACE_SECONDS <= overdue < 8.0
+    assert LIMIT <= overdue < 8.0
     deadline = time.monotonic() + 10
     while "still runs a stopped task" not in caplog.text:
         assert time.monotonic() < deadline, caplog.text
@@ -175,6 +177,44 @@ def test_a_fit_deaf_to_the_signal_fails_without_being_waited_for(
     deadline = time.monotonic() + 30
     while not os.path.exists(deaf + ".done") and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def _time_limit_on_engine(deaf):
+    """Run a sleep limited to 0.2 s here; return (stopped, what it published)."""
+    import signal
+    import time
+
+    from sklearn_ipp import _worker
+
+    published = []
+    _worker.install_stop_handler()
+    if deaf:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    stopped = False
+    try:
+        with _worker._TimeLimit(0.2, published.append):
+            try:
+                _worker._run_stoppable(time.sleep, (5.0,), {})
+            except _worker.TasksStopped:
+                stopped = True
+        # Longer than the limit's wait for the signal to be seen.
+        time.sleep(_worker.NOT_STOPPED_AFTER_SECONDS + 0.5)
+    finally:
+        if deaf:  # the pending signal comes now, outside any task
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        _worker.restore_user_handler()
+    return stopped, published
+
+
+def test_an_engine_says_when_a_fit_does_not_stop_at_its_limit(client):
+    # The signal stops a fit in Python at once, and nothing is said. A fit
+    # that does not see it (blocked, as in compiled code) runs on, stopped
+    # only once back in Python, and the engine says so meanwhile, for the
+    # client to fail it without waiting for its grace.
+    engine = client[client.ids[0]]
+    assert engine.apply_sync(_time_limit_on_engine, False) == (True, [])
+    deaf = engine.apply_sync(_time_limit_on_engine, True)
+    assert deaf == (True, [{NOT_STOPPED: True}])
 
 
 def test_curves_and_halving_take_fit_timeout(client):
