@@ -55,6 +55,11 @@ MAX_STOPS = 3
 # is ended (when it belongs to the local cluster started by this process).
 STUCK_GRACE_SECONDS = 30.0
 
+# For a fit stopped at fit_timeout: one more fit_timeout, within these bounds.
+# Ending an engine and starting another costs seconds of CPU; a fit a little
+# slower than its limit, in compiled code, is done sooner.
+LIMIT_STUCK_GRACE_SECONDS = (5.0, STUCK_GRACE_SECONDS)
+
 # Seconds past its fit_timeout after which a fit that its engine has not
 # stopped (compiled code that does not return to Python, which the engine's
 # signal waits for) is failed by the client, and the engine ended: this, plus
@@ -312,8 +317,9 @@ class Messenger:
         once as those the engines stopped, with the tasks of the messages
         queued behind it on its engine; and ``(task, outcome)`` of a
         pipeline prefix's fit, which fails. That engine gets the stop
-        signal, and is ended and replaced if it belongs to the local cluster
-        of this process; the search goes on with the other engines without
+        signal, and is ended and replaced if it still runs the fit one more
+        ``fit_timeout`` later (``LIMIT_STUCK_GRACE_SECONDS``) and this process
+        started it; the search goes on with the other engines without
         waiting for it.
         """
         if not self._started:
@@ -354,11 +360,12 @@ class Messenger:
                     again.append(task)
                 else:
                     failed.append((task, outcome))
-        # The engine's own signal came at the limit, the grace ago.
+        # The engine's own signal came at the limit.
+        shortest, longest = LIMIT_STUCK_GRACE_SECONDS
         self.stop(
             [entry[0] for entry in entries.values()],
-            stuck_grace=0.0,
-            signalled_ago=limit - self.fit_timeout,
+            stuck_grace=min(max(self.fit_timeout, shortest), longest),
+            signalled_ago=max(overdue.values()) - self.fit_timeout,
         )
         return again, failed
 
