@@ -41,6 +41,7 @@ from ._prefix import prefix_plan
 from ._results import FitProgress
 from ._scheduler import Scheduler, Task
 from ._store import MMAP_MIN_BYTES, Store
+from ._warm_start import Rounds
 
 __all__ = ["DEFAULT_RETRIES", "ClusterBackend", "on_cluster", "register_backend"]
 
@@ -165,6 +166,8 @@ class ClusterBackend(ClusterCapabilities):
         self.reuse_prefixes = reuse_prefixes
         # Why a searched pipeline was fitted whole, if the user can change it.
         self.prefix_note = None
+        # A halving search's Rounds, once its run calls continue_rounds.
+        self.rounds = None
         self.store_dir = store_dir
         self.max_nbytes = _checked_max_nbytes(max_nbytes)
         self.on_progress = on_progress
@@ -322,8 +325,8 @@ class ClusterBackend(ClusterCapabilities):
                 task.saved = True
                 saved.append((task, result))
             else:
-                if task.split_key is not None and self.reuse_prefixes:
-                    self._share_prefix(task)
+                if task.split_key is not None:
+                    self._plan_fit(task)
                 tasks.append(task)
         return tasks, saved
 
@@ -433,6 +436,31 @@ class ClusterBackend(ClusterCapabilities):
             if ordered and candidate is not None:
                 task.position = self.candidate_position(candidate[0])
         return task
+
+    def continue_rounds(self, estimator, resource, mode):
+        """Let a halving search's fits continue the models of the round before.
+
+        Returns the ``Rounds`` (see ``_warm_start``) that its run tells each
+        new round.
+        """
+        self.rounds = Rounds(
+            estimator, resource, mode, self.store, self._resources.remove
+        )
+        return self.rounds
+
+    def _plan_fit(self, task):
+        """Point a fit task at the model it continues, or at its pipeline prefix.
+
+        A fit that continues (or saves) a model runs its pipeline whole.
+        """
+        if self.rounds is not None:
+            context = task.arguments.get("callback_ctx")
+            if context is None or _without_callbacks(task.arguments):
+                task.continued = self.rounds.spec(task)
+                if task.continued is not None:
+                    return
+        if self.reuse_prefixes:
+            self._share_prefix(task)
 
     def _share_prefix(self, task):
         """Point a fit task at the pipeline prefix its candidate shares, if any."""

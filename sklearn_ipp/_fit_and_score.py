@@ -5,6 +5,7 @@ rewrite the arguments of scikit-learn's ``_fit_and_score``; what those
 arguments are, and how the task's data is indexed, is described once, here.
 """
 
+import copy
 import inspect
 
 import scipy.sparse as sp
@@ -12,6 +13,7 @@ from sklearn.model_selection import _validation
 
 __all__ = [
     "FIT_AND_SCORE_SIGNATURE",
+    "calling",
     "fit_and_score_arguments",
     "indexable",
     "split_arguments",
@@ -55,3 +57,17 @@ def indexable(data):
     parameters.
     """
     return data.tocsr() if sp.issparse(data) else data
+
+
+def calling(function, replacement):
+    """Return ``function`` calling ``replacement`` instead of what it wraps.
+
+    scikit-learn hands joblib its tasks wrapped (``_FuncWrapper``) to carry
+    its configuration and warning filters to the workers; the copy keeps
+    them, with the replacement inside.
+    """
+    if hasattr(function, "function"):
+        wrapper = copy.copy(function)
+        wrapper.function = replacement
+        return wrapper
+    return replacement

@@ -35,6 +35,7 @@ __all__ = [
     "current_warning_filters",
     "engine_warning_filters",
     "keep_callback_listeners",
+    "said_unless_failed",
 ]
 
 
@@ -325,3 +326,17 @@ def captured(caller=None, warning_filters=None):
             (record.message, record.category, record.filename, record.lineno)
             for record in records
         ]
+
+
+@contextlib.contextmanager
+def said_unless_failed():
+    """Say what the block warned and printed only if it does not fail.
+
+    A task that falls back to scikit-learn's own way when a faster one
+    fails (a candidate whose remaining steps fail on a pipeline prefix runs
+    whole; a continued fit runs from scratch) says it all again, as
+    scikit-learn would have.
+    """
+    with captured() as output:
+        yield
+    output.replay()

@@ -19,8 +19,6 @@ The client side: ``prefix_plan``, ``PrefixFold`` and the message items. The
 engine side: ``fit_prefix`` and ``fit_and_score_on_prefix``.
 """
 
-import contextlib
-import copy
 import functools
 import hashlib
 import numbers
@@ -36,8 +34,13 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils.metaestimators import _safe_split
 from sklearn.utils.validation import _check_method_params
 
-from ._fit_and_score import FIT_AND_SCORE_SIGNATURE, indexable, split_arguments
-from ._output import captured
+from ._fit_and_score import (
+    FIT_AND_SCORE_SIGNATURE,
+    calling,
+    indexable,
+    split_arguments,
+)
+from ._output import said_unless_failed
 from ._pickling import dumps
 from ._store import RowRange, _sparse_nbytes
 from ._worker import with_read_only_hint
@@ -316,7 +319,7 @@ class PrefixFold:
         split's fold.
         """
         return (
-            _calling(function, functools.partial(fit_prefix, self.levels)),
+            calling(function, functools.partial(fit_prefix, self.levels)),
             args,
             kwargs,
         )
@@ -345,27 +348,13 @@ class PrefixFold:
         if "y" in self.refs:  # else the fold's own y, in the same row order
             refs["y"] = self.refs["y"]
         on_prefix = functools.partial(fit_and_score_on_prefix, refs)
-        return _calling(function, on_prefix), args, kwargs
+        return calling(function, on_prefix), args, kwargs
 
     def charge(self, result):
         """Add the candidate's share of the prefix's times to ``result``."""
         share = max(1, self.n_candidates)
         result["fit_time"] = result.get("fit_time", 0.0) + self.fit_seconds / share
         result["score_time"] = result.get("score_time", 0.0) + self.test_seconds / share
-
-
-def _calling(function, replacement):
-    """Return ``function`` calling ``replacement`` instead of what it wraps.
-
-    scikit-learn hands joblib its tasks wrapped (``_FuncWrapper``) to carry
-    its configuration and warning filters to the workers; the copy keeps
-    them, with the prefix's function inside.
-    """
-    if hasattr(function, "function"):
-        wrapper = copy.copy(function)
-        wrapper.function = replacement
-        return wrapper
-    return replacement
 
 
 # The engine side -------------------------------------------------------------
@@ -470,7 +459,7 @@ def fit_and_score_on_prefix(refs, *args, **kwargs):
     then scikit-learn's own), or it had to.
     """
     try:
-        with _said_unless_failed():
+        with said_unless_failed():
             arguments = FIT_AND_SCORE_SIGNATURE.bind(*args, **kwargs).arguments
             return True, _on_prefix(refs, arguments)
     except Exception:
@@ -582,15 +571,3 @@ class _PrefixFitted(Pipeline):
         for item in super()._iter(with_final, filter_passthrough):
             if item[0] >= n_fitted:
                 yield item
-
-
-@contextlib.contextmanager
-def _said_unless_failed():
-    """Say what the block warned and printed only if it does not fail.
-
-    A candidate whose remaining steps fail runs whole, which says it all
-    again, as scikit-learn would have.
-    """
-    with captured() as output:
-        yield
-    output.replay()

@@ -17,6 +17,7 @@ ended) refuses them at once (``BackendStoppedError``), so that no caller
 waits for a task that nothing will run.
 """
 
+import functools
 import itertools
 import logging
 import queue
@@ -25,8 +26,10 @@ import time
 from collections import OrderedDict, deque
 
 from ._exceptions import BackendStoppedError, ControllerLostError
+from ._fit_and_score import calling
 from ._fit_timeout import fail_fit
 from ._messages import ENGINE_LOST, SEND_AGAIN, STOPPED, TIMED_OUT
+from ._warm_start import fit_and_score_continued
 
 __all__ = [
     "Call",
@@ -172,6 +175,7 @@ class Task:
         "attempts",
         "call",
         "checkpoint_key",
+        "continued",
         "finished",
         "fold",
         "function",
@@ -179,6 +183,7 @@ class Task:
         "job",
         "kwargs",
         "n_stops",
+        "on_continued",
         "on_prefix",
         "order",
         "output",
@@ -205,6 +210,9 @@ class Task:
         self.checkpoint_key = None  # see SavedFits
         self.prefix = None  # the PrefixFold it runs on, if any
         self.on_prefix = False  # sent to run on its prefix
+        # The ContinuedFit of a halving fit that may continue a saved model.
+        self.continued = None
+        self.on_continued = False  # sent to continue, or to save, a model
         self.output = None  # what an internal task said (a TaskOutput)
         # (FitTimeoutError, seconds) once it ran past fit_timeout: it is then
         # sent again to fail at once (see _fit_timeout).
@@ -259,8 +267,12 @@ class Task:
             args, kwargs = self.fold.rewrite(self.arguments, self.rows)
         if self.timed_out is not None:
             # Whole, on its own fold: its scores are those of a failed fit.
-            self.on_prefix = False
+            self.on_prefix = self.on_continued = False
             return fail_fit, (self.function, *self.timed_out, *args), kwargs
+        if self.continued is not None:
+            self.on_continued = True
+            run = functools.partial(fit_and_score_continued, self.continued)
+            return calling(self.function, run), args, kwargs
         if self.prefix is None or self.fold is None:
             return self.function, args, kwargs
         self.on_prefix = not self.prefix.plain
@@ -272,6 +284,10 @@ class Task:
         ``on_prefix``: whether its remaining steps ran on its prefix, whose
         share of time its result is then charged.
         """
+        if self.on_continued:
+            info, value = value
+            self.continued.took(info)
+            return value, False
         if not self.on_prefix:
             return value, False
         on_prefix, value = value

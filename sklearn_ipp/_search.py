@@ -24,7 +24,7 @@ from sklearn.model_selection import (
     HalvingRandomSearchCV,
     RandomizedSearchCV,
 )
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._cluster import resolve_cluster
 from ._search_run import SearchRun, WatchedSearchMixin
@@ -104,6 +104,21 @@ _CLUSTER_PARAMETERS_DOC = """
         ``error_score="raise"``, ``fit`` raises the error). Its
         ``fit_time`` is the time it ran. None: no limit. See
         :doc:`/budgets`.
+"""
+
+
+_HALVING_PARAMETERS_DOC = """
+    warm_start_rounds : bool or "always", default=True
+        When ``resource`` is the parameter counting the iterations of the
+        estimator (or of a ``Pipeline``'s last step), a promoted candidate
+        continues, on each split, the model it fitted in the round before
+        (``warm_start``), where that gives the model of a fit from scratch:
+        forests and gradient boosting of scikit-learn, with an int or None
+        ``random_state`` (see :doc:`/adaptive`). ``cv_results_`` are then
+        scikit-learn's; ``fit_time`` is the model's whole training time.
+        Other fits run from scratch; ``verbose`` says why. ``"always"``
+        continues any estimator with ``warm_start``, whose results may then
+        differ from scikit-learn's; False fits every round from scratch.
 """
 
 
@@ -233,15 +248,17 @@ class _ClusterSearchMixin(WatchedSearchMixin):
         """
         # Under a time budget too: candidates then run one after another on
         # all their splits, which folds stored one at a time would not allow.
-        return self.time_budget is not None or isinstance(
-            self, (HalvingGridSearchCV, HalvingRandomSearchCV)
-        )
+        return self.time_budget is not None or _is_halving(self)
 
     def _ordered(self, evaluate_candidates):
         run = self._run
 
         def evaluate(candidate_params, *args, **kwargs):
             candidate_params = list(candidate_params)
+            more_results = kwargs.get("more_results") or {}
+            if _is_halving(self) and more_results.get("iter"):
+                last = more_results["iter"][0] == self._n_halving_iterations() - 1
+                run.new_round(candidate_params, last)
             if run.budget is None or not run.budget.ended:
                 run.positions = self._evaluation_order(candidate_params)
             if run.budget is None:
@@ -266,7 +283,7 @@ class _ClusterSearchMixin(WatchedSearchMixin):
         Successive halving sets these at the end of its iterations: here,
         for the iterations that ran, with the candidates evaluated in each.
         """
-        if not isinstance(self, (HalvingGridSearchCV, HalvingRandomSearchCV)):
+        if not _is_halving(self):
             return
         evaluated = self._run.budget.evaluated
         planned = self.n_candidates_[0]
@@ -274,10 +291,28 @@ class _ClusterSearchMixin(WatchedSearchMixin):
         self.n_resources_ = self.n_resources_[: len(evaluated)]
         self.n_iterations_ = len(evaluated)
         self.n_remaining_candidates_ = ceil(evaluated[-1] / self.factor)
-        self.n_required_iterations_ = 1 + floor(log(planned, self.factor))
-        self.n_possible_iterations_ = 1 + floor(
+        self.n_required_iterations_, self.n_possible_iterations_ = (
+            self._halving_iterations(planned)
+        )
+
+    def _halving_iterations(self, n_candidates):
+        """``(n_required, n_possible)`` iterations, as successive halving counts.
+
+        Given the candidates of the first iteration, once ``min_resources_``
+        and ``max_resources_`` are set.
+        """
+        n_required = 1 + floor(log(n_candidates, self.factor))
+        n_possible = 1 + floor(
             log(self.max_resources_ // self.min_resources_, self.factor)
         )
+        return n_required, n_possible
+
+    def _n_halving_iterations(self):
+        """Return the iterations this halving search runs, once the first began."""
+        n_required, n_possible = self._halving_iterations(self.n_candidates_[0])
+        if self.aggressive_elimination:
+            return n_required
+        return min(n_required, n_possible)
 
     if _RUN_SEARCH_TAKES_CALLBACKS:
 
@@ -326,6 +361,10 @@ class _ClusterSearchMixin(WatchedSearchMixin):
             # A connection cannot be pickled: the fitted model can, without it.
             state["client"] = None
         return state
+
+
+def _is_halving(search):
+    return isinstance(search, (HalvingGridSearchCV, HalvingRandomSearchCV))
 
 
 def _check_picklable(obj, name):
@@ -650,6 +689,7 @@ class IPyParallelHalvingGridSearchCV(_ClusterSearchMixin, HalvingGridSearchCV):
         As in :class:`~sklearn.model_selection.HalvingGridSearchCV`; above 0
         a progress bar of finished fits is shown too.
     {cluster_parameters}
+    {halving_parameters}
 
     Attributes
     ----------
@@ -679,6 +719,7 @@ feature_names_in_
     _parameter_constraints = {
         **HalvingGridSearchCV._parameter_constraints,
         **_CLUSTER_CONSTRAINTS,
+        "warm_start_rounds": ["boolean", StrOptions({"always"})],
     }
 
     def __init__(
@@ -707,6 +748,7 @@ feature_names_in_
         reuse_prefixes=True,
         fit_timeout=None,
         time_budget=None,
+        warm_start_rounds=True,
     ):
         super().__init__(
             estimator,
@@ -733,6 +775,7 @@ feature_names_in_
         self.reuse_prefixes = reuse_prefixes
         self.fit_timeout = fit_timeout
         self.time_budget = time_budget
+        self.warm_start_rounds = warm_start_rounds
 
     def _search_space_items(self):
         return _grid_items(self.param_grid, "param_grid")
@@ -785,6 +828,7 @@ class IPyParallelHalvingRandomSearchCV(_ClusterSearchMixin, HalvingRandomSearchC
         As in :class:`~sklearn.model_selection.HalvingRandomSearchCV`; above
         0 a progress bar of finished fits is shown too.
     {cluster_parameters}
+    {halving_parameters}
 
     Attributes
     ----------
@@ -815,6 +859,7 @@ feature_names_in_
     _parameter_constraints = {
         **HalvingRandomSearchCV._parameter_constraints,
         **_CLUSTER_CONSTRAINTS,
+        "warm_start_rounds": ["boolean", StrOptions({"always"})],
     }
 
     def __init__(
@@ -844,6 +889,7 @@ feature_names_in_
         reuse_prefixes=True,
         fit_timeout=None,
         time_budget=None,
+        warm_start_rounds=True,
     ):
         super().__init__(
             estimator,
@@ -871,6 +917,7 @@ feature_names_in_
         self.reuse_prefixes = reuse_prefixes
         self.fit_timeout = fit_timeout
         self.time_budget = time_budget
+        self.warm_start_rounds = warm_start_rounds
 
     def _search_space_items(self):
         return _grid_items(self.param_distributions, "param_distributions")
@@ -882,4 +929,7 @@ for _cls in (
     IPyParallelHalvingGridSearchCV,
     IPyParallelHalvingRandomSearchCV,
 ):
-    _cls.__doc__ = _cls.__doc__.format(cluster_parameters=_CLUSTER_PARAMETERS_DOC)
+    _cls.__doc__ = _cls.__doc__.format(
+        cluster_parameters=_CLUSTER_PARAMETERS_DOC,
+        halving_parameters=_HALVING_PARAMETERS_DOC,
+    )

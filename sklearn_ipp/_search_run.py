@@ -91,6 +91,9 @@ class SearchRun:
             "verbose": search.verbose,
             "whole_data": search._stores_whole_data(),
         }
+        # A halving search's fits may continue the models of the round before.
+        mode = getattr(search, "warm_start_rounds", False)
+        self._rounds = (search.estimator, search.resource, mode) if mode else None
         self._caller = caller
         self._lock = threading.Lock()
         self._backend = None  # while the candidates are evaluated
@@ -169,6 +172,8 @@ class SearchRun:
         try:
             with cluster as backend, contextlib.ExitStack() as after_search:
                 self._after_search = after_search
+                if self._rounds is not None:
+                    backend.continue_rounds(*self._rounds)
                 with self._lock:
                     self._backend = backend
                     if self._abort_requested:
@@ -204,6 +209,15 @@ class SearchRun:
         self.live.recording = False
         return finished
 
+    def new_round(self, candidate_params, last):
+        """Tell the backend that a halving round of ``candidate_params`` starts.
+
+        ``last``: no round follows it.
+        """
+        backend = self._backend
+        if backend is not None and backend.rounds is not None:
+            backend.rounds.new_round(candidate_params, last)
+
     def candidate_position(self, candidate):
         """Return a candidate's position in the running order (for the backend)."""
         return 0 if self.positions is None else self.positions[candidate]
@@ -232,6 +246,15 @@ class SearchRun:
                     "Fitted every pipeline whole, its leading steps for each "
                     f"candidate: {backend.prefix_note}"
                 )
+            rounds = backend.rounds
+            if rounds is not None and rounds.n_continued:
+                print(
+                    f"Continued {rounds.n_continued} of {rounds.n_fits} fits from "
+                    f"the models of the round before: {rounds.units_fitted} "
+                    f"{rounds.resource} fitted instead of {rounds.units_planned}"
+                )
+            elif rounds is not None and rounds.note is not None:
+                print(f"Fitted every halving round from scratch: {rounds.note}")
         # joblib's parallel_config takes effect when made, not when entered.
         caller_backend, caller_n_jobs = self._caller
         self._after_search.enter_context(
