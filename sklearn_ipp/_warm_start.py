@@ -118,7 +118,11 @@ def continuation_plan(estimator, resource, mode, parameters=None):
             "model of the round before was fitted on"
         )
     if parameters:
-        estimator = clone(estimator).set_params(**parameters)
+        try:
+            estimator = clone(estimator).set_params(**parameters)
+        except Exception:
+            # Its fit fails as in scikit-learn, with scikit-learn's error.
+            return None, None
     *path, name = resource.split("__")
     final = estimator
     for step in path:

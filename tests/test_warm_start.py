@@ -276,6 +276,8 @@ def test_continuation_plan_follows_pipelines_and_candidate_parameters():
     balanced = {"randomforestclassifier__class_weight": "balanced"}
     assert continuation_plan(pipeline, resource, True, balanced)[0] is None
     assert continuation_plan(SGDClassifier(), "max_iter", "always") == ((), None)
+    # Parameters the estimator does not take: its fit fails as in scikit-learn.
+    assert continuation_plan(pipeline, resource, True, {"no_such": 1}) == (None, None)
 
 
 class _FakeStore:
