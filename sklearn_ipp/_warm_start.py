@@ -378,10 +378,10 @@ def fit_and_score_continued(spec, *args, **kwargs):
         result["estimator"] = fitted
     saved, units = False, 0
     if fitted is not None and result.get("fit_error") is None:
-        final = _final(fitted, spec.path)
-        units = _units(final) - before
+        continued_step = _final(fitted, spec.path)
+        units = _units(continued_step) - before
         if spec.save is not None:
-            saved = _save(spec, final, result.get("fit_time", 0.0))
+            saved = _save(spec, continued_step, result.get("fit_time", 0.0))
     return (continued, saved, units), with_read_only_hint(result)
 
 
@@ -470,7 +470,7 @@ def _load(spec):
         with open(path, "rb", opener=_open_no_follow) as f:
             _check_private_file(os.fstat(f.fileno()), path)
             model, seconds = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError):
+    except Exception:  # gone, or unreadable: the fit runs from scratch
         return None
     state = _state(model)
     return None if state == "scratch" else (model, seconds, state == "final")
@@ -486,7 +486,7 @@ def _save(spec, model, seconds):
             return False
         path = os.path.join(spec.directory, spec.save)
         write_atomically(path, _write_bytes, data)
-    except (OSError, pickle.PicklingError):
+    except Exception:  # no room, or a model that does not pickle: not kept
         return False
     return True
 
