@@ -32,7 +32,7 @@ from ._checkpoint import KEPT_RESULTS_NOTE, SavedFits
 from ._cluster import DEFAULT_TIMEOUT, resolve_cluster
 from ._controller import ControllerWatch
 from ._exceptions import BackendStoppedError
-from ._fit_and_score import fit_and_score_arguments
+from ._fit_and_score import fit_and_score_arguments, split_arguments
 from ._fit_timeout import check_fit_timeout
 from ._folds import FoldIndex, _without_callbacks
 from ._hosts import EngineLosses, EngineRoster
@@ -168,6 +168,8 @@ class ClusterBackend(ClusterCapabilities):
         self.prefix_note = None
         # A halving search's Rounds, once its run calls continue_rounds.
         self.rounds = None
+        # An asynchronous halving search's AsynchronousHalving, while it runs.
+        self.halving = None
         self.store_dir = store_dir
         self.max_nbytes = _checked_max_nbytes(max_nbytes)
         self.on_progress = on_progress
@@ -435,7 +437,31 @@ class ClusterBackend(ClusterCapabilities):
             candidate = arguments.get("candidate_progress")
             if ordered and candidate is not None:
                 task.position = self.candidate_position(candidate[0])
+            if ordered and self.halving is not None:
+                self.halving.first_level_task(task)
         return task
+
+    def inject(self, template, arguments, halving, job):
+        """Queue a fit made from another of its search's: a promotion.
+
+        Asynchronous halving starts a promoted candidate's fits at the next
+        level as tasks of the first level's call, before its waiting fits
+        (the higher levels first); its result may be in the checkpoint.
+        """
+        args, kwargs = split_arguments(arguments)
+        task = self._make_task(job, 0, template.function, args, kwargs, False)
+        task.halving = halving
+        task.position = -halving[1]
+        found, result = False, None
+        if self.saved_fits is not None:
+            found, result = self.saved_fits.look_up(task)
+        if found:
+            task.saved = True
+            tasks, saved = [], [(task, result)]
+        else:
+            self._plan_fit(task)
+            tasks, saved = [task], []
+        self._scheduler.submit(tasks, saved, template.call)
 
     def continue_rounds(self, estimator, resource, mode):
         """Let a halving search's fits continue the models of the round before.
@@ -478,12 +504,20 @@ class ClusterBackend(ClusterCapabilities):
             )
 
     def _task_done(self, task, ok, value):
-        if not ok or task.arguments is None:
-            return
-        if self.saved_fits is not None and not task.saved:
-            self.saved_fits.save(task, value)
-        if self.on_result is not None and task.owner is self._first_calls:
-            self.on_result(task.call.number, task.arguments, value)
+        if ok and task.arguments is not None:
+            if self.saved_fits is not None and not task.saved:
+                self.saved_fits.save(task, value)
+            if self.on_result is not None and task.owner is self._first_calls:
+                # An asynchronous halving search's fits of a level are
+                # recorded as the call of that level its search makes at
+                # the end.
+                number = task.call.number
+                if task.halving is not None:
+                    number += task.halving[1]
+                self.on_result(number, task.arguments, value)
+        # Saved first: once its last fit is told, the search reads them all.
+        if task.halving is not None and self.halving is not None:
+            self.halving.done(task, ok, value)
 
     def _write(self, obj, rows=None, columns=None):
         return self._resources.write(obj, rows, columns)

@@ -179,6 +179,7 @@ class Task:
         "finished",
         "fold",
         "function",
+        "halving",
         "index",
         "job",
         "kwargs",
@@ -212,6 +213,8 @@ class Task:
         self.on_prefix = False  # sent to run on its prefix
         # The ContinuedFit of a halving fit that may continue a saved model.
         self.continued = None
+        # (candidate, level, split) of an asynchronous halving search's fit.
+        self.halving = None
         self.on_continued = False  # sent to continue, or to save, a model
         self.output = None  # what an internal task said (a TaskOutput)
         # (FitTimeoutError, seconds) once it ran past fit_timeout: it is then

@@ -157,7 +157,13 @@ class SearchRun:
 
         threading.Thread(target=run, name="sklearn_ipp-search", daemon=True).start()
 
+    @property
+    def backend(self):
+        """The ``ClusterBackend`` while the candidates are evaluated, else None."""
+        return self._backend
+
     def _fit(self, connection, sklearn_fit, X, y, params):
+        self.fit_params = params  # the splitter's groups, for asynchronous halving
         checkpoint = self._checkpoint
         cluster = on_cluster(
             connection,

@@ -212,6 +212,7 @@ class Rounds:
         self._store, self._remove = store, remove
         self._lock = threading.Lock()
         self._last = False  # the round running is the last one
+        self.top_level = None  # asynchronous halving's last level
         # id(parameters) -> (parameters, token, path): a candidate's plan,
         # made once for all its splits in the round.
         self._plans = {}
@@ -231,12 +232,21 @@ class Rounds:
 
         ``last``: no round follows, so nothing is saved.
         """
-        tokens = {self._token(params) for params in candidate_params}
+        kept = {self._token(params) for params in candidate_params}
         with self._lock:
             self._last = last
             self._plans.clear()
-            dropped = [key for key in self._saved if key[1] not in tokens]
-            files = [self._saved.pop(key)[1] for key in dropped]
+        self._drop(lambda token: token not in kept)
+
+    def drop(self, candidate_params):
+        """Remove the saved models of ``candidate_params``: none will continue."""
+        dropped = {self._token(params) for params in candidate_params}
+        self._drop(dropped.__contains__)
+
+    def _drop(self, is_dropped):
+        with self._lock:
+            keys = [key for key in self._saved if is_dropped(key[1])]
+            files = [self._saved.pop(key)[1] for key in keys]
         for model in files:
             self._remove(model)
 
@@ -273,6 +283,9 @@ class Rounds:
             self.units_planned += value if isinstance(value, numbers.Integral) else 0
             saved = self._saved.get(key)
             last = self._last
+        halving = getattr(task, "halving", None)
+        if halving is not None:  # asynchronous: each fit knows its level
+            last = halving[1] == self.top_level
         load = None
         if saved is not None and saved[0] < value:
             load = saved[1].name

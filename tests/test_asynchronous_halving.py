@@ -1,0 +1,190 @@
+"""Asynchronous successive halving on the cluster: promotions without barriers.
+
+Its results differ from synchronous halving's by design; what must hold is
+that every fit it reports is the fit scikit-learn would make of that
+candidate with that resource on that split, that every level's candidates
+come from the level below, and that the best comes from the highest level.
+"""
+
+import os
+import time
+import uuid
+
+import numpy as np
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.model_selection import GridSearchCV, KFold
+
+from sklearn_ipp import (
+    IPyParallelHalvingGridSearchCV,
+    IPyParallelHalvingRandomSearchCV,
+)
+from sklearn_ipp._checkpoint import DirectoryCheckpoint
+
+X, Y = make_classification(n_samples=400, n_features=8, random_state=0)
+CV = KFold(3, shuffle=True, random_state=0)
+
+
+def _check_levels(search):
+    """Each level's candidates come from the level below; best from the top."""
+    results = search.cv_results_
+    resource = search.resource
+    levels = results["iter"]
+    assert list(np.unique(levels)) == list(range(search.n_iterations_))
+    assert list(search.n_candidates_) == [
+        int(np.sum(levels == level)) for level in range(search.n_iterations_)
+    ]
+    searched = [
+        tuple(sorted((k, repr(v)) for k, v in params.items() if k != resource))
+        for params in results["params"]
+    ]
+    for level in range(1, search.n_iterations_):
+        below = {searched[i] for i in np.flatnonzero(levels == level - 1)}
+        assert {searched[i] for i in np.flatnonzero(levels == level)} <= below
+    top = np.flatnonzero(levels == levels.max())
+    best = top[np.argmax(results["mean_test_score"][top])]
+    assert search.best_index_ == best
+    assert search.best_params_ == results["params"][best]
+
+
+def _same_as_sklearns_fits(search, estimator):
+    """Every row's split scores are scikit-learn's for that candidate."""
+    results = search.cv_results_
+    grid = [{k: [v] for k, v in params.items()} for params in results["params"]]
+    reference = GridSearchCV(estimator, grid, cv=CV).fit(X, Y).cv_results_
+    for k in range(CV.get_n_splits()):
+        np.testing.assert_allclose(
+            results[f"split{k}_test_score"], reference[f"split{k}_test_score"]
+        )
+
+
+def test_asynchronous_halving_reaches_the_top_with_scikit_learns_fits(client, capsys):
+    estimator = RandomForestClassifier(max_depth=4, random_state=0)
+    grid = {"max_features": [0.3, 0.6, 1.0], "min_samples_leaf": [1, 5, 10]}
+    search = IPyParallelHalvingGridSearchCV(
+        estimator,
+        grid,
+        resource="n_estimators",
+        max_resources=45,
+        min_resources=5,
+        cv=CV,
+        random_state=0,
+        asynchronous=True,
+        verbose=1,
+        client=client,
+    ).fit(X, Y)
+    assert list(search.n_resources_) == [5, 15, 45]
+    assert search.n_candidates_[0] == 9
+    # At least the candidates synchronous halving keeps, at every level.
+    assert all(n >= m for n, m in zip(search.n_candidates_, [9, 3, 1], strict=True))
+    _check_levels(search)
+    _same_as_sklearns_fits(search, estimator)
+    # Promoted candidates continued their models.
+    assert "Continued " in capsys.readouterr().out
+
+
+def test_asynchronous_halving_on_samples(client):
+    estimator = RandomForestClassifier(n_estimators=10, random_state=0)
+    space = {"max_features": [0.2, 0.5, 0.8, 1.0], "min_samples_leaf": [1, 3, 9]}
+    search = IPyParallelHalvingRandomSearchCV(
+        estimator,
+        space,
+        n_candidates=12,
+        factor=2,
+        min_resources=60,
+        cv=3,
+        random_state=0,
+        asynchronous=True,
+        client=client,
+    ).fit(X, Y)
+    _check_levels(search)
+    assert search.n_resources_[:2] == [60, 120]
+    assert np.all(
+        search.cv_results_["n_resources"]
+        == np.take(search.n_resources_, search.cv_results_["iter"])
+    )
+
+
+class CountedClassifier(ClassifierMixin, BaseEstimator):
+    """Logs each fit (its C, n_iter and training rows) to ``log_dir``."""
+
+    def __init__(self, C=1.0, n_iter=1, log_dir=None, delay=0.0):
+        self.C = C
+        self.n_iter = n_iter
+        self.log_dir = log_dir
+        self.delay = delay
+
+    def fit(self, X, y):
+        time.sleep(self.delay)
+        if self.log_dir is not None:
+            rows = int(np.sum(X[:, 0] * 1000)) % 100003
+            name = f"{os.getpid()}-{self.C}-{self.n_iter}-{rows}-{uuid.uuid4().hex}"
+            with open(os.path.join(self.log_dir, name), "w"):
+                pass
+        self.classes_ = np.unique(y)
+        self.score_ = 1.0 - abs(np.log10(self.C)) / (1 + self.n_iter)
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.classes_[0])
+
+    def score(self, X, y):
+        return self.score_
+
+
+def _fits(log_dir):
+    """The fits logged on the engines (the refit, in this process, left out)."""
+    return {
+        name.split("-", 1)[1]
+        for name in os.listdir(log_dir)
+        if not name.startswith(f"{os.getpid()}-")
+    }
+
+
+def test_an_aborted_asynchronous_search_resumes_without_refitting(client, tmp_path):
+    log_dir = tmp_path / "fits"
+    log_dir.mkdir()
+    estimator = CountedClassifier(log_dir=str(log_dir), delay=0.05)
+    grid = {"C": list(np.logspace(-3, 3, 12))}
+    kwargs = {
+        "resource": "n_iter",
+        "min_resources": 1,
+        "max_resources": 9,
+        "cv": CV,
+        "asynchronous": True,
+        "checkpoint_dir": str(tmp_path / "checkpoint"),
+        "client": client,
+    }
+    search = IPyParallelHalvingGridSearchCV(estimator, grid, **kwargs)
+    search.fit_async(X, Y)
+    deadline = time.monotonic() + 60
+    while search.progress()[0] < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    search.abort()
+    n_saved = len(DirectoryCheckpoint(kwargs["checkpoint_dir"]))
+    first = _fits(log_dir)
+    assert 20 <= n_saved <= len(first)
+    search.fit(X, Y)
+    _check_levels(search)
+    # The fits saved before the abort came from the checkpoint: only those
+    # the abort stopped before their results came ran again.
+    second = _fits(log_dir) - first
+    ran_twice = {name.rsplit("-", 1)[0] for name in first} & {
+        name.rsplit("-", 1)[0] for name in second
+    }
+    assert len(ran_twice) <= len(first) - n_saved
+
+
+def test_asynchronous_halving_refuses_a_searched_resource(client):
+    search = IPyParallelHalvingGridSearchCV(
+        RandomForestClassifier(),
+        {"n_estimators": [1, 2]},
+        resource="n_estimators",
+        max_resources=10,
+        asynchronous=True,
+        client=client,
+    )
+    with pytest.raises(ValueError, match="Cannot use parameter n_estimators"):
+        search.fit(X, Y)
