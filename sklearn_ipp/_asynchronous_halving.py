@@ -66,6 +66,7 @@ class AsynchronousHalving:
         self._level_splits = {}  # level -> [(train, test)], made once
         self.n_splits = None
         self._n_complete = 0  # levels complete, whose eliminated models went
+        self._fit_times = []
         self.error = None
         self.recording = True  # while the first level's call runs
 
@@ -94,6 +95,7 @@ class AsynchronousHalving:
                 return
             scores = self._scores.setdefault((candidate, level), {})
             scores[split] = value.get("test_scores", np.nan)
+            self._fit_times.append(value.get("fit_time", 0.0))
             if len(scores) == self.n_splits:
                 mean = float(np.mean([scores[k] for k in range(self.n_splits)]))
                 promotions = self.promotions.finish(candidate, level, mean)
@@ -153,6 +155,20 @@ class AsynchronousHalving:
                 )
                 for split in range(self.n_splits)
             ]
+
+    def complete_only(self):
+        """Keep, at every level, only the candidates finished there (a deadline)."""
+        with self._condition:
+            promotions = self.promotions
+            for level, started in enumerate(promotions.started):
+                promotions.started[level] = [
+                    c for c in started if c in promotions.scores[level]
+                ]
+
+    def fit_times(self):
+        """Return the ``fit_time`` of every fit that finished."""
+        with self._condition:
+            return list(self._fit_times)
 
     # Inside -----------------------------------------------------------------
 

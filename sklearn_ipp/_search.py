@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import pickle
+import warnings
 from math import ceil, floor, log
 from numbers import Integral, Real
 
@@ -32,7 +33,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ._asynchronous_halving import AsynchronousHalving
 from ._cluster import resolve_cluster
 from ._search_run import SearchRun, WatchedSearchMixin
-from ._time_budget import BudgetEnded
+from ._time_budget import BudgetEnded, BudgetReached
 from ._worker import running_a_task
 
 __all__ = [
@@ -403,6 +404,7 @@ class _ClusterSearchMixin(WatchedSearchMixin):
             run.backend.rounds.top_level = len(resources) - 1
         contexts = _level_contexts(self, callback_ctx, len(resources))
         run.backend.halving = halving
+        first_level_ran = False
         try:
             self._evaluate_level(
                 evaluate_candidates,
@@ -412,12 +414,33 @@ class _ClusterSearchMixin(WatchedSearchMixin):
                 resources[0],
                 contexts,
             )
+            first_level_ran = True
             halving.recording = False
             halving.wait()
+            ended = False
+        except BudgetReached:
+            ended = True
         finally:
             run.backend.halving = None
+        if ended:
+            # What finished by the deadline: every level's candidates whose
+            # splits all did, evaluated again from the checkpoint.
+            run.finish_call()
+            halving.complete_only()
+            if not halving.level_candidates(0):
+                raise run.budget.error(len(candidate_params), halving.fit_times())
+            if not first_level_ran:
+                self._evaluate_level(
+                    evaluate_candidates,
+                    halving.level_candidates(0),
+                    _Splits(halving.splits_at(0)),
+                    0,
+                    resources[0],
+                    None,
+                )
         run.backend.saved_fits.use_saved()
-        self.n_resources_, self.n_candidates_ = [resources[0]], [len(candidate_params)]
+        self.n_resources_ = [resources[0]]
+        self.n_candidates_ = [len(halving.level_candidates(0))]
         for level in range(1, len(resources)):
             params = halving.level_candidates(level)
             if not params:
@@ -431,6 +454,15 @@ class _ClusterSearchMixin(WatchedSearchMixin):
                 level,
                 resources[level],
                 contexts,
+            )
+        if ended:
+            warnings.warn(
+                f"time_budget={run.budget.seconds:g} s ended the search: "
+                f"{sum(self.n_candidates_)} evaluations of candidates on every "
+                f"split, at {len(self.n_candidates_)} level(s), had finished; "
+                "cv_results_ and best_* come from them.",
+                UserWarning,
+                stacklevel=2,
             )
         n_required, n_possible = self._halving_iterations(len(candidate_params))
         self.n_remaining_candidates_ = self.n_candidates_[-1]

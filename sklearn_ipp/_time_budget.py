@@ -116,7 +116,7 @@ class TimeBudget:
     def _end(self, n_candidates, fit_times):
         """End the search with the calls that returned, or fail without any."""
         if not self.evaluated:
-            raise self._error(n_candidates, fit_times) from None
+            raise self.error(n_candidates, fit_times) from None
         if self._warned:
             raise BudgetEnded from None
         self._warned = True
@@ -129,7 +129,8 @@ class TimeBudget:
         )
         raise BudgetEnded from None
 
-    def _error(self, n_candidates, fit_times):
+    def error(self, n_candidates, fit_times):
+        """Return the error of a search that evaluated no candidate in time."""
         if fit_times:
             said = (
                 f"{len(fit_times)} fits had finished, in "

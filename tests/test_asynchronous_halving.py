@@ -188,3 +188,25 @@ def test_asynchronous_halving_refuses_a_searched_resource(client):
     )
     with pytest.raises(ValueError, match="Cannot use parameter n_estimators"):
         search.fit(X, Y)
+
+
+def test_a_time_budget_ends_an_asynchronous_search_with_what_finished(client):
+    estimator = CountedClassifier(delay=0.1)
+    grid = {"C": list(np.logspace(-3, 3, 12))}
+    search = IPyParallelHalvingGridSearchCV(
+        estimator,
+        grid,
+        resource="n_iter",
+        min_resources=1,
+        max_resources=9,
+        cv=CV,
+        asynchronous=True,
+        time_budget=1.5,
+        client=client,
+    )
+    with pytest.warns(UserWarning, match="time_budget=1.5 s ended the search"):
+        search.fit(X, Y)
+    _check_levels(search)
+    assert search.n_candidates_[0] < 12
+    assert len(search.cv_results_["params"]) == sum(search.n_candidates_)
+    assert not np.any(np.isnan(search.cv_results_["mean_test_score"]))
