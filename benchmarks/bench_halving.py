@@ -21,14 +21,21 @@ small warm-up search:
   ``warm_start_rounds=False``, every round fitted from scratch as
   scikit-learn does;
 - ``warm_start_rounds``: the same with its default,
-  ``warm_start_rounds=True``: promoted candidates continue their models.
+  ``warm_start_rounds=True``: promoted candidates continue their models;
+- ``asynchronous``: the same with ``asynchronous=True`` too: a candidate is
+  promoted as soon as it ranks in the top third of those finished at its
+  level.
 
 The table gives the wall time, the CPU seconds of the workers (loky's
 processes or the engines, the controller left out) while the search ran,
 both relative to loky's, the best score, and whether ``cv_results_`` (times
-left out) equal loky's to ``rtol=1e-9``.
+left out) equal loky's to ``rtol=1e-9`` (asynchronous halving's differ by
+design: it promotes other candidates).
 
-    python benchmarks/bench_halving.py --workers 2 4
+With ``--repeat``, each system runs that many times, in turn with the
+others, and the table gives the median wall and CPU times.
+
+    python benchmarks/bench_halving.py --workers 2 4 --repeat 3
 """
 
 import argparse
@@ -42,7 +49,7 @@ import numpy as np
 import saved_run
 
 WORKLOADS = ("forest", "hgb")
-SYSTEMS = ("loky", "from-scratch", "warm_start_rounds")
+SYSTEMS = ("loky", "from-scratch", "warm_start_rounds", "asynchronous")
 TIME_KEYS = ("mean_fit_time", "std_fit_time", "mean_score_time", "std_score_time")
 
 
@@ -122,7 +129,8 @@ def _run_child(system, workload, n_workers):
             estimator,
             grid,
             client=cluster,
-            warm_start_rounds=system == "warm_start_rounds",
+            warm_start_rounds=system != "from-scratch",
+            asynchronous=system == "asynchronous",
             **kwargs,
         )
     # Warm-up on a few rows: workers started, modules imported.
@@ -190,6 +198,9 @@ def main(argv=None):
         "--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS)
     )
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each system; the median times"
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     saved_run.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -201,12 +212,24 @@ def main(argv=None):
         parser.error("this benchmark draws no plot")
 
     print(saved_run.machine())
-    rows = [
-        _run(system, workload, n_workers)
-        for workload in args.workloads
-        for n_workers in args.workers
-        for system in args.systems
-    ]
+    rows = []
+    for workload in args.workloads:
+        for n_workers in args.workers:
+            # In turn, so that a busy moment of the machine is shared out.
+            runs = {system: [] for system in args.systems}
+            for _ in range(args.repeat):
+                for system in args.systems:
+                    runs[system].append(_run(system, workload, n_workers))
+            for system, repeats in runs.items():
+                row = dict(repeats[0])
+                for key in ("wall", "worker_cpu"):
+                    row[key] = float(np.median([run[key] for run in repeats]))
+                    row[f"{key}_runs"] = [run[key] for run in repeats]
+                if system == "asynchronous":
+                    # Its promotions depend on the order fits end in.
+                    row["best_scores"] = [run["best_score"] for run in repeats]
+                    row["n_candidates_runs"] = [run["n_candidates"] for run in repeats]
+                rows.append(row)
     reference = {
         (row["workload"], row["workers"]): row
         for row in rows
@@ -215,11 +238,13 @@ def main(argv=None):
     print()
     header = f"{'workload':<8} {'system':<18} {'workers':>7} {'wall s':>7}"
     header += f" {'x loky':>6} {'worker CPU s':>12} {'x loky':>6} {'best score':>10}"
-    print(f"{header}  same results")
-    print("-" * 96)
+    print(f"{header}  same results  candidates per level")
+    print("-" * 118)
     for row in rows:
         loky = reference.get((row["workload"], row["workers"]))
-        same = "-" if loky is None else _same_results(row["results"], loky["results"])
+        same = "-"
+        if loky is not None and row["system"] != "asynchronous":
+            same = _same_results(row["results"], loky["results"])
         row["same_results"] = same
         wall_ratio = "-" if loky is None else f"{row['wall'] / loky['wall']:.2f}"
         cpu_ratio = (
@@ -229,7 +254,8 @@ def main(argv=None):
             f"{row['workload']:<8} {row['system']:<18} {row['workers']:>7} "
             f"{row['wall']:>7.1f} {wall_ratio:>6} {row['worker_cpu']:>12.1f} "
             f"{cpu_ratio:>6} {row['best_score']:>10.4f}  "
-            f"{'yes' if same is True else 'NO' if same is False else same}"
+            f"{'yes' if same is True else 'NO' if same is False else same:>12}  "
+            f"{'/'.join(map(str, row['n_candidates']))}"
         )
     if args.save:
         for row in rows:

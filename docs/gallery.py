@@ -19,6 +19,7 @@ ORDER = [
     "plot_backend.py",
     "plot_pipeline_prefix.py",
     "plot_halving.py",
+    "plot_asynchronous_halving.py",
     "plot_resilience.py",
     "plot_budgets.py",
 ]

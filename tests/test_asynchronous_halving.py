@@ -7,7 +7,9 @@ come from the level below, and that the best comes from the highest level.
 """
 
 import os
+import signal
 import time
+import types
 import uuid
 
 import numpy as np
@@ -21,7 +23,10 @@ from sklearn_ipp import (
     IPyParallelHalvingGridSearchCV,
     IPyParallelHalvingRandomSearchCV,
 )
+from sklearn_ipp._asynchronous_halving import AsynchronousHalving
 from sklearn_ipp._checkpoint import DirectoryCheckpoint
+
+from .test_failures import _restore_engines
 
 X, Y = make_classification(n_samples=400, n_features=8, random_state=0)
 CV = KFold(3, shuffle=True, random_state=0)
@@ -105,6 +110,103 @@ def test_asynchronous_halving_on_samples(client):
         search.cv_results_["n_resources"]
         == np.take(search.n_resources_, search.cv_results_["iter"])
     )
+
+
+def _searched(params, resource):
+    return tuple(sorted((k, repr(v)) for k, v in params.items() if k != resource))
+
+
+def test_an_asynchronous_search_reports_its_levels_while_it_runs(client):
+    estimator = RandomForestClassifier(max_depth=4, random_state=0)
+    grid = {"max_features": [0.3, 0.6, 1.0], "min_samples_leaf": [1, 5, 10]}
+    search = IPyParallelHalvingGridSearchCV(
+        estimator,
+        grid,
+        resource="n_estimators",
+        max_resources=45,
+        min_resources=5,
+        cv=CV,
+        asynchronous=True,
+        client=client,
+    )
+    search.fit_async(X, Y)
+    snapshots, progress = [], []
+    deadline = time.monotonic() + 120
+    while not search.done() and time.monotonic() < deadline:
+        progress.append(search.progress())
+        results = search.partial_results()
+        if results is not None:
+            snapshots.append(results)
+        # Read after partial_results: it ranks at least those candidates.
+        report = search.report()
+        assert report.startswith("Progress:")
+        assert results is None or "Rank 1:" in report
+        time.sleep(0.01)
+    search.wait()
+    assert snapshots
+    resources = [5, 15, 45]
+    for results in snapshots:
+        finished = np.ma.vstack(
+            [results[f"split{k}_test_score"] for k in range(CV.get_n_splits())]
+        )
+        complete = np.ma.count_masked(finished, axis=0) == 0
+        levels = {}
+        for row, params in enumerate(results["params"]):
+            level = resources.index(params["n_estimators"])
+            levels.setdefault(level, {})[_searched(params, "n_estimators")] = complete[
+                row
+            ]
+        # A candidate runs at a level only once all its splits below ended.
+        for level, candidates in levels.items():
+            if level:
+                below = levels[level - 1]
+                assert all(below.get(candidate) for candidate in candidates)
+    done = [n_done for n_done, _ in progress]
+    assert done == sorted(done)
+    assert all(n_done <= n_total for n_done, n_total in progress)
+    # Every row of the end's cv_results_ was reported as it ran, or it ended
+    # as the search did.
+    seen = {
+        (_searched(params, None), params["n_estimators"])
+        for results in snapshots
+        for params in results["params"]
+    }
+    final = {
+        (_searched(params, None), params["n_estimators"])
+        for params in search.cv_results_["params"]
+    }
+    assert len(seen) > len(final) / 2
+    assert seen <= final
+    assert search.partial_results() is search.cv_results_
+
+
+def test_an_engine_killed_during_an_asynchronous_search_changes_no_fit(cluster, client):
+    estimator = RandomForestClassifier(max_depth=6, random_state=0)
+    grid = {"max_features": [0.3, 0.6, 1.0], "min_samples_leaf": [1, 5, 10]}
+    search = IPyParallelHalvingGridSearchCV(
+        estimator,
+        grid,
+        resource="n_estimators",
+        max_resources=270,
+        min_resources=30,
+        cv=CV,
+        asynchronous=True,
+        client=client,
+    )
+    pids = client[:].apply_sync(os.getpid)
+    try:
+        search.fit_async(X, Y)
+        # Once candidates were promoted, engines hold their models.
+        deadline = time.monotonic() + 120
+        while search.progress()[0] <= 12 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not search.done()
+        os.kill(pids[0], signal.SIGKILL)
+        search.wait()
+        _check_levels(search)
+        _same_as_sklearns_fits(search, estimator)
+    finally:
+        _restore_engines(cluster, client, 1)
 
 
 class CountedClassifier(ClassifierMixin, BaseEstimator):
@@ -210,3 +312,77 @@ def test_a_time_budget_ends_an_asynchronous_search_with_what_finished(client):
     assert search.n_candidates_[0] < 12
     assert len(search.cv_results_["params"]) == sum(search.n_candidates_)
     assert not np.any(np.isnan(search.cv_results_["mean_test_score"]))
+
+
+class _FakeBackend:
+    """What AsynchronousHalving needs of a backend: fits injected are recorded."""
+
+    rounds = None
+
+    def __init__(self):
+        self.injected = []
+
+    def inject(self, template, arguments, halving, job):
+        self.injected.append((halving, arguments["parameters"]))
+
+
+def _first_level_tasks(halving, n_candidates, n_splits):
+    tasks = {}
+    for candidate in range(n_candidates):
+        for split in range(n_splits):
+            task = types.SimpleNamespace(
+                arguments={
+                    "candidate_progress": (candidate, n_candidates),
+                    "split_progress": (split, n_splits),
+                    "estimator": RandomForestClassifier(),
+                    "parameters": {"max_depth": candidate + 1},
+                },
+                halving=None,
+            )
+            halving.first_level_task(task)
+            tasks[candidate, split] = task
+    return tasks
+
+
+def test_a_candidate_is_promoted_once_its_last_split_ends():
+    backend = _FakeBackend()
+    halving = AsynchronousHalving(
+        backend,
+        [{"max_depth": c + 1} for c in range(6)],
+        [5, 15],
+        "n_estimators",
+        3,
+        None,
+    )
+    tasks = _first_level_tasks(halving, 6, 3)
+
+    def end(candidate, split, score):
+        halving.done(tasks[candidate, split], True, {"test_scores": score})
+
+    # Candidates 0, 1 and 2 end all their splits but candidate 2's last.
+    for candidate, score in ((0, 0.5), (1, 0.6), (2, 0.9)):
+        for split in range(3 if candidate < 2 else 2):
+            end(candidate, split, score)
+    assert backend.injected == []
+    end(2, 2, 0.9)  # its mean 0.9 ranks first of 3: a third of 3 promoted
+    assert [fit for fit, _ in backend.injected] == [(2, 1, 0), (2, 1, 1), (2, 1, 2)]
+    assert backend.injected[0][1] == {"max_depth": 3, "n_estimators": 15}
+    # The rest end; the level complete promotes its best 2 of 6, not 2 again.
+    for candidate, score in ((3, 0.1), (4, 0.95), (5, 0.2)):
+        for split in range(3):
+            end(candidate, split, score)
+    promoted = [fit[0] for fit, _ in backend.injected]
+    assert promoted == [2, 2, 2, 4, 4, 4]
+    assert not halving.promotions.done()
+    for split in range(3):
+        halving.done(
+            types.SimpleNamespace(halving=(2, 1, split)), True, {"test_scores": 0.9}
+        )
+        halving.done(
+            types.SimpleNamespace(halving=(4, 1, split)), True, {"test_scores": 0.9}
+        )
+    assert halving.promotions.done()
+    assert halving.level_candidates(1) == [
+        {"max_depth": 3, "n_estimators": 15},
+        {"max_depth": 5, "n_estimators": 15},
+    ]
