@@ -103,7 +103,9 @@ for name, (search, wall, finished) in runs.items():
 # finished the next; a dot where it stopped. Synchronous halving's levels
 # start together, after its rounds' last fits; asynchronous halving's
 # overlap. It promotes more candidates (a candidate promoted early stays
-# promoted), so its last levels hold more of them.
+# promoted), so its last levels hold more of them; and as promoted fits go
+# before the first level's waiting ones, the last first-level fits end late,
+# and the best of them climb last.
 fig, axes = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True, layout="constrained")
 for ax, (name, (search, wall, finished)) in zip(axes, runs.items(), strict=True):
     candidates = list(dict.fromkeys(candidate for candidate, _ in finished))
@@ -131,9 +133,9 @@ plt.show()
 # %%
 # Which to use
 # ------------
-# On a few engines busy with the first levels, asynchronous halving's extra
-# promotions cost more fits than its overlap saves, and the search ends
-# later; its first model at the last level comes sooner. Its results differ
+# On a few engines, as here, asynchronous halving's extra promotions cost
+# more fits than its overlap saves, and it ends later; what it brings
+# forward is the first candidate fitted with all its trees. Its results differ
 # from scikit-learn's by design: synchronous halving (the default) gives
 # scikit-learn's ``cv_results_`` exactly. See :doc:`/adaptive` for the
 # measurements on 2 and 4 engines and a simulation of 10 to 1,000.
