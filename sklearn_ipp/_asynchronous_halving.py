@@ -17,14 +17,19 @@ halving's ``iter`` and ``n_resources`` columns, and its choice of the best.
 """
 
 import threading
+import warnings
 
 import numpy as np
 from sklearn.base import clone
+from sklearn.model_selection._search_successive_halving import (
+    _SubsampleMetaSplitter,
+)
 
 from ._promotions import Promotions
 from ._scheduler import Job
+from ._time_budget import BudgetReached
 
-__all__ = ["AsynchronousHalving"]
+__all__ = ["AsynchronousHalving", "run_asynchronous_halving"]
 
 
 class AsynchronousHalving:
@@ -218,3 +223,201 @@ class AsynchronousHalving:
         # never ran (the scheduler refused it, an abort dropped it).
         if job.exception is not None:
             self._fail(job.exception)
+
+
+def run_asynchronous_halving(search, evaluate_candidates, callback_ctx=None):
+    """Successive halving with asynchronous promotions (see :doc:`/adaptive`).
+
+    The levels and their resources are scikit-learn's iterations; the
+    first level is evaluated by scikit-learn, the promotions start as
+    its fits end (``AsynchronousHalving``), and each later level is then
+    evaluated by scikit-learn from the checkpoint, for ``cv_results_``.
+    """
+    candidate_params = list(search._generate_candidate_params())
+    if search.resource != "n_samples" and any(
+        search.resource in candidate for candidate in candidate_params
+    ):
+        raise ValueError(
+            f"Cannot use parameter {search.resource} as the resource since "
+            "it is part of the searched parameters."
+        )
+    resources = _level_resources(search, len(candidate_params))
+    splits = None
+    if search.resource == "n_samples":
+        groups = search._run.fit_params.get("groups")
+
+        def splits(level, arguments):
+            return list(
+                _level_cv(search, resources[level]).split(
+                    arguments["X"], arguments["y"], groups=groups
+                )
+            )
+
+    run = search._run
+    halving = AsynchronousHalving(
+        run.backend,
+        candidate_params,
+        resources,
+        search.resource,
+        search.factor,
+        splits,
+    )
+    if run.backend.rounds is not None:
+        run.backend.rounds.top_level = len(resources) - 1
+    contexts = _level_contexts(search, callback_ctx, len(resources))
+    run.backend.halving = halving
+    first_level_ran = False
+    try:
+        _evaluate_level(
+            search,
+            evaluate_candidates,
+            halving.level_candidates(0),
+            _level_cv(search, resources[0]),
+            0,
+            resources[0],
+            contexts,
+        )
+        first_level_ran = True
+        halving.recording = False
+        halving.wait()
+        ended = False
+    except BudgetReached:
+        ended = True
+    finally:
+        run.backend.halving = None
+    if ended:
+        # What finished by the deadline: every level's candidates whose
+        # splits all did, evaluated again from the checkpoint.
+        run.finish_call()
+        halving.complete_only()
+        if not halving.level_candidates(0):
+            raise run.budget.error(len(candidate_params), halving.fit_times())
+        if not first_level_ran:
+            _evaluate_level(
+                search,
+                evaluate_candidates,
+                halving.level_candidates(0),
+                _Splits(halving.splits_at(0)),
+                0,
+                resources[0],
+                None,
+            )
+    run.backend.saved_fits.use_saved()
+    search.n_resources_ = [resources[0]]
+    search.n_candidates_ = [len(halving.level_candidates(0))]
+    for level in range(1, len(resources)):
+        params = halving.level_candidates(level)
+        if not params:
+            break
+        search.n_resources_.append(resources[level])
+        search.n_candidates_.append(len(params))
+        _evaluate_level(
+            search,
+            evaluate_candidates,
+            params,
+            _Splits(halving.splits_at(level)),
+            level,
+            resources[level],
+            contexts,
+        )
+    if ended:
+        warnings.warn(
+            f"time_budget={run.budget.seconds:g} s ended the search: "
+            f"{sum(search.n_candidates_)} evaluations of candidates on every "
+            f"split, at {len(search.n_candidates_)} level(s), had finished; "
+            "cv_results_ and best_* come from them.",
+            UserWarning,
+            stacklevel=2,
+        )
+    n_required, n_possible = search._halving_iterations(len(candidate_params))
+    search.n_remaining_candidates_ = search.n_candidates_[-1]
+    search.n_required_iterations_ = n_required
+    search.n_possible_iterations_ = n_possible
+    search.n_iterations_ = len(search.n_resources_)
+    if contexts is not None:
+        contexts[0].call_on_fit_task_end(estimator=search)
+
+
+def _level_resources(search, n_candidates):
+    """Return the resource of each iteration, as scikit-learn's halving sets it.
+
+    Sets ``min_resources_`` as scikit-learn does for ``"exhaust"``.
+    """
+    n_required, _ = search._halving_iterations(n_candidates)
+    if search.min_resources == "exhaust":
+        search.min_resources_ = max(
+            search.min_resources_,
+            search.max_resources_ // search.factor ** (n_required - 1),
+        )
+    n_required, n_possible = search._halving_iterations(n_candidates)
+    if search.aggressive_elimination:
+        n_iterations = n_required
+    else:
+        n_iterations = min(n_possible, n_required)
+    resources = []
+    for iteration in range(n_iterations):
+        power = iteration
+        if search.aggressive_elimination:
+            power = max(0, iteration - n_required + n_possible)
+        n_resources = int(search.factor**power * search.min_resources_)
+        resources.append(min(n_resources, search.max_resources_))
+    return resources
+
+
+def _level_cv(search, n_resources):
+    """Return the cross-validation of a level, as scikit-learn's halving does."""
+    if search.resource != "n_samples":
+        return search._checked_cv_orig
+    return _SubsampleMetaSplitter(
+        base_cv=search._checked_cv_orig,
+        fraction=n_resources / search._n_samples_orig,
+        subsample_test=True,
+        random_state=search.random_state,
+    )
+
+
+def _evaluate_level(search, evaluate, params, cv, level, n_resources, contexts):
+    """Evaluate a level's candidates through scikit-learn, with halving's columns."""
+    more_results = {
+        "iter": [level] * len(params),
+        "n_resources": [n_resources] * len(params),
+    }
+    search._run.positions = None  # in the order given: no running order
+    if contexts is None:
+        return evaluate(params, cv, more_results=more_results)
+    context = (
+        contexts[0]
+        .subcontext(
+            task_name="halving-iteration",
+            max_subtasks=len(params) * search.n_splits_,
+            sequential_subtasks=False,
+        )
+        .call_on_fit_task_begin(estimator=search)
+    )
+    results = evaluate(params, cv, more_results=more_results, callback_ctx=context)
+    context.call_on_fit_task_end(estimator=search)
+    return results
+
+
+def _level_contexts(search, callback_ctx, n_levels):
+    """Return the callback context of the whole search, as halving's, or None."""
+    if callback_ctx is None:
+        return None
+    return [
+        callback_ctx.subcontext(
+            task_name="search", max_subtasks=n_levels
+        ).call_on_fit_task_begin(estimator=search)
+    ]
+
+
+class _Splits:
+    """The splits some fits ran on, as a cross-validator gives them again."""
+
+    def __init__(self, splits):
+        self._splits = splits
+
+    def split(self, X=None, y=None, groups=None, **params):
+        return iter(self._splits)
+
+    def get_n_splits(self, X=None, y=None, groups=None, **params):
+        return len(self._splits)

@@ -9,7 +9,6 @@ import inspect
 import logging
 import os
 import pickle
-import warnings
 from math import ceil, floor, log
 from numbers import Integral, Real
 
@@ -25,15 +24,12 @@ from sklearn.model_selection import (
     HalvingRandomSearchCV,
     RandomizedSearchCV,
 )
-from sklearn.model_selection._search_successive_halving import (
-    _SubsampleMetaSplitter,
-)
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._asynchronous_halving import AsynchronousHalving
+from ._asynchronous_halving import run_asynchronous_halving
 from ._cluster import resolve_cluster
 from ._search_run import SearchRun, WatchedSearchMixin
-from ._time_budget import BudgetEnded, BudgetReached
+from ._time_budget import BudgetEnded
 from ._worker import running_a_task
 
 __all__ = [
@@ -338,7 +334,9 @@ class _ClusterSearchMixin(WatchedSearchMixin):
                 super()._run_search(evaluate_candidates, callback_ctx=callback_ctx)
             elif getattr(self, "asynchronous", False):
                 self._search_within_budget(
-                    lambda: self._run_asynchronous(evaluate_candidates, callback_ctx)
+                    lambda: run_asynchronous_halving(
+                        self, evaluate_candidates, callback_ctx
+                    )
                 )
             else:
                 self._search_within_budget(
@@ -354,7 +352,7 @@ class _ClusterSearchMixin(WatchedSearchMixin):
                 super()._run_search(evaluate_candidates)
             elif getattr(self, "asynchronous", False):
                 self._search_within_budget(
-                    lambda: self._run_asynchronous(evaluate_candidates)
+                    lambda: run_asynchronous_halving(self, evaluate_candidates)
                 )
             else:
                 self._search_within_budget(
@@ -362,172 +360,6 @@ class _ClusterSearchMixin(WatchedSearchMixin):
                         self._ordered(evaluate_candidates)
                     )
                 )
-
-    def _run_asynchronous(self, evaluate_candidates, callback_ctx=None):
-        """Successive halving with asynchronous promotions (see :doc:`/adaptive`).
-
-        The levels and their resources are scikit-learn's iterations; the
-        first level is evaluated by scikit-learn, the promotions start as
-        its fits end (``AsynchronousHalving``), and each later level is then
-        evaluated by scikit-learn from the checkpoint, for ``cv_results_``.
-        """
-        candidate_params = list(self._generate_candidate_params())
-        if self.resource != "n_samples" and any(
-            self.resource in candidate for candidate in candidate_params
-        ):
-            raise ValueError(
-                f"Cannot use parameter {self.resource} as the resource since "
-                "it is part of the searched parameters."
-            )
-        resources = self._level_resources(len(candidate_params))
-        splits = None
-        if self.resource == "n_samples":
-            groups = self._run.fit_params.get("groups")
-
-            def splits(level, arguments):
-                return list(
-                    self._level_cv(resources[level]).split(
-                        arguments["X"], arguments["y"], groups=groups
-                    )
-                )
-
-        run = self._run
-        halving = AsynchronousHalving(
-            run.backend,
-            candidate_params,
-            resources,
-            self.resource,
-            self.factor,
-            splits,
-        )
-        if run.backend.rounds is not None:
-            run.backend.rounds.top_level = len(resources) - 1
-        contexts = _level_contexts(self, callback_ctx, len(resources))
-        run.backend.halving = halving
-        first_level_ran = False
-        try:
-            self._evaluate_level(
-                evaluate_candidates,
-                halving.level_candidates(0),
-                self._level_cv(resources[0]),
-                0,
-                resources[0],
-                contexts,
-            )
-            first_level_ran = True
-            halving.recording = False
-            halving.wait()
-            ended = False
-        except BudgetReached:
-            ended = True
-        finally:
-            run.backend.halving = None
-        if ended:
-            # What finished by the deadline: every level's candidates whose
-            # splits all did, evaluated again from the checkpoint.
-            run.finish_call()
-            halving.complete_only()
-            if not halving.level_candidates(0):
-                raise run.budget.error(len(candidate_params), halving.fit_times())
-            if not first_level_ran:
-                self._evaluate_level(
-                    evaluate_candidates,
-                    halving.level_candidates(0),
-                    _Splits(halving.splits_at(0)),
-                    0,
-                    resources[0],
-                    None,
-                )
-        run.backend.saved_fits.use_saved()
-        self.n_resources_ = [resources[0]]
-        self.n_candidates_ = [len(halving.level_candidates(0))]
-        for level in range(1, len(resources)):
-            params = halving.level_candidates(level)
-            if not params:
-                break
-            self.n_resources_.append(resources[level])
-            self.n_candidates_.append(len(params))
-            self._evaluate_level(
-                evaluate_candidates,
-                params,
-                _Splits(halving.splits_at(level)),
-                level,
-                resources[level],
-                contexts,
-            )
-        if ended:
-            warnings.warn(
-                f"time_budget={run.budget.seconds:g} s ended the search: "
-                f"{sum(self.n_candidates_)} evaluations of candidates on every "
-                f"split, at {len(self.n_candidates_)} level(s), had finished; "
-                "cv_results_ and best_* come from them.",
-                UserWarning,
-                stacklevel=2,
-            )
-        n_required, n_possible = self._halving_iterations(len(candidate_params))
-        self.n_remaining_candidates_ = self.n_candidates_[-1]
-        self.n_required_iterations_ = n_required
-        self.n_possible_iterations_ = n_possible
-        self.n_iterations_ = len(self.n_resources_)
-        if contexts is not None:
-            contexts[0].call_on_fit_task_end(estimator=self)
-
-    def _level_resources(self, n_candidates):
-        """Return the resource of each iteration, as scikit-learn's halving sets it.
-
-        Sets ``min_resources_`` as scikit-learn does for ``"exhaust"``.
-        """
-        n_required, _ = self._halving_iterations(n_candidates)
-        if self.min_resources == "exhaust":
-            self.min_resources_ = max(
-                self.min_resources_,
-                self.max_resources_ // self.factor ** (n_required - 1),
-            )
-        n_required, n_possible = self._halving_iterations(n_candidates)
-        if self.aggressive_elimination:
-            n_iterations = n_required
-        else:
-            n_iterations = min(n_possible, n_required)
-        resources = []
-        for iteration in range(n_iterations):
-            power = iteration
-            if self.aggressive_elimination:
-                power = max(0, iteration - n_required + n_possible)
-            n_resources = int(self.factor**power * self.min_resources_)
-            resources.append(min(n_resources, self.max_resources_))
-        return resources
-
-    def _level_cv(self, n_resources):
-        """Return the cross-validation of a level, as scikit-learn's halving does."""
-        if self.resource != "n_samples":
-            return self._checked_cv_orig
-        return _SubsampleMetaSplitter(
-            base_cv=self._checked_cv_orig,
-            fraction=n_resources / self._n_samples_orig,
-            subsample_test=True,
-            random_state=self.random_state,
-        )
-
-    def _evaluate_level(self, evaluate, params, cv, level, n_resources, contexts):
-        more_results = {
-            "iter": [level] * len(params),
-            "n_resources": [n_resources] * len(params),
-        }
-        self._run.positions = None
-        if contexts is None:
-            return evaluate(params, cv, more_results=more_results)
-        context = (
-            contexts[0]
-            .subcontext(
-                task_name="halving-iteration",
-                max_subtasks=len(params) * self.n_splits_,
-                sequential_subtasks=False,
-            )
-            .call_on_fit_task_begin(estimator=self)
-        )
-        results = evaluate(params, cv, more_results=more_results, callback_ctx=context)
-        context.call_on_fit_task_end(estimator=self)
-        return results
 
     def _check_picklable(self):
         """Fail before any task is sent if something cannot reach the engines."""
@@ -552,30 +384,6 @@ class _ClusterSearchMixin(WatchedSearchMixin):
             # A connection cannot be pickled: the fitted model can, without it.
             state["client"] = None
         return state
-
-
-def _level_contexts(search, callback_ctx, n_levels):
-    """Return the callback context of the whole search, as halving's, or None."""
-    if callback_ctx is None:
-        return None
-    return [
-        callback_ctx.subcontext(
-            task_name="search", max_subtasks=n_levels
-        ).call_on_fit_task_begin(estimator=search)
-    ]
-
-
-class _Splits:
-    """The splits some fits ran on, as a cross-validator gives them again."""
-
-    def __init__(self, splits):
-        self._splits = splits
-
-    def split(self, X=None, y=None, groups=None, **params):
-        return iter(self._splits)
-
-    def get_n_splits(self, X=None, y=None, groups=None, **params):
-        return len(self._splits)
 
 
 def _is_halving(search):
