@@ -27,6 +27,7 @@ from sklearn.model_selection._search_successive_halving import (
 
 from ._promotions import Promotions
 from ._scheduler import Job
+from ._search_run import random_order
 from ._time_budget import BudgetReached
 
 __all__ = ["AsynchronousHalving", "run_asynchronous_halving"]
@@ -276,6 +277,13 @@ def run_asynchronous_halving(search, evaluate_candidates, callback_ctx=None):
             0,
             resources[0],
             contexts,
+            # A candidate is promoted when it ranks in the top of those
+            # finished before it: in a grid's order, whose candidates
+            # improve along one parameter (say), each one that finished
+            # better than the last would be, and the levels would fill with
+            # candidates synchronous halving drops. In a random order, the
+            # first finished are a random sample of the level.
+            positions=random_order(candidate_params),
         )
         first_level_ran = True
         halving.recording = False
@@ -376,13 +384,18 @@ def _level_cv(search, n_resources):
     )
 
 
-def _evaluate_level(search, evaluate, params, cv, level, n_resources, contexts):
-    """Evaluate a level's candidates through scikit-learn, with halving's columns."""
+def _evaluate_level(
+    search, evaluate, params, cv, level, n_resources, contexts, positions=None
+):
+    """Evaluate a level's candidates through scikit-learn, with halving's columns.
+
+    ``positions``: the order the candidates' fits run in; None: as given.
+    """
     more_results = {
         "iter": [level] * len(params),
         "n_resources": [n_resources] * len(params),
     }
-    search._run.positions = None  # in the order given: no running order
+    search._run.positions = positions
     if contexts is None:
         return evaluate(params, cv, more_results=more_results)
     context = (

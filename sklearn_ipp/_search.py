@@ -13,7 +13,6 @@ from math import ceil, floor, log
 from numbers import Integral, Real
 
 import cloudpickle
-import joblib
 import numpy as np
 from joblib.parallel import get_active_backend
 from sklearn.base import clone
@@ -28,7 +27,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._asynchronous_halving import run_asynchronous_halving
 from ._cluster import resolve_cluster
-from ._search_run import SearchRun, WatchedSearchMixin
+from ._search_run import SearchRun, WatchedSearchMixin, random_order
 from ._time_budget import BudgetEnded
 from ._worker import running_a_task
 
@@ -655,14 +654,8 @@ feature_names_in_
         # Candidates run in a random order, one after another, so that the
         # candidates finished when a search is stopped early are a random
         # sample of the candidates (scikit-learn keeps a grid's order when
-        # n_iter covers all of it). The order comes from the candidates,
-        # which come from random_state: reproducible, and random_state is
-        # not drawn from again.
-        seed = int(joblib.hash(candidate_params)[:16], 16)
-        order = np.random.default_rng(seed).permutation(len(candidate_params))
-        positions = np.empty(len(order), dtype=int)
-        positions[order] = np.arange(len(order))
-        return positions
+        # n_iter covers all of it).
+        return random_order(candidate_params)
 
 
 class IPyParallelHalvingGridSearchCV(_ClusterSearchMixin, HalvingGridSearchCV):

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import threading
 
+import joblib
 import numpy as np
 from joblib import parallel_config
 
@@ -38,6 +39,7 @@ __all__ = [
     "Aborted",
     "SearchRun",
     "WatchedSearchMixin",
+    "random_order",
 ]
 
 logger = logging.getLogger("sklearn_ipp")
@@ -48,6 +50,19 @@ COMPLETED = "completed"  # fitted, refit included
 ABORTED = "aborted"  # by abort()
 FAILED = "failed"  # with an error that wait() raises
 STOPPED = "stopped"  # a blocking fit that raised: its caller has the error
+
+
+def random_order(candidate_params):
+    """Return positions that run ``candidate_params`` in a random order.
+
+    The order comes from the candidates (which come from ``random_state``):
+    reproducible, and ``random_state`` is not drawn from again.
+    """
+    seed = int(joblib.hash(candidate_params)[:16], 16)
+    order = np.random.default_rng(seed).permutation(len(candidate_params))
+    positions = np.empty(len(order), dtype=int)
+    positions[order] = np.arange(len(order))
+    return positions
 
 
 class Aborted(Exception):
