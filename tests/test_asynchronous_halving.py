@@ -32,6 +32,10 @@ X, Y = make_classification(n_samples=400, n_features=8, random_state=0)
 CV = KFold(3, shuffle=True, random_state=0)
 
 
+def _searched(params, resource):
+    return tuple(sorted((k, repr(v)) for k, v in params.items() if k != resource))
+
+
 def _check_levels(search):
     """Each level's candidates come from the level below; best from the top."""
     results = search.cv_results_
@@ -41,10 +45,7 @@ def _check_levels(search):
     assert list(search.n_candidates_) == [
         int(np.sum(levels == level)) for level in range(search.n_iterations_)
     ]
-    searched = [
-        tuple(sorted((k, repr(v)) for k, v in params.items() if k != resource))
-        for params in results["params"]
-    ]
+    searched = [_searched(params, resource) for params in results["params"]]
     for level in range(1, search.n_iterations_):
         below = {searched[i] for i in np.flatnonzero(levels == level - 1)}
         assert {searched[i] for i in np.flatnonzero(levels == level)} <= below
@@ -112,23 +113,22 @@ def test_asynchronous_halving_on_samples(client):
     )
 
 
-def _searched(params, resource):
-    return tuple(sorted((k, repr(v)) for k, v in params.items() if k != resource))
-
-
-def test_an_asynchronous_search_reports_its_levels_while_it_runs(client):
-    estimator = RandomForestClassifier(max_depth=4, random_state=0)
-    grid = {"max_features": [0.3, 0.6, 1.0], "min_samples_leaf": [1, 5, 10]}
-    search = IPyParallelHalvingGridSearchCV(
-        estimator,
-        grid,
+def _forest_search(client, max_depth, min_resources, max_resources):
+    """An asynchronous halving search of a forest's 9 candidates."""
+    return IPyParallelHalvingGridSearchCV(
+        RandomForestClassifier(max_depth=max_depth, random_state=0),
+        {"max_features": [0.3, 0.6, 1.0], "min_samples_leaf": [1, 5, 10]},
         resource="n_estimators",
-        max_resources=45,
-        min_resources=5,
+        max_resources=max_resources,
+        min_resources=min_resources,
         cv=CV,
         asynchronous=True,
         client=client,
     )
+
+
+def test_an_asynchronous_search_reports_its_levels_while_it_runs(client):
+    search = _forest_search(client, 4, 5, 45)
     search.fit_async(X, Y)
     snapshots, progress = [], []
     deadline = time.monotonic() + 120
@@ -181,18 +181,7 @@ def test_an_asynchronous_search_reports_its_levels_while_it_runs(client):
 
 
 def test_an_engine_killed_during_an_asynchronous_search_changes_no_fit(cluster, client):
-    estimator = RandomForestClassifier(max_depth=6, random_state=0)
-    grid = {"max_features": [0.3, 0.6, 1.0], "min_samples_leaf": [1, 5, 10]}
-    search = IPyParallelHalvingGridSearchCV(
-        estimator,
-        grid,
-        resource="n_estimators",
-        max_resources=270,
-        min_resources=30,
-        cv=CV,
-        asynchronous=True,
-        client=client,
-    )
+    search = _forest_search(client, 6, 30, 270)
     pids = client[:].apply_sync(os.getpid)
     try:
         search.fit_async(X, Y)
@@ -204,7 +193,7 @@ def test_an_engine_killed_during_an_asynchronous_search_changes_no_fit(cluster, 
         os.kill(pids[0], signal.SIGKILL)
         search.wait()
         _check_levels(search)
-        _same_as_sklearns_fits(search, estimator)
+        _same_as_sklearns_fits(search, search.estimator)
     finally:
         _restore_engines(cluster, client, 1)
 
