@@ -411,6 +411,35 @@ def _cluster_processes(cluster):
     return _launcher_processes(launchers)
 
 
+def _expected_engines(cluster):
+    """Return how many engines of ``cluster`` should register with its controller.
+
+    Engines of a local engine set that have exited (killed, crashed) are not
+    waited for: an engine lost and another started in its place would
+    otherwise count twice. Other launchers' (SSH, MPI, batch) engines count
+    as their engine set says.
+    """
+    from ipyparallel.cluster.launcher import LocalEngineSetLauncher
+
+    expected = 0
+    for engine_set in cluster.engines.values():
+        launchers = getattr(engine_set, "launchers", None)
+        if isinstance(engine_set, LocalEngineSetLauncher) and launchers is not None:
+            expected += sum(_alive(launcher) for launcher in list(launchers.values()))
+        else:
+            expected += engine_set.n
+    return expected
+
+
+def _alive(launcher):
+    """Whether a local launcher's process is running (not exited, nor a zombie)."""
+    try:
+        process = psutil.Process(launcher.pid)
+        return process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, AttributeError, TypeError, ValueError):
+        return False
+
+
 def _launcher_processes(launchers):
     """Return the processes of ``launchers`` and all their children."""
     processes = []
@@ -438,7 +467,7 @@ def _connect_cluster_object(cluster, min_engines):
     if cluster.controller is None:
         logger.info("Starting %r", cluster)
         cluster.start_cluster_sync()
-    expected = sum(engine_set.n for engine_set in cluster.engines.values())
+    expected = _expected_engines(cluster)
     client = cluster.connect_client_sync()
     connection = ClusterConnection(
         client, owns_client=True, source=repr(cluster), cluster=cluster

@@ -39,6 +39,11 @@ EXPECTED = {
         "same results: True",
     ],
     "plot_halving.py": ["iteration 3:  1 candidates on 1620 samples", "best: {'C': "],
+    "plot_asynchronous_halving.py": [
+        " synchronous: ",
+        "candidates per level [27, 9, 3, 1]; best accuracy",
+        "asynchronous: ",
+    ],
     "plot_budgets.py": [
         "same best candidate: True",
         "same scores for the other candidates: True",
