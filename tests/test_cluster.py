@@ -4,9 +4,11 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import ipyparallel as ipp
 import psutil
@@ -287,3 +289,29 @@ def test_owned_cluster_whose_engines_are_late_is_stopped_with_logs_kept(tmp_path
     shutil.rmtree(os.path.dirname(log_dir))
     assert report["children"] == []
     assert not report["local"]
+
+
+def test_a_cluster_objects_exited_engines_are_not_waited_for():
+    from ipyparallel.cluster.launcher import LocalEngineSetLauncher
+
+    from sklearn_ipp._cluster import _expected_engines
+
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        local = LocalEngineSetLauncher(n=3)  # three started, two gone
+        local.launchers = {
+            "alive": types.SimpleNamespace(pid=os.getpid()),
+            "exited": types.SimpleNamespace(pid=exited.pid),
+            "zombie": types.SimpleNamespace(pid=zombie.pid),
+        }
+        remote = types.SimpleNamespace(n=4)  # SSH, MPI, batch: as configured
+        cluster = types.SimpleNamespace(engines={"local": local, "remote": remote})
+        assert _expected_engines(cluster) == 1 + 4
+    finally:
+        zombie.wait()
