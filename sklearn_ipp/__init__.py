@@ -32,6 +32,7 @@ from ._exceptions import (
     TimeBudgetError,
 )
 from ._learning_curve import learning_curve, validation_curve
+from ._optuna_search import IPyParallelOptunaSearchCV
 from ._plot import (
     LearningCurveDisplay,
     ParameterBoxplotDisplay,
@@ -52,6 +53,7 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the documentation)
     "IPyParallelRandomizedSearchCV",
     "IPyParallelHalvingGridSearchCV",
     "IPyParallelHalvingRandomSearchCV",
+    "IPyParallelOptunaSearchCV",
     "learning_curve",
     "validation_curve",
     # Plots (matplotlib, the "plot" extra)

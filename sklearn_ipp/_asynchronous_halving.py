@@ -28,6 +28,7 @@ from sklearn.model_selection._search_successive_halving import (
 from ._promotions import Promotions
 from ._scheduler import Job
 from ._search_run import random_order
+from ._splits import Splits
 from ._time_budget import BudgetReached
 
 __all__ = ["AsynchronousHalving", "run_asynchronous_halving"]
@@ -78,20 +79,24 @@ class AsynchronousHalving:
 
     # The backend's side -------------------------------------------------------
 
-    def first_level_task(self, task):
+    def first_call_task(self, task):
         """Mark a fit task of the first level's call, before it is queued."""
         candidate = task.arguments.get("candidate_progress")
         split = task.arguments.get("split_progress")
         if not self.recording or candidate is None or split is None:
             return
-        task.halving = (candidate[0], 0, split[0])
+        task.driven = (candidate[0], 0, split[0])
         with self._condition:
             self.n_splits = split[1]
             self._templates[candidate[0], split[0]] = task
 
+    def call_offset(self, task):
+        """Return a fit's level: its results are the level's call's, made last."""
+        return task.driven[1]
+
     def done(self, task, ok, value):
         """Take a fit's end (the scheduling thread); start the promotions it makes."""
-        candidate, level, split = task.halving
+        candidate, level, split = task.driven
         if not ok:
             self._fail(value)
             return
@@ -208,6 +213,8 @@ class AsynchronousHalving:
                 arguments,
                 (candidate, level, split),
                 Job(1, self._job_done),
+                # The higher levels first, before the first level's waiting fits.
+                -level,
             )
 
     def _level_split(self, level, arguments):
@@ -245,7 +252,7 @@ def run_asynchronous_halving(search, evaluate_candidates, callback_ctx=None):
     resources = _level_resources(search, len(candidate_params))
     splits = None
     if search.resource == "n_samples":
-        groups = search._run.fit_params.get("groups")
+        groups = search._run.fit_data[2].get("groups")
 
         def splits(level, arguments):
             return list(
@@ -266,7 +273,7 @@ def run_asynchronous_halving(search, evaluate_candidates, callback_ctx=None):
     if run.backend.rounds is not None:
         run.backend.rounds.top_level = len(resources) - 1
     contexts = _level_contexts(search, callback_ctx, len(resources))
-    run.backend.halving = halving
+    run.backend.driver = halving
     first_level_ran = False
     try:
         _evaluate_level(
@@ -292,7 +299,7 @@ def run_asynchronous_halving(search, evaluate_candidates, callback_ctx=None):
     except BudgetReached:
         ended = True
     finally:
-        run.backend.halving = None
+        run.backend.driver = None
     if ended:
         # What finished by the deadline: every level's candidates whose
         # splits all did, evaluated again from the checkpoint.
@@ -305,7 +312,7 @@ def run_asynchronous_halving(search, evaluate_candidates, callback_ctx=None):
                 search,
                 evaluate_candidates,
                 halving.level_candidates(0),
-                _Splits(halving.splits_at(0)),
+                Splits(halving.splits_at(0)),
                 0,
                 resources[0],
                 None,
@@ -323,7 +330,7 @@ def run_asynchronous_halving(search, evaluate_candidates, callback_ctx=None):
             search,
             evaluate_candidates,
             params,
-            _Splits(halving.splits_at(level)),
+            Splits(halving.splits_at(level)),
             level,
             resources[level],
             contexts,
@@ -421,16 +428,3 @@ def _level_contexts(search, callback_ctx, n_levels):
             task_name="search", max_subtasks=n_levels
         ).call_on_fit_task_begin(estimator=search)
     ]
-
-
-class _Splits:
-    """The splits some fits ran on, as a cross-validator gives them again."""
-
-    def __init__(self, splits):
-        self._splits = splits
-
-    def split(self, X=None, y=None, groups=None, **params):
-        return iter(self._splits)
-
-    def get_n_splits(self, X=None, y=None, groups=None, **params):
-        return len(self._splits)

@@ -168,8 +168,9 @@ class ClusterBackend(ClusterCapabilities):
         self.prefix_note = None
         # A halving search's Rounds, once its run calls continue_rounds.
         self.rounds = None
-        # An asynchronous halving search's AsynchronousHalving, while it runs.
-        self.halving = None
+        # What drives a search's fits while it runs, making fits of its own
+        # from the first call's (see inject): asynchronous halving, proposals.
+        self.driver = None
         self.store_dir = store_dir
         self.max_nbytes = _checked_max_nbytes(max_nbytes)
         self.on_progress = on_progress
@@ -437,21 +438,24 @@ class ClusterBackend(ClusterCapabilities):
             candidate = arguments.get("candidate_progress")
             if ordered and candidate is not None:
                 task.position = self.candidate_position(candidate[0])
-            if ordered and self.halving is not None:
-                self.halving.first_level_task(task)
+            if ordered and self.driver is not None:
+                self.driver.first_call_task(task)
         return task
 
-    def inject(self, template, arguments, halving, job):
-        """Queue a fit made from another of its search's: a promotion.
+    def inject(self, template, arguments, driven, job, position):
+        """Queue a fit made from one of the first call's: a promotion, a proposal.
 
-        Asynchronous halving starts a promoted candidate's fits at the next
-        level as tasks of the first level's call, before its waiting fits
-        (the higher levels first); its result may be in the checkpoint.
+        The search's ``driver`` makes them as the first call's fits end:
+        asynchronous halving a promoted candidate's fits at the next level,
+        proposals a new candidate's. They are tasks of the first call, with
+        ``template``'s function, run in the order of ``position`` among its
+        tasks; ``driven`` is what the driver is told of each as it ends. The
+        result may be in the checkpoint.
         """
         args, kwargs = split_arguments(arguments)
         task = self._make_task(job, 0, template.function, args, kwargs, False)
-        task.halving = halving
-        task.position = -halving[1]
+        task.driven = driven
+        task.position = position
         found, result = False, None
         if self.saved_fits is not None:
             found, result = self.saved_fits.look_up(task)
@@ -512,12 +516,14 @@ class ClusterBackend(ClusterCapabilities):
                 # recorded as the call of that level its search makes at
                 # the end.
                 number = task.call.number
-                if task.halving is not None:
-                    number += task.halving[1]
+                driver = self.driver
+                if task.driven is not None and driver is not None:
+                    number += driver.call_offset(task)
                 self.on_result(number, task.arguments, value)
         # Saved first: once its last fit is told, the search reads them all.
-        if task.halving is not None and self.halving is not None:
-            self.halving.done(task, ok, value)
+        driver = self.driver
+        if task.driven is not None and driver is not None:
+            driver.done(task, ok, value)
 
     def _write(self, obj, rows=None, columns=None):
         return self._resources.write(obj, rows, columns)

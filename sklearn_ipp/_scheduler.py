@@ -176,10 +176,10 @@ class Task:
         "call",
         "checkpoint_key",
         "continued",
+        "driven",
         "finished",
         "fold",
         "function",
-        "halving",
         "index",
         "job",
         "kwargs",
@@ -213,8 +213,9 @@ class Task:
         self.on_prefix = False  # sent to run on its prefix
         # The ContinuedFit of a halving fit that may continue a saved model.
         self.continued = None
+        # What the search driving its fits knows of it (see ClusterBackend.inject):
         # (candidate, level, split) of an asynchronous halving search's fit.
-        self.halving = None
+        self.driven = None
         self.on_continued = False  # sent to continue, or to save, a model
         self.output = None  # what an internal task said (a TaskOutput)
         # (FitTimeoutError, seconds) once it ran past fit_timeout: it is then

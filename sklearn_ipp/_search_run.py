@@ -95,6 +95,7 @@ class SearchRun:
         # Candidate index -> position in the order candidates are run; set
         # by the search once it has its candidates (see _run_search).
         self.positions = None
+        self.fit_data = None  # (X, y, fit params) while the fit runs
         # Read now, as the docstring says; keeping the search itself would
         # tie it and its run in a reference cycle.
         self._cluster_options = {
@@ -178,7 +179,10 @@ class SearchRun:
         return self._backend
 
     def _fit(self, connection, sklearn_fit, X, y, params):
-        self.fit_params = params  # the splitter's groups, for asynchronous halving
+        # What the searches that drive their own fits read while they run:
+        # the splitter's groups (asynchronous halving), the data's identity
+        # (proposals). Not kept after the fit.
+        self.fit_data = (X, y, params)
         checkpoint = self._checkpoint
         cluster = on_cluster(
             connection,
@@ -213,6 +217,7 @@ class SearchRun:
             raise
         finally:
             self._after_search = None
+            self.fit_data = None
         if isinstance(checkpoint, DirectoryCheckpoint):
             checkpoint.keep_only(backend.checkpoint_keys)
 

@@ -283,9 +283,9 @@ class Rounds:
             self.units_planned += value if isinstance(value, numbers.Integral) else 0
             saved = self._saved.get(key)
             last = self._last
-        halving = getattr(task, "halving", None)
-        if halving is not None:  # asynchronous: each fit knows its level
-            last = halving[1] == self.top_level
+        driven = getattr(task, "driven", None)
+        if driven is not None:  # asynchronous halving: each fit knows its level
+            last = driven[1] == self.top_level
         load = None
         if saved is not None and saved[0] < value:
             load = saved[1].name

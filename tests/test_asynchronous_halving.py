@@ -311,8 +311,8 @@ class _FakeBackend:
     def __init__(self):
         self.injected = []
 
-    def inject(self, template, arguments, halving, job):
-        self.injected.append((halving, arguments["parameters"]))
+    def inject(self, template, arguments, driven, job, position):
+        self.injected.append((driven, arguments["parameters"]))
 
 
 def _first_level_tasks(halving, n_candidates, n_splits):
@@ -326,9 +326,9 @@ def _first_level_tasks(halving, n_candidates, n_splits):
                     "estimator": RandomForestClassifier(),
                     "parameters": {"max_depth": candidate + 1},
                 },
-                halving=None,
+                driven=None,
             )
-            halving.first_level_task(task)
+            halving.first_call_task(task)
             tasks[candidate, split] = task
     return tasks
 
@@ -365,10 +365,10 @@ def test_a_candidate_is_promoted_once_its_last_split_ends():
     assert not halving.promotions.done()
     for split in range(3):
         halving.done(
-            types.SimpleNamespace(halving=(2, 1, split)), True, {"test_scores": 0.9}
+            types.SimpleNamespace(driven=(2, 1, split)), True, {"test_scores": 0.9}
         )
         halving.done(
-            types.SimpleNamespace(halving=(4, 1, split)), True, {"test_scores": 0.9}
+            types.SimpleNamespace(driven=(4, 1, split)), True, {"test_scores": 0.9}
         )
     assert halving.promotions.done()
     assert halving.level_candidates(1) == [
