@@ -318,6 +318,7 @@ def run_asynchronous_halving(search, evaluate_candidates, callback_ctx=None):
                 None,
             )
     run.backend.saved_fits.use_saved()
+    run.live.recording = False  # the levels' fits come back from the checkpoint
     search.n_resources_ = [resources[0]]
     search.n_candidates_ = [len(halving.level_candidates(0))]
     for level in range(1, len(resources)):

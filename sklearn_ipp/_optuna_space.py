@@ -137,7 +137,7 @@ class OptunaSpace:
         if hasattr(value, "rvs"):
             return _from_scipy(label, value, distributions), None
         raise TypeError(
-            f"{label} is a {type(value).__name__}: give a list of values, a "
+            f"{label} is {value!r}: give a list of values, a "
             "scipy.stats distribution (uniform, loguniform, randint) or an "
             "optuna.distributions object."
         )

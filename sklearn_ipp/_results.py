@@ -298,9 +298,11 @@ class LiveResults:
 
         The finished ones are counted by ``add``: the backend's count of
         finished tasks includes failed ones, such as those dropped by an
-        abort.
+        abort. Fits evaluated again from the checkpoint, once ``recording``
+        is off, are not new: they are not counted.
         """
-        self.n_total = n_total
+        if self.recording:
+            self.n_total = n_total
 
     def cv_results(self):
         """Return a ``cv_results_`` of the candidates with a finished fit.
