@@ -20,6 +20,7 @@ ORDER = [
     "plot_pipeline_prefix.py",
     "plot_halving.py",
     "plot_asynchronous_halving.py",
+    "plot_model_based.py",
     "plot_resilience.py",
     "plot_budgets.py",
 ]

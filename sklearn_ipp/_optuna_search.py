@@ -238,7 +238,7 @@ feature_names_in_
                     'direction="maximize", ...)) or None; got '
                     f"{type(self.study).__name__}."
                 )
-            if self.study._is_multi_objective() or (
+            if len(self.study.directions) != 1 or (
                 self.study.direction != optuna.study.StudyDirection.MAXIMIZE
             ):
                 raise ValueError(

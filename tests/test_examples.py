@@ -39,6 +39,11 @@ EXPECTED = {
         "same results: True",
     ],
     "plot_halving.py": ["iteration 3:  1 candidates on 1620 samples", "best: {'C': "],
+    "plot_model_based.py": [
+        "randomized: best 0.",
+        "TPE (Optuna): best 0.",
+        "30 trials; the first proposed after the 10 random ones:",
+    ],
     "plot_asynchronous_halving.py": [
         " synchronous: ",
         "candidates per level [27, 9, 3, 1]; best accuracy",
