@@ -593,8 +593,29 @@ def _load_cluster_file(path):
         return loaded[1]
     cluster = ipp.Cluster.from_file(path, log=logger)
     with _loaded_lock:
+        replaced = _loaded_clusters.get(path)
         _loaded_clusters[path] = (version, cluster)
+    if replaced is not None:
+        _stop_waiting(replaced[1])
     return cluster
+
+
+def _stop_waiting(cluster):
+    """End the threads a loaded cluster has waiting for its processes.
+
+    The file changes as engines come and go; the cluster loaded from it
+    before is no longer used, and its threads would wait for as long as the
+    processes run. ipyparallel ends them when a launcher stops, through an
+    event it has no public method to set.
+    """
+    launchers = [cluster.controller]
+    for engine_set in cluster.engines.values():
+        launchers.append(engine_set)
+        launchers.extend(getattr(engine_set, "launchers", {}).values())
+    for launcher in launchers:
+        event = getattr(launcher, "_stop_waiting", None)
+        if event is not None:
+            event.set()
 
 
 # cluster file path -> (its version, the Cluster loaded from it)

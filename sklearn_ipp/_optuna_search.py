@@ -256,11 +256,9 @@ feature_names_in_
         # the data is stored once, and each fit carries its rows.
         return True
 
-    def __sklearn_clone__(self):
-        # A study is shared, as the client: a copy would not see its trials.
-        cloned = super().__sklearn_clone__()
-        cloned.study = self.study
-        return cloned
+    # A study is shared, as the client: a copy would not see its trials, nor
+    # its trials the copy's.
+    _shared_parameters = ("client", "study")
 
     # The search -----------------------------------------------------------
 

@@ -368,13 +368,16 @@ class _ClusterSearchMixin(WatchedSearchMixin):
         if callable(self.scoring) or isinstance(self.scoring, dict):
             _check_picklable(self.scoring, "The scoring")
 
+    # Parameters a clone shares rather than copies.
+    _shared_parameters = ("client",)
+
     def __sklearn_clone__(self):
         # sklearn deep-copies parameters that are not estimators; a client or
         # a view holds live connections, so it is shared instead.
         params = self.get_params(deep=False)
-        client = params.pop("client")
+        shared = {name: params.pop(name) for name in self._shared_parameters}
         cloned = {name: clone(value, safe=False) for name, value in params.items()}
-        return type(self)(**cloned, client=client)
+        return type(self)(**cloned, **shared)
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: the search keeps its client

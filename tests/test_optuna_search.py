@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 import pytest
 from scipy.stats import loguniform, randint, uniform
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, KFold
@@ -111,6 +111,12 @@ def test_every_candidate_has_scikit_learns_results_and_is_told_once(client):
     )
     for trial, params in zip(trials, results["params"], strict=True):
         assert trial.params == params
+    # The fitted search pickles with its study, and a clone shares the study.
+    restored = pickle.loads(pickle.dumps(search))
+    assert len(restored.study_.trials) == 10
+    np.testing.assert_array_equal(restored.predict(X), search.predict(X))
+    study = optuna.create_study(direction="maximize")
+    assert clone(search.set_params(study=study)).study is study
     # Asked as engines freed up, with the running candidates known: on two
     # engines and three splits, a candidate is asked while another runs.
     assert any(running for _, running in sampler.running_at_ask)
@@ -408,3 +414,21 @@ def test_optuna_says_nothing_and_the_search_reports_as_the_others(client, capsys
     assert captured.out == "" and captured.err == ""
     assert search.report().startswith("Progress: 100% (12/12)")
     assert search.progress() == (12, 12)
+
+
+def test_a_search_inside_a_task_proposes_in_turn_on_its_engine(client):
+    from joblib import parallel_backend
+    from sklearn.model_selection import cross_validate
+
+    search = IPyParallelOptunaSearchCV(
+        SVC(), {"C": loguniform(1e-2, 1e2)}, n_iter=4, cv=3, random_state=0
+    )
+    with parallel_backend("ipyparallel", client=client):
+        result = cross_validate(search, X, Y, cv=2, return_estimator=True)
+    for fitted in result["estimator"]:
+        assert len(fitted.cv_results_["params"]) == 4
+        trials = fitted.study_.trials
+        assert [t.params for t in trials] == fitted.cv_results_["params"]
+        np.testing.assert_allclose(
+            [t.value for t in trials], fitted.cv_results_["mean_test_score"]
+        )
