@@ -19,7 +19,11 @@ Systems, each on N workers, for each seed (``random_state``):
 
 The table gives, per system, the wall time per fit (the search's wall time
 over its fits, median over the seeds, and its ratio to ``random``'s), the
-final best score (median), and how soon it reached the final best score of
+final best score (median), the workers' wall time (wall time x N) over the
+seconds its fits and scorings took (1: the workers never idle; above, what
+the system adds to the work whatever the candidates, since a model-based
+search may well propose costlier candidates than a randomized one), and
+how soon it reached the final best score of
 ``random`` with the same seed: the fraction of its fits done by then, and
 the seconds (medians; a system that never reached it counts as 2, after
 all its fits). The searches on the cluster are watched every 0.25 s for
@@ -188,13 +192,18 @@ def _run_child(system, n_workers, seeds, n_iter):
         search = make(seed, n_iter)
         if system in ("tpe", "random"):
             wall, times = _watch(search, X, y)
-            scores = list(search.cv_results_["mean_test_score"])
         elif system == "loky":
             start = time.perf_counter()
             search.fit(X, y)
             wall = time.perf_counter() - start
-            scores = list(search.cv_results_["mean_test_score"])
-            times = [wall * (k + 1) / len(scores) for k in range(len(scores))]
+        if system != "optuna-integration":
+            results = search.cv_results_
+            scores = list(results["mean_test_score"])
+            busy = N_SPLITS * float(
+                np.sum(results["mean_fit_time"] + results["mean_score_time"])
+            )
+            if system == "loky":
+                times = [wall * (k + 1) / len(scores) for k in range(len(scores))]
         else:
             start_time = time.time()
             start = time.perf_counter()
@@ -208,9 +217,20 @@ def _run_child(system, n_workers, seeds, n_iter):
                 else wall
                 for t in trials
             ]
+            busy = N_SPLITS * sum(
+                t.user_attrs.get(f"mean_{name}", 0.0)
+                for t in trials
+                for name in ("fit_time", "score_time")
+            )
         print(
             json.dumps(
-                {"seed": seed, "wall": wall, "scores": scores, "times": times},
+                {
+                    "seed": seed,
+                    "wall": wall,
+                    "busy": busy,
+                    "scores": scores,
+                    "times": times,
+                },
                 default=float,
             ),
             flush=True,
@@ -302,6 +322,11 @@ def _table(rows):
                     if "random" in per_fit
                     else None,
                     "best": float(np.median([np.nanmax(r["scores"]) for r in runs])),
+                    # Worker-seconds per second of fitting and scoring: what
+                    # the system adds to the work, whatever the candidates.
+                    "overhead": float(
+                        np.median([r["wall"] * n_workers / r["busy"] for r in runs])
+                    ),
                     "fraction_to_target": float(np.median(fractions))
                     if fractions
                     else None,
@@ -312,16 +337,18 @@ def _table(rows):
     print()
     print(
         f"{'system':<19} {'workers':>7} {'seeds':>5} {'s/fit':>6} {'x random':>8} "
+        f"{'wall x N / busy':>15} "
         f"{'best (median)':>13} {'fits to random best':>19} {'s to it':>8}"
     )
-    print("-" * 92)
+    print("-" * 108)
     for row in summary:
         ratio = row["per_fit_vs_random"]
         fraction = row["fraction_to_target"]
         print(
             f"{row['system']:<19} {row['workers']:>7} {row['seeds']:>5} "
             f"{row['seconds_per_fit']:>6.2f} "
-            f"{'-' if ratio is None else f'{ratio:.2f}':>8} {row['best']:>13.4f} "
+            f"{'-' if ratio is None else f'{ratio:.2f}':>8} {row['overhead']:>15.2f} "
+            f"{row['best']:>13.4f} "
             f"{'-' if fraction is None else f'{fraction:.2f}':>19} "
             f"{row['seconds_to_target']:>8.1f}"
         )
