@@ -63,7 +63,10 @@ for name, search in searches.items():
 # The best score after each number of fits
 # ----------------------------------------
 # Candidates in the order they were drawn (randomized) or proposed (TPE);
-# each is three fits, one per split.
+# each is three fits, one per split. TPE draws its first 10 candidates at
+# random too, and learns from then on. One search of each is one draw: either
+# may be ahead on a given seed and budget. The model-based search page gives
+# medians over seeds, on a larger problem.
 fig, ax = plt.subplots(figsize=(7, 4))
 for name, search in searches.items():
     scores = search.cv_results_["mean_test_score"]
