@@ -323,16 +323,6 @@ def _seed(random_state):
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
-def _told_metric(search):
-    """Return the metric told to the study: ``refit``'s, or the first by name."""
-    scoring = search.scoring
-    if callable(scoring) or not isinstance(scoring, (list, tuple, dict)):
-        return "score"
-    if isinstance(search.refit, str):
-        return search.refit
-    return sorted(scoring)[0]
-
-
 def _run_proposals(search, evaluate_candidates, callback_ctx, space, n_iter, own):
     """Evaluate the study's proposals on the cluster (see ``_proposals``)."""
     run = search._run
@@ -347,7 +337,7 @@ def _run_proposals(search, evaluate_candidates, callback_ctx, space, n_iter, own
             for params in record.previous:
                 study.enqueue_trial(params)
     proposals = AsynchronousProposals(
-        backend, study, space.suggest, n_iter, _told_metric(search), record
+        backend, study, space.suggest, n_iter, search._report_metric(), record
     )
     context = None
     if callback_ctx is not None:
@@ -420,19 +410,16 @@ def _run_in_turn(search, evaluate_candidates, callback_ctx, space, n_iter):
     loky worker does.
     """
     study = search.study_
-    metric = f"mean_test_{_told_metric(search)}"
+    metric = f"mean_test_{search._report_metric()}"
     context = None
     if callback_ctx is not None:
         context = callback_ctx.subcontext(
             task_name="search", max_subtasks=n_iter
         ).call_on_fit_task_begin(estimator=search)
-    seen = set()
     for _ in range(n_iter):
         trial = study.ask()
         params = space.suggest(trial)
-        key = joblib.hash(params)
         results = _evaluate(search, evaluate_candidates, [params], None, context)
-        seen.add(key)
         scores = results.get(metric, results.get("mean_test_score"))
         mean = float(scores[-1])
         if np.isfinite(mean):

@@ -261,12 +261,9 @@ class AsynchronousProposals:
                 # The study proposed a candidate it has: tell it the score.
                 self._tell_trial(trial, original)
             if self.exhausted:
-                self._condition_notify()
+                with self._condition:
+                    self._condition.notify_all()
                 return None
-
-    def _condition_notify(self):
-        with self._condition:
-            self._condition.notify_all()
 
     def _new_candidate(self):
         candidate = self._ask()
