@@ -189,10 +189,12 @@ def _told_to_stop():
     n = 0
     for thread in threading.enumerate():
         target = getattr(thread, "_target", None)
-        for part in getattr(target, "args", ()):
+        # ipyparallel 8 runs the launcher's bound method; 9 wraps it in a
+        # partial of its own thread class.
+        for part in (target, *getattr(target, "args", ())):
             launcher = getattr(part, "__self__", None)
             event = getattr(launcher, "_stop_waiting", None)
-            n += event is not None and event.is_set()
+            n += isinstance(event, threading.Event) and event.is_set()
     return n
 
 
