@@ -34,6 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from sklearn_ipp import IPyParallelOptunaSearchCV
+from sklearn_ipp._optuna_search import _startup_trials
 
 from ._sklearn_compare import assert_same_search
 from .test_failures import _restore_engines
@@ -247,6 +248,18 @@ def test_the_study_and_sampler_are_checked():
         IPyParallelOptunaSearchCV(SVC(), {"C": [1]}, study=minimizing).fit(X, Y)
     with pytest.raises(TypeError, match="sampler must be an Optuna sampler"):
         IPyParallelOptunaSearchCV(SVC(), {"C": [1]}, sampler="tpe").fit(X, Y)
+
+
+def test_the_default_sampler_draws_a_fifth_of_the_budget_at_random(client):
+    search = IPyParallelOptunaSearchCV(
+        SVC(), {"C": loguniform(1e-2, 1e2)}, n_iter=8, cv=CV, client=client
+    ).fit(X, Y)
+    sampler = search.study_.sampler
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    # Optuna keeps these private; they are what the docstring promises.
+    assert sampler._constant_liar
+    assert sampler._n_startup_trials == 1
+    assert [_startup_trials(n) for n in (3, 30, 49, 50, 1000)] == [1, 6, 9, 10, 10]
 
 
 def test_without_optuna_the_search_says_how_to_install_it(monkeypatch):
