@@ -87,6 +87,11 @@ def run_face(face, pytest_args, timeout):
             "-q",
             "-rfE",
             "--disable-warnings",  # their summary: thousands of lines
+            # A thread's uncaught exception then goes to stderr, shown with
+            # the test that failed because of it, not to a warning hidden
+            # above.
+            "-p",
+            "no:threadexception",
             f"--timeout={timeout}",
             f"--junitxml={report}",
             *pytest_args,
