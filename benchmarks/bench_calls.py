@@ -115,7 +115,9 @@ def _sklearn_tests(backend, n_workers):
     with tempfile.TemporaryDirectory() as directory:
         with open(os.path.join(directory, "bench_calls_plugin.py"), "w") as f:
             f.write(PLUGIN.format(backend=backend, n_workers=n_workers))
-        environment = dict(os.environ, PYTHONPATH=directory)
+        # The plugin, and this file for its _config.
+        here = os.path.dirname(os.path.abspath(__file__))
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join([directory, here]))
         command = [sys.executable, "-m", "pytest", path, "-q"]
         command += ["-p", "no:cacheprovider", "-p", "bench_calls_plugin"]
         start = time.perf_counter()
@@ -130,18 +132,14 @@ def _sklearn_tests(backend, n_workers):
 # Every test of the file runs inside a parallel_config block of the backend.
 PLUGIN = """
 import pytest
-from joblib import parallel_config
+from bench_calls import _config
 
 import sklearn_ipp  # registers the backend
 
 
 @pytest.fixture(autouse=True)
 def _under_the_backend():
-    if "{backend}" == "loky":
-        config = parallel_config(backend="loky", n_jobs={n_workers})
-    else:
-        config = parallel_config(backend="ipyparallel")
-    with config:
+    with _config("{backend}", {n_workers}):
         yield
 """
 
@@ -184,17 +182,13 @@ def main(argv=None):
         for name in WORKLOADS
     ]
     if args.sklearn_tests:
+        seconds = {}
         for backend in BACKENDS:
-            seconds, summary = _sklearn_tests(backend, n_workers)
-            print(f"  test_forest.py on {backend}: {seconds:.0f} s ({summary})")
-            best[("test_forest", backend)] = seconds
-        rows.append(
-            (
-                "scikit-learn's test_forest.py",
-                best[("test_forest", "loky")],
-                best[("test_forest", "ipyparallel")],
+            seconds[backend], summary = _sklearn_tests(backend, n_workers)
+            print(
+                f"  test_forest.py on {backend}: {seconds[backend]:.0f} s ({summary})"
             )
-        )
+        rows.append(("scikit-learn's test_forest.py", *(seconds[b] for b in BACKENDS)))
     print()
     print(f"{'work':<48} {'loky':>10} {'backend':>10} {'ratio':>6}")
     print("-" * 77)
