@@ -16,6 +16,7 @@ ones its abort or end stops.
 import contextlib
 import contextvars
 import sys
+import threading
 
 from joblib.parallel import ParallelBackendBase
 
@@ -23,12 +24,24 @@ from ._exceptions import BackendStoppedError
 from ._output import current_warning_filters
 from ._scheduler import MESSAGES_PER_ENGINE, Call, ErrorsInOrder, Job
 
-__all__ = ["LOOK_AHEAD_TASKS", "ClusterCapabilities", "ParallelCalls"]
+__all__ = [
+    "LOOK_AHEAD_TASKS",
+    "TASKS_PER_ENGINE",
+    "ClusterCapabilities",
+    "ParallelCalls",
+]
 
 # The most of a search's fit tasks asked for beyond joblib's window before
 # the first is sent (see ParallelCalls._look_ahead); each is a few
 # references and the candidate's parameters.
 LOOK_AHEAD_TASKS = 100_000
+
+# The workers joblib is told of per engine, which size its window: with its
+# default pre_dispatch of 2 * n_jobs, joblib keeps twice as many tasks
+# handed over, the next one as each ends. Short tasks then share messages
+# (see TaskQueues._message_size) instead of going one per message as they
+# come; each message costs milliseconds of CPU, on the engines' hosts too.
+TASKS_PER_ENGINE = 32
 
 
 class ClusterCapabilities(ParallelBackendBase):
@@ -66,6 +79,10 @@ class ParallelCalls(ClusterCapabilities):
         self._scheduler = None  # while this Parallel holds the backend
         self._call = None  # the running call's
         self._in_order = ErrorsInOrder()
+        # The batches of the running call that joblib was not told of yet,
+        # and how many it was, failed or not (see _wait_for_results).
+        self._told = threading.Condition()
+        self._n_untold = self._n_told = self._n_failed = 0
 
     # joblib's backend API -------------------------------------------------
 
@@ -80,8 +97,8 @@ class ParallelCalls(ClusterCapabilities):
         entering it, and others at every call. Returns how many tasks to
         keep going: ``MESSAGES_PER_ENGINE`` per engine, the messages the
         backend keeps in flight, rather than the number of engines: joblib
-        sizes its ``pre_dispatch`` window with it, and the larger window lets
-        the scheduler see tasks of the same split together.
+        sizes its ``pre_dispatch`` window with it (see also
+        :meth:`_look_ahead`).
         """
         if parallel is not None:
             self.parallel = parallel
@@ -97,6 +114,8 @@ class ParallelCalls(ClusterCapabilities):
         # The batches of an earlier call that was aborted may never finish:
         # each call's errors are ordered among its own batches only.
         self._in_order = ErrorsInOrder()
+        with self._told:
+            self._n_untold = self._n_told = self._n_failed = 0
         call = Call(self, current_warning_filters())
         if getattr(sys.flags, "context_aware_warnings", False):
             # Warnings filters and catch_warnings blocks live in the caller's
@@ -118,6 +137,8 @@ class ParallelCalls(ClusterCapabilities):
         from a callback.
         """
         items = list(func.items) if hasattr(func, "items") else [(func, (), {})]
+        if callback is not None:
+            callback = self._counted(callback)
         job = Job(len(items), self._in_order.callback(callback))
         try:
             if self._scheduler is None:
@@ -138,6 +159,25 @@ class ParallelCalls(ClusterCapabilities):
     # joblib < 1.5 calls apply_async instead of submit.
     apply_async = submit
 
+    def _counted(self, callback):
+        """Return ``callback``, counting the batches joblib is told of."""
+        told = self._told
+        with told:
+            self._n_untold += 1
+
+        def tell(job):
+            try:
+                # joblib's callback, which submits the next batch first.
+                callback(job)
+            finally:
+                with told:
+                    self._n_untold -= 1
+                    self._n_told += 1
+                    self._n_failed += job.exception is not None
+                    told.notify_all()
+
+        return tell
+
     def retrieve_result_callback(self, out):
         """Return the results of a finished batch, or raise its error."""
         return out.get()
@@ -154,10 +194,32 @@ class ParallelCalls(ClusterCapabilities):
         self._look_ahead()
         if self._scheduler is not None:
             self._scheduler.release()
+            self._wait_for_results()
         yield
 
+    def _wait_for_results(self):
+        """Wait for the results joblib's retrieval would wait for first.
+
+        joblib looks for finished batches every 10 ms, sleeping in between,
+        which is most of the time of a small call. A call that returns a
+        list gives nothing before all its batches are done: this waits until
+        joblib has been told of every batch submitted so far (and of those
+        their callbacks submitted), or of a failure, which joblib then
+        raises; a call that returns a generator, until it was told of one.
+        Not for a call with a ``timeout``, which joblib counts from its own
+        first look.
+        """
+        parallel = self.parallel
+        if getattr(parallel, "timeout", None) is not None:
+            return
+        one = getattr(parallel, "return_generator", False)
+        with self._told:
+            while self._n_untold and not self._n_failed and not (one and self._n_told):
+                # In steps, so that an interrupt is not held up.
+                self._told.wait(0.1)
+
     def _look_ahead(self):
-        """Have joblib hand over the rest of a search's fit tasks now.
+        """Have joblib hand over more tasks now than its window would.
 
         scikit-learn's searches keep joblib's default ``pre_dispatch`` of
         ``2*n_jobs``: joblib would hand over a new task only as one ends, in
@@ -167,15 +229,28 @@ class ParallelCalls(ClusterCapabilities):
         search has; up to ``LOOK_AHEAD_TASKS`` more of them are taken from
         joblib's iterator here, as joblib's own callbacks take them (under
         its lock, while it still iterates), before any is sent. A search's
-        tasks carry references to the data, not copies. Other calls keep
-        joblib's window.
+        tasks carry references to the data, not copies.
+
+        Other calls with joblib's default window get ``TASKS_PER_ENGINE``
+        tasks per engine in it: each task that ends has joblib hand over
+        the next, so that the window stays that wide, and short tasks share
+        messages. A ``pre_dispatch`` of the caller's own is kept.
         """
         parallel = self.parallel
         lock = getattr(parallel, "_lock", None)
         if lock is None:
             return
-        for _ in range(LOOK_AHEAD_TASKS):
-            if self.backend.folds.n_fit_tasks_to_come() <= 0:
+        if self.backend.folds.n_fit_tasks_to_come() > 0:
+            n_more = LOOK_AHEAD_TASKS
+            more = self.backend.folds.n_fit_tasks_to_come
+        elif str(getattr(parallel, "pre_dispatch", "")).replace(" ", "") == "2*n_jobs":
+            n_engines = self.backend.effective_n_jobs(None)
+            n_more = max(0, TASKS_PER_ENGINE * n_engines - self._n_untold)
+            more = _always
+        else:
+            return
+        for _ in range(n_more):
+            if more() <= 0:
                 return
             with lock:
                 if getattr(parallel, "_original_iterator", None) is None or getattr(
@@ -208,3 +283,7 @@ class ParallelCalls(ClusterCapabilities):
         if scheduler is not None:
             scheduler.stop(owner=self)
             self.backend.let_go(self)
+
+
+def _always():
+    return 1

@@ -66,12 +66,13 @@ def _probe(packages, marker_path=None, marker_token=None):
         from joblib import cpu_count
     except ImportError:
         cpu_count = os.cpu_count
+    stop_signal = False
     try:
         # The probe is the first work of ours an engine gets: from now on a
         # stop signal cannot end it (see install_stop_handler).
         from sklearn_ipp._worker import install_stop_handler
 
-        install_stop_handler()
+        stop_signal = install_stop_handler()
     except ImportError:
         pass  # sklearn_ipp is missing here: the check of versions says so
     process = psutil.Process(os.getpid())
@@ -80,6 +81,7 @@ def _probe(packages, marker_path=None, marker_token=None):
         "hostname": socket.gethostname(),
         "n_cpus": cpu_count() or 1,
         "pid": process.pid,
+        "stop_signal": stop_signal,
         "rss_mb": process.memory_info().rss / 1e6,
         "host_available_mb": psutil.virtual_memory().available / 1e6,
         "host_total_mb": psutil.virtual_memory().total / 1e6,
@@ -115,11 +117,12 @@ def engine_facts(client=None, *, timeout=DEFAULT_TIMEOUT):
     Returns
     -------
     facts : dict
-        ``{engine_id: {"hostname", "n_cpus", "pid", "rss_mb",
+        ``{engine_id: {"hostname", "n_cpus", "pid", "stop_signal", "rss_mb",
         "host_available_mb", "host_total_mb", "python", "versions"}}`` where
-        ``n_cpus`` is the number of CPUs the engine may use and ``versions``
-        maps each package of :data:`CHECKED_PACKAGES` to its version on that
-        engine (None when missing).
+        ``n_cpus`` is the number of CPUs the engine may use, ``stop_signal``
+        whether a stop signal can stop its tasks (not on Windows), and
+        ``versions`` maps each package of :data:`CHECKED_PACKAGES` to its
+        version on that engine (None when missing).
 
     Notes
     -----

@@ -123,6 +123,8 @@ class EngineRoster:
         self._content_key = content_key or content_hash
         self.ready = {}  # engine id -> hostname
         self.pids = {}  # engine id -> process id, on its host
+        # Engines whose tasks the stop signal stops (see install_stop_handler).
+        self.stoppable = set()
         self.hosts = {}  # hostname -> _Host
         self._seen = set()  # engine ids probed or being probed
         self._probes = []  # AsyncResults of probes not yet handled
@@ -139,6 +141,7 @@ class EngineRoster:
         for engine_id in list(self.ready):
             if engine_id not in ids:
                 hostname = self.ready.pop(engine_id)
+                self.stoppable.discard(engine_id)
                 self.hosts[hostname].engines.discard(engine_id)
                 logger.info("Engine %s on %s left the cluster.", engine_id, hostname)
         new = sorted(ids - self._seen)
@@ -187,6 +190,8 @@ class EngineRoster:
             host.engines.add(engine_id)
             self.ready[engine_id] = host.hostname
             self.pids[engine_id] = fact.get("pid")
+            if fact.get("stop_signal"):
+                self.stoppable.add(engine_id)
             logger.info("Engine %s on %s takes tasks.", engine_id, host.hostname)
 
     def thread_limits(self, n_threads=None):

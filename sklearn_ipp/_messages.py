@@ -20,7 +20,6 @@ from ._cluster import end_stuck_engines
 from ._fit_timeout import fit_timeout_error
 from ._pickling import by_value_generation, dumps, send_by_value
 from ._worker import (
-    INTERRUPTIBLE,
     NOT_STOPPED,
     STARTED,
     STOP_SIGNAL,
@@ -43,7 +42,7 @@ __all__ = [
 logger = logging.getLogger("sklearn_ipp")
 
 # How long stopping waits for messages that have just reached their engines
-# to become interruptible, and for queued ones to come back aborted.
+# to be seen running, and for queued ones to come back aborted.
 STOP_WAIT_SECONDS = 2.0
 
 # Times a task may be stopped by stop signals meant for other messages (of
@@ -126,6 +125,9 @@ class Messenger:
         self._in_flight = {}
         # The generations of messages taken but not read yet.
         self._generations = {}
+        # Ids of the messages in flight whose tasks the stop signal may not
+        # stop (see MAX_STOPS): their engines are not signalled.
+        self._unstoppable = set()
         # What crossed the network, for tests and benchmarks: none of it
         # grows with the data.
         self.n_tasks_sent = 0
@@ -161,14 +163,11 @@ class Messenger:
         )
         if self._view is None:
             self._view = self._connection.load_balanced_view()
+        stoppable = all(task.n_stops < MAX_STOPS for task in tasks)
         try:
             with self._view.temp_flags(targets=targets):
                 async_result = self._view.apply_async(
-                    run_batch,
-                    payload,
-                    thread_limits,
-                    all(task.n_stops < MAX_STOPS for task in tasks),
-                    limits,
+                    run_batch, payload, thread_limits, stoppable, limits
                 )
         except KeyError:
             return False
@@ -184,6 +183,8 @@ class Messenger:
             )
             if limits is not None:
                 self._started[async_result.msg_ids[0]] = None
+            if not stoppable:
+                self._unstoppable.add(async_result.msg_ids[0])
         async_result.add_done_callback(self._on_reply)
         return True
 
@@ -193,6 +194,7 @@ class Messenger:
         with self._lock:
             entry = self._in_flight.pop(msg_id, None)
             self._started.pop(msg_id, None)
+            self._unstoppable.discard(msg_id)
             if entry is None:
                 return None
             self._generations[msg_id] = entry[3]
@@ -214,6 +216,7 @@ class Messenger:
             ]
             for msg_id in stranded:
                 self._started.pop(msg_id, None)
+                self._unstoppable.discard(msg_id)
             stranded = [self._in_flight.pop(msg_id)[1] for msg_id in stranded]
         for tasks in stranded:
             logger.info(
@@ -379,13 +382,15 @@ class Messenger:
         """Abort messages still queued; stop the tasks of those running.
 
         The engines known to run one of the messages get ``STOP_SIGNAL``,
-        which stops the tasks they run (see ``run_batch``). The engine of a
-        message is known once the message has published ``INTERRUPTIBLE``:
-        one that has just reached its engine does so within milliseconds, so
-        stopping waits up to ``STOP_WAIT_SECONDS`` for the messages neither
-        finished nor signalled, which also lets the queued ones come back
-        aborted. It waits for the signals to be sent, so that no task of
-        these messages ends once it returns.
+        which stops the tasks they run (see ``run_batch``), unless the
+        message's tasks may not be stopped (``MAX_STOPS``) or the engine
+        cannot take the signal. ipyparallel tells the client which engine
+        runs a message once the engine says it is busy with it, within
+        milliseconds of its start, so stopping waits up to
+        ``STOP_WAIT_SECONDS`` for the messages neither finished nor
+        signalled, which also lets the queued ones come back aborted. It
+        waits for the signals to be sent, so that no task of these messages
+        ends once it returns.
 
         A task inside a long call of compiled code sees the signal only when
         the call returns. An engine still running a signalled message
@@ -399,6 +404,10 @@ class Messenger:
         """
         if stuck_grace is None:
             stuck_grace = STUCK_GRACE_SECONDS
+        with self._lock:
+            ids = {ar.msg_ids[0] for ar in async_results}
+            unstoppable = ids & self._unstoppable
+            self._unstoppable -= ids
         pending = [ar for ar in async_results if not ar.done()]
         if not pending:
             return
@@ -409,7 +418,7 @@ class Messenger:
         deadline = time.monotonic() + STOP_WAIT_SECONDS
         signalled = []
         while pending:
-            running = [ar for ar in pending if _is_interruptible(ar)]
+            running = [ar for ar in pending if self._running(ar, unstoppable)]
             engines = sorted({ar.engine_id for ar in running})
             if engines:
                 with contextlib.suppress(Exception):
@@ -430,6 +439,16 @@ class Messenger:
             timer.daemon = True
             timer.name = "sklearn_ipp-stuck-engines"
             timer.start()
+
+    def _running(self, async_result, unstoppable):
+        """Whether a message runs, on an engine that the stop signal stops.
+
+        Not if its id is in ``unstoppable``.
+        """
+        if async_result.msg_ids[0] in unstoppable:
+            return False
+        engine_id = _engine_of(async_result)
+        return engine_id is not None and engine_id in self._roster.stoppable
 
 
 def _replay(output, task):
@@ -512,15 +531,6 @@ def _not_stopped(async_result):
         return bool(async_result.data.get(NOT_STOPPED))
     except Exception:  # metadata of a message the client no longer tracks
         return False
-
-
-def _is_interruptible(async_result):
-    """Whether a message runs its tasks, on an engine the client knows."""
-    try:
-        data, engine_id = async_result.data, async_result.engine_id
-    except Exception:  # metadata of a message the client no longer tracks
-        return False
-    return bool(data.get(INTERRUPTIBLE)) and engine_id is not None
 
 
 def _is_engine_loss(exc):

@@ -51,6 +51,12 @@ logger = logging.getLogger("sklearn_ipp")
 TARGET_MESSAGE_SECONDS = 0.5
 # Upper bound on tasks per message.
 MAX_TASKS_PER_MESSAGE = 500
+# Seconds of work per engine below which the waiting tasks go in one message
+# to each idle engine, rather than spread over MESSAGES_PER_ENGINE messages
+# per engine: each message costs the client, the controller and the engine
+# a few milliseconds of CPU (on a small host, taken from the tasks), more
+# than finer messages could balance on so little work.
+SHORT_WORK_SECONDS = 0.05
 # Messages in flight per engine: one running, one queued, so that no engine
 # waits for the client between two messages.
 MESSAGES_PER_ENGINE = 2
@@ -402,13 +408,15 @@ class TaskQueues:
         self.version += 1
         return tasks
 
-    def next_message(self, n_in_flight_max):
+    def next_message(self, n_in_flight_max, n_in_flight=0):
         """Take the next message's tasks; none while no fold is stored.
 
         The first tasks in order among those of all stored folds, which may
         share a message so that short fits fill messages even when each fold
         has few tasks left per engine; then tasks without data. A message
         carries the tasks of one call, which can be stopped alone.
+        ``n_in_flight_max``: the messages that may be in flight
+        (``MESSAGES_PER_ENGINE`` per engine); ``n_in_flight``: those that are.
         """
         keys = self.keys()
         for key in self._unsorted.intersection(keys):
@@ -424,7 +432,9 @@ class TaskQueues:
             return []
         queues = [self._waiting[key] for key in sendable]
         n_waiting = sum(len(waiting) for waiting in queues)
-        size = min(self._message_size(n_waiting, n_in_flight_max), n_waiting)
+        size = min(
+            self._message_size(n_waiting, n_in_flight_max, n_in_flight), n_waiting
+        )
         tasks = []
         # The last tasks, one per message: all of them are in flight soon, and
         # the longest, started first, leave no engine idle at the end.
@@ -467,11 +477,19 @@ class TaskQueues:
             self._by_duration[key] = n_known
         return waiting
 
-    def _message_size(self, n_waiting, n_in_flight_max):
-        """Tasks per message: enough work to hide the message cost, balanced."""
-        balanced = -(-n_waiting // n_in_flight_max)
+    def _message_size(self, n_waiting, n_in_flight_max, n_in_flight):
+        """Tasks per message: enough work to hide the message cost, balanced.
+
+        Balanced over the messages that may be in flight, or, for short work
+        (``SHORT_WORK_SECONDS``), over the engines without a message.
+        """
         if self._seconds_per_task is None:
             return 1
+        n_idle = max(1, n_in_flight_max // MESSAGES_PER_ENGINE - n_in_flight)
+        if n_waiting * self._seconds_per_task <= SHORT_WORK_SECONDS * n_idle:
+            balanced = -(-n_waiting // n_idle)
+        else:
+            balanced = -(-n_waiting // n_in_flight_max)
         by_time = int(TARGET_MESSAGE_SECONDS / max(self._seconds_per_task, 1e-6))
         return max(1, min(balanced, by_time, MAX_TASKS_PER_MESSAGE))
 
@@ -808,7 +826,9 @@ class Scheduler:
             with self._condition:
                 if not self._can_send():
                     return
-                tasks = self._queues.next_message(self._max_in_flight())
+                tasks = self._queues.next_message(
+                    self._max_in_flight(), len(self._messenger)
+                )
             if not tasks:
                 return
             try:

@@ -22,7 +22,6 @@ from ._pickling import dumps
 from ._threads import limited_threads
 
 __all__ = [
-    "INTERRUPTIBLE",
     "NOT_STOPPED",
     "READ_ONLY_HINT",
     "STARTED",
@@ -48,10 +47,6 @@ READ_ONLY_HINT = (
     "it first (X = X.copy())."
 )
 _READ_ONLY_MESSAGES = ("read-only", "not writeable", "WRITEABLE flag")
-
-# Published (ipyparallel's data_message) by run_batch once its tasks can be
-# stopped: the client signals an engine only after seeing it.
-INTERRUPTIBLE = "sklearn_ipp_interruptible"
 
 # The outcome of a task that a stop signal kept from finishing.
 STOPPED = "sklearn_ipp_stopped"
@@ -81,8 +76,13 @@ TIMED_OUT = "sklearn_ipp_timed_out"
 # reply STOPPED and are sent again by their client.
 STOP_SIGNAL = "SIGUSR1"
 
-# Whether a task runs now, in _run_stoppable: the signal stops nothing else.
+# Whether a task runs now, in _run_stoppable.
 _tasks_running = False
+# Whether run_batch runs now: a signal that comes between its tasks, or
+# before the first, stops the tasks still to run (see _stop_pending).
+_batch_running = False
+# Whether such a signal came: the next task of the message does not start.
+_stop_pending = False
 # Whether the signal stopped the running task: some code catches
 # KeyboardInterrupt and returns (scikit-learn's MLP ends its training early),
 # which must not pass for a finished task.
@@ -143,20 +143,29 @@ def run_batch(payload, thread_limits=None, stoppable=True, time_limits=None):
         the rest: they all come back ``(STOPPED,)``.
     """
     hostname = socket.gethostname()
+    global _stoppable, _batch_running, _stop_pending
+    _stoppable, _stop_pending = stoppable, False
+    # First of all: the client may signal this engine as soon as ipyparallel
+    # tells it that the message started.
+    limited = any(limit is not None for limit in time_limits or ())
+    can_stop = _let_stop_signal_stop_tasks(limited)
+    _batch_running = True
     try:
-        with keep_callback_listeners():
-            tasks, warning_filters = pickle.loads(payload)
-    except BaseException as exc:  # reported to the client, which raises it
-        return _dumps((UNPICKLING_FAILED, exc, traceback.format_exc(), hostname))
-    n_threads = (thread_limits or {}).get(hostname)
-    global _stoppable
-    _stoppable = stoppable
-    try:
+        try:
+            with keep_callback_listeners():
+                tasks, warning_filters = pickle.loads(payload)
+        except BaseException as exc:  # reported to the client, which raises it
+            return _dumps((UNPICKLING_FAILED, exc, traceback.format_exc(), hostname))
+        n_threads = (thread_limits or {}).get(hostname)
         with limited_threads(n_threads):
             outcomes, seconds, outputs = _run_tasks(
-                tasks, engine_warning_filters(warning_filters), time_limits
+                tasks,
+                engine_warning_filters(warning_filters),
+                time_limits,
+                can_stop,
             )
     finally:
+        _batch_running = _stop_pending = False
         _stoppable = True
         restore_user_handler()
     # Drop the references to the memory-mapped data before replying, so that a
@@ -165,11 +174,14 @@ def run_batch(payload, thread_limits=None, stoppable=True, time_limits=None):
     return _dumps((outcomes, seconds, hostname, outputs))
 
 
-def _run_tasks(tasks, warning_filters=None, time_limits=None):
-    """Return the outcomes of ``tasks``, the seconds each took, their outputs."""
+def _run_tasks(tasks, warning_filters=None, time_limits=None, can_stop=False):
+    """Return the outcomes of ``tasks``, the seconds each took, their outputs.
+
+    ``can_stop``: whether ``STOP_SIGNAL`` stops them (its handler installed),
+    which time limits need.
+    """
     outcomes, seconds, outputs = [], [], []
     limits = time_limits or [None] * len(tasks)
-    can_stop = _let_stop_signal_stop_tasks(any(x is not None for x in limits))
     shell = _engine_shell() if can_stop else None
     publish = shell.data_pub.publish_data if shell is not None else None
     for (function, args, kwargs), limit in zip(tasks, limits, strict=True):
@@ -255,23 +267,22 @@ class _TimeLimit:
 def _let_stop_signal_stop_tasks(limited=False):
     """On an engine that can be signalled, make ``STOP_SIGNAL`` stop tasks.
 
-    Install the handler, which stops only a task run by ``_run_stoppable``,
-    and publish ``INTERRUPTIBLE``, which tells the client the engine of this
-    message (unless its tasks may not be stopped), and, for ``limited``
-    tasks, ``STARTED``: the client ends an engine whose task does not stop
-    at its limit. Returns whether the handler is installed.
+    Install the handler, which stops only the tasks of ``run_batch``, and
+    for ``limited`` tasks publish ``STARTED``: the client ends an engine
+    whose task does not stop at its limit. Returns whether the handler is
+    installed.
+
+    Nothing is published otherwise: the client learns which engine runs a
+    message, and that it started, from the status ipyparallel's engine
+    publishes anyway (each published message costs the engine's output
+    thread milliseconds).
     """
     shell = _engine_shell()
     if shell is None or not install_stop_handler():
         return False  # not on an engine, or on one without the signal
-    data = {}
-    if _stoppable:
-        data[INTERRUPTIBLE] = True
     if limited:
-        data[STARTED] = True
-    if data:
         with contextlib.suppress(Exception):
-            shell.data_pub.publish_data(data)
+            shell.data_pub.publish_data({STARTED: True})
     return True
 
 
@@ -325,16 +336,21 @@ def _run_stoppable(function, args, kwargs):
     """Call ``function``, which ``STOP_SIGNAL`` may stop with ``TasksStopped``.
 
     The flag is raised only in here, and the caller calls this inside the
-    ``try`` that catches ``TasksStopped``: a signal that comes while the
-    caller records an outcome or handles an error, or between tasks, stops
-    nothing, so the stop can never escape ``run_batch``. A task that caught
+    ``try`` that catches ``TasksStopped``, so the stop can never escape
+    ``run_batch``: a signal that comes while the caller records an outcome
+    or handles an error, or between tasks, is kept (``_stop_pending``) and
+    raised here, before the next task starts. A task that caught
     the stop and returned (or raised something else) is stopped all the
     same: what it returns did not run to its end.
     """
-    global _tasks_running, _task_stopped
+    global _tasks_running, _task_stopped, _stop_pending
     _task_stopped = False
     try:
         _tasks_running = True
+        if _stop_pending:  # the signal came before the task started
+            _stop_pending = False
+            _task_stopped = True
+            raise TasksStopped
         result = function(*args, **kwargs)
     except BaseException:
         if _task_stopped:
@@ -348,11 +364,16 @@ def _run_stoppable(function, args, kwargs):
 
 
 def _stop_tasks(signum, frame):
-    global _task_stopped, _limit_signal
+    global _task_stopped, _limit_signal, _stop_pending
     by_limit, _limit_signal = _limit_signal, False
     if _tasks_running and (_stoppable or by_limit):
         _task_stopped = True
         raise TasksStopped
+    if _batch_running and _stoppable and not by_limit:
+        # Between the message's tasks, or before the first: the next one
+        # does not start.
+        _stop_pending = True
+        return
     if _user_handler is not None and not by_limit:
         _user_handler(signum, frame)
 
