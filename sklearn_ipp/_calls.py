@@ -210,7 +210,7 @@ class ParallelCalls(ClusterCapabilities):
         first look.
         """
         parallel = self.parallel
-        if getattr(parallel, "timeout", None) is not None:
+        if parallel is None or getattr(parallel, "timeout", None) is not None:
             return
         one = getattr(parallel, "return_generator", False)
         with self._told:

@@ -360,7 +360,9 @@ class TaskQueues:
         # Whether fits under fit_timeout go one per message: the client then
         # knows when each started (see Messenger.take_overdue).
         self.limited_alone = False
-        self._seconds_per_task = None
+        # Seconds per task, a moving average for each code the tasks run
+        # (see _code): tasks of one Parallel call are no guide to another's.
+        self._seconds_by_code = {}
         self._seconds_by_kind = {}
 
     def __bool__(self):
@@ -432,8 +434,11 @@ class TaskQueues:
             return []
         queues = [self._waiting[key] for key in sendable]
         n_waiting = sum(len(waiting) for waiting in queues)
+        head = min(queues, key=lambda waiting: waiting[0].order)[0]
+        seconds = self._seconds_by_code.get(_code(head.function))
         size = min(
-            self._message_size(n_waiting, n_in_flight_max, n_in_flight), n_waiting
+            self._message_size(n_waiting, n_in_flight_max, n_in_flight, seconds),
+            n_waiting,
         )
         tasks = []
         # The last tasks, one per message: all of them are in flight soon, and
@@ -477,32 +482,36 @@ class TaskQueues:
             self._by_duration[key] = n_known
         return waiting
 
-    def _message_size(self, n_waiting, n_in_flight_max, n_in_flight):
+    def _message_size(self, n_waiting, n_in_flight_max, n_in_flight, seconds):
         """Tasks per message: enough work to hide the message cost, balanced.
 
-        Balanced over the messages that may be in flight, or, for short work
-        (``SHORT_WORK_SECONDS``), over the engines without a message.
+        ``seconds``: how long each of the next tasks takes, None if not known
+        yet. Balanced over the messages that may be in flight, or, for short
+        work (``SHORT_WORK_SECONDS``), over the engines without a message.
         """
-        if self._seconds_per_task is None:
+        if seconds is None:
             return 1
         n_idle = max(1, n_in_flight_max // MESSAGES_PER_ENGINE - n_in_flight)
-        if n_waiting * self._seconds_per_task <= SHORT_WORK_SECONDS * n_idle:
+        if n_waiting * seconds <= SHORT_WORK_SECONDS * n_idle:
             balanced = -(-n_waiting // n_idle)
         else:
             balanced = -(-n_waiting // n_in_flight_max)
-        by_time = int(TARGET_MESSAGE_SECONDS / max(self._seconds_per_task, 1e-6))
+        by_time = int(TARGET_MESSAGE_SECONDS / max(seconds, 1e-6))
         return max(1, min(balanced, by_time, MAX_TASKS_PER_MESSAGE))
 
     def record_durations(self, tasks, seconds):
         """Learn how long tasks take from a message's reply."""
+        by_code = {}
         for task, duration in zip(tasks, seconds, strict=True):
             if task.kind is not None:
                 self._seconds_by_kind[task.kind] = duration
-        mean = sum(seconds) / len(seconds)
-        if self._seconds_per_task is None:
-            self._seconds_per_task = mean
-        else:
-            self._seconds_per_task = 0.7 * self._seconds_per_task + 0.3 * mean
+            by_code.setdefault(_code(task.function), []).append(duration)
+        for code, durations in by_code.items():
+            mean = sum(durations) / len(durations)
+            before = self._seconds_by_code.get(code)
+            self._seconds_by_code[code] = (
+                mean if before is None else 0.7 * before + 0.3 * mean
+            )
 
 
 class Scheduler:
@@ -991,3 +1000,17 @@ class Scheduler:
 
 def _order(task):
     return task.order
+
+
+def _code(function):
+    """Name the code a task runs: its tasks take about as long as each other.
+
+    Through scikit-learn's ``_FuncWrapper`` and ``functools.partial``, by
+    module and qualified name rather than identity, so that a function made
+    anew for each call (a lambda in a loop) is known from the last.
+    """
+    function = getattr(function, "function", function)  # scikit-learn's wrapper
+    while isinstance(function, functools.partial):
+        function = function.func
+    name = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return getattr(function, "__module__", None), name
