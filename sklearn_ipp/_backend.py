@@ -68,8 +68,9 @@ class ClusterBackend(ClusterCapabilities):
     joblib keeps one instance for a ``parallel_config`` block and gives it
     to every ``Parallel`` made there; each makes its calls through a
     ``ParallelCalls`` of its own, and all share this backend's connection,
-    store, folds and scheduling thread, which stay while any ``Parallel``
-    holds them.
+    store, folds and scheduling thread. Each is made once, when first
+    needed, and closed with the backend: when the search or the block it
+    was made for ends, or once it is collected.
 
     Parameters
     ----------
@@ -297,17 +298,18 @@ class ClusterBackend(ClusterCapabilities):
             return self._scheduler
 
     def let_go(self, calls):
-        """Forget ``calls``; shut the scheduler down when nothing holds it.
+        """Forget ``calls``; pause the scheduler when nothing holds it.
 
-        Its stored folds are removed then; the store and the connection stay
-        until :meth:`close`.
+        Its tasks are stopped and its stored folds removed then; its thread,
+        the engines it knows, the store and the connection stay for the
+        next call, until :meth:`close` or the backend is collected.
         """
         # Under the lock: a Parallel holding the backend meanwhile would find
-        # it shut down. The scheduling thread never takes this lock.
+        # it paused. The scheduling thread never takes this lock.
         with self._lock:
             self._holders.discard(calls)
             if not self._holders and self._scheduler is not None:
-                self._scheduler.shutdown()
+                self._scheduler.pause()
 
     def tasks_of(self, job, items, calls):
         """Make the tasks of a joblib batch of ``calls``; return them and those saved.
@@ -344,11 +346,14 @@ class ClusterBackend(ClusterCapabilities):
             # whole name it by that hash, not by a second one.
             content_key=_WeakCalls(self.folds).method("hash"),
         )
+        # The scheduling thread stays between calls: nothing it holds may
+        # keep the backend alive, whose finalizer ends it (see _Resources).
+        weak = _WeakCalls(self)
         self._messenger = Messenger(
             self.connection,
             roster,
             self.inner_max_num_threads,
-            persist=self._persist,
+            persist=weak.method("_persist"),
             max_nbytes=self.max_nbytes,
             on_reply=made.method("message_done"),
             fit_timeout=self.fit_timeout,
@@ -359,11 +364,12 @@ class ClusterBackend(ClusterCapabilities):
             self._messenger,
             self.folds,
             EngineLosses(roster, self.retries, self.engine_wait, note),
-            on_done=self._task_done,
+            on_done=weak.method("_task_done"),
             on_progress=self.on_progress,
             controller=ControllerWatch(self.connection, note),
         )
         made.set(scheduler)
+        self._resources.scheduler = scheduler
         # Probed now, the engines import scikit-learn and report their
         # versions while the client prepares the first data. Only now: the
         # probe's reply wakes the scheduler, which must exist by then.
@@ -398,8 +404,7 @@ class ClusterBackend(ClusterCapabilities):
     def last_call_number(self):
         """The number of the last ``Parallel`` call started (0: none)."""
         scheduler = self._scheduler
-        call = None if scheduler is None else scheduler.last_call
-        return 0 if call is None else call.number
+        return 0 if scheduler is None else scheduler.n_calls
 
     def terminate(self):
         """Shut the scheduler down whoever holds it, remove every stored fold.
@@ -561,17 +566,18 @@ class _WeakCalls:
 
 
 class _Resources:
-    """A backend's connection, store and engine roster; closes what it opened.
+    """A backend's connection, store, roster and scheduler; closes what it opened.
 
     A connection or store given is used as is and left open; the ones made
     here are made on first use and closed with the backend (joblib keeps one
-    backend instance for a whole ``with parallel_backend`` block).
+    backend instance for a whole ``with parallel_backend`` block), after its
+    scheduling thread is shut down.
     """
 
     def __init__(self, client, store, store_dir, engine_wait):
         self._client, self._given_store, self._store_dir = client, store, store_dir
         self._engine_wait = engine_wait
-        self._connection = self._store = self.roster = None
+        self._connection = self._store = self.roster = self.scheduler = None
         self._persisted = {}  # content hash -> StoredData, for the generic path
 
     @property
@@ -606,6 +612,8 @@ class _Resources:
         return ref
 
     def close(self):
+        if self.scheduler is not None:
+            self.scheduler.shutdown()
         if self.roster is not None:
             self.roster.close()
         if self._store is not None:

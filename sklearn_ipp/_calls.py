@@ -9,8 +9,9 @@ which ``Parallel`` it is. So that one ending leaves the others working,
 ``ClusterBackend.configure`` hands each ``Parallel`` a ``ParallelCalls`` of
 its own (joblib's ``FallbackToBackend``), which keeps that ``Parallel``'s
 state and shares the cluster backend's engines, store, folds and scheduler:
-these stay while any ``Parallel`` holds them, and its tasks are the only
-ones its abort or end stops.
+its tasks are the only ones its abort or end stops. What the cluster
+backend sets up for its first call (the connection, the engines it probed,
+the scheduling thread) serves every later call of the block.
 """
 
 import contextlib
@@ -276,7 +277,7 @@ class ParallelCalls(ClusterCapabilities):
         in a ``with`` block, and at the end of the block otherwise. After an
         interrupt or an error in the client, tasks may still be queued or
         running: they are stopped, so that the engines are free for the next
-        call. The backend shuts its scheduler down, and removes its stored
+        call. The backend pauses its scheduler, and removes its stored
         folds, when no ``Parallel`` holds it any more.
         """
         scheduler, self._scheduler = self._scheduler, None

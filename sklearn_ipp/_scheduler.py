@@ -563,13 +563,15 @@ class Scheduler:
         self._handling = []  # the tasks of the reply being handled
         self._order = itertools.count()
         self._n_calls = 0
-        self._call = None  # the last call started
+        self._call = None  # the running call, the last started
         self._sending = False
         self._nothing_to_store = None  # (queues, folds) versions, see _store_folds
         self._last_submit = time.monotonic()
         self._cancelled = None
         self._open = False  # taking tasks: started, not shut down
         self._stopping = False
+        self._pausing = False  # asked to pause (see pause)
+        self._paused = False  # paused: no call holds the scheduler
         self._thread = None
 
     # What the backend calls -------------------------------------------------
@@ -577,15 +579,19 @@ class Scheduler:
     def start(self, thread=True):
         """Take tasks, and send them from a thread of the scheduler's own.
 
-        Does nothing if started already. ``thread=False``: no thread; whoever
-        calls :meth:`step` sends them (``benchmarks/bench_scheduler.py``).
+        The thread stays between calls (see :meth:`pause`), until
+        :meth:`shutdown`; a thread that ended on an error is replaced.
+        ``thread=False``: no thread; whoever calls :meth:`step` sends them
+        (``benchmarks/bench_scheduler.py``).
         """
         with self._condition:
-            if self._open:
+            self._cancelled = None  # by a thread that failed before
+            self._paused = False
+            if self._open and (self._thread is None or self._thread.is_alive()):
+                self._condition.notify_all()
                 return
             self._open = True
-            self._stopping = False
-            self._cancelled = None  # by a thread that failed before a shutdown
+            self._stopping = self._pausing = False
             if thread:
                 self._thread = threading.Thread(
                     target=self._run, name="sklearn_ipp-scheduler", daemon=True
@@ -606,9 +612,9 @@ class Scheduler:
         return call
 
     @property
-    def last_call(self):
-        """The last call started, or None."""
-        return self._call
+    def n_calls(self):
+        """The number of the last call started (0: none)."""
+        return self._n_calls
 
     def release(self):
         """Send the tasks held since ``start_call``."""
@@ -688,6 +694,45 @@ class Scheduler:
         with self._condition:
             self._cancelled = None
 
+    def pause(self):
+        """Stop every task and remove every stored fold, until the next call.
+
+        The thread stays, idle, for the next :meth:`start`. It does this
+        itself, between two steps, so that no fold it is storing is left
+        behind.
+        """
+        with self._condition:
+            thread = self._thread
+            if (
+                thread is not None
+                and thread.is_alive()
+                and thread is not threading.current_thread()
+            ):
+                self._pausing = True
+                self._condition.notify_all()
+                while self._pausing and thread.is_alive():
+                    self._condition.wait(HOLD_SECONDS)
+                if not self._pausing:
+                    return
+        self._pause_now()  # no thread, this is it, or it ended meanwhile
+
+    def _pause_now(self):
+        try:
+            self.stop(
+                BackendStoppedError(
+                    "The backend shut down while the task was queued or running."
+                )
+            )
+            self._folds.clear()
+        finally:
+            with self._condition:
+                # Nothing of the last call is kept: its Parallel, and the
+                # backend it holds, go once they are no longer used.
+                self._call = None
+                self._pausing = False
+                self._paused = True
+                self._condition.notify_all()
+
     def shutdown(self):
         """Stop the thread and every task, remove every stored fold.
 
@@ -731,16 +776,22 @@ class Scheduler:
                 with self._condition:
                     if not (
                         self._stopping
+                        or self._pausing
                         or self._can_send()
                         or not self._replies.empty()
                         or self._saved
                     ):
                         # Woken by submissions and replies; the timeout
-                        # also notices engines that join or leave.
-                        self._condition.wait(HOLD_SECONDS / 2)
+                        # also notices engines that join or leave, while a
+                        # call holds the scheduler.
+                        self._condition.wait(None if self._paused else HOLD_SECONDS / 2)
                     if self._stopping:
                         return
-                self.step()
+                    pausing = self._pausing
+                if pausing:
+                    self._pause_now()
+                else:
+                    self.step()
         except BaseException as exc:  # surfaced to joblib through the jobs
             # No thread sends what comes next: every task fails with the
             # error, those taken from the messenger already included, and so
@@ -861,44 +912,50 @@ class Scheduler:
             if self._controller is not None:
                 self._controller.heard()
             tasks = self._handling = self._messenger.take(handle) or []
-            if not tasks:  # dropped by stop()
-                continue
-            try:
-                outcomes, seconds = self._messenger.read(handle, tasks)
-            except Exception as exc:  # no task may be left without an end
-                outcomes, seconds = [(False, exc)] * len(tasks), None
-            if outcomes is ENGINE_LOST:
-                self._retry(tasks, getattr(handle, "engine_id", None))
-                continue
-            if outcomes is SEND_AGAIN:  # they never ran: no attempt counted
-                self._requeue(tasks)
-                continue
-            if seconds is not None:
-                with self._condition:
-                    self._queues.record_durations(tasks, seconds)
-            stopped, timed_out = [], []
-            for task, outcome in zip(tasks, outcomes, strict=True):
-                if outcome is STOPPED:
-                    stopped.append(task)
-                elif outcome is TIMED_OUT:
-                    timed_out.append(task)
-                else:
-                    self._finish(task, *outcome)
-            if timed_out:
-                self._requeue(timed_out)  # to fail at once (see _fit_timeout)
-            if stopped:
-                # A stop signal meant for another message (of another call
-                # or client), which had just ended on that engine, stopped
-                # them: they did not run to their end, so they run again.
-                logger.info(
-                    "%d task(s) were stopped by a signal meant for another "
-                    "message; sending them again.",
-                    len(stopped),
-                )
-                self.n_stopped += len(stopped)
-                for task in stopped:
-                    task.n_stops += 1
-                self._requeue(stopped)
+            self._handle_reply(handle, tasks)
+            # Not kept once handled (when handling fails, the thread's end
+            # fails them): nothing of a call stays after it.
+            self._handling = []
+
+    def _handle_reply(self, handle, tasks):
+        if not tasks:  # dropped by stop()
+            return
+        try:
+            outcomes, seconds = self._messenger.read(handle, tasks)
+        except Exception as exc:  # no task may be left without an end
+            outcomes, seconds = [(False, exc)] * len(tasks), None
+        if outcomes is ENGINE_LOST:
+            self._retry(tasks, getattr(handle, "engine_id", None))
+            return
+        if outcomes is SEND_AGAIN:  # they never ran: no attempt counted
+            self._requeue(tasks)
+            return
+        if seconds is not None:
+            with self._condition:
+                self._queues.record_durations(tasks, seconds)
+        stopped, timed_out = [], []
+        for task, outcome in zip(tasks, outcomes, strict=True):
+            if outcome is STOPPED:
+                stopped.append(task)
+            elif outcome is TIMED_OUT:
+                timed_out.append(task)
+            else:
+                self._finish(task, *outcome)
+        if timed_out:
+            self._requeue(timed_out)  # to fail at once (see _fit_timeout)
+        if stopped:
+            # A stop signal meant for another message (of another call
+            # or client), which had just ended on that engine, stopped
+            # them: they did not run to their end, so they run again.
+            logger.info(
+                "%d task(s) were stopped by a signal meant for another "
+                "message; sending them again.",
+                len(stopped),
+            )
+            self.n_stopped += len(stopped)
+            for task in stopped:
+                task.n_stops += 1
+            self._requeue(stopped)
 
     def _resend_stranded(self):
         """Send again the tasks of messages that only engines now gone could run.

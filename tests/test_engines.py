@@ -46,6 +46,8 @@ def test_engine_facts_describe_live_local_engines(client):
     assert pids == set(client[:].apply_sync(os.getpid))
     for fact in facts.values():
         assert fact["hostname"] == socket.gethostname()
+        # Linux engines take the stop signal (the probe installs its handler).
+        assert fact["stop_signal"] is True
         assert fact["versions"]["scikit-learn"] == sklearn.__version__
         assert fact["versions"]["numpy"] == np.__version__
         assert fact["versions"]["sklearn_ipp"] == sklearn_ipp.__version__

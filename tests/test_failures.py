@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import make_classification
 from sklearn.model_selection import GridSearchCV
 
-from sklearn_ipp import EngineLostError, IPyParallelGridSearchCV
+from sklearn_ipp import EngineLostError, IPyParallelGridSearchCV, _worker
 from sklearn_ipp._backend import ClusterBackend
 from sklearn_ipp._messages import MAX_STOPS
 from sklearn_ipp._worker import STOP_SIGNAL, STOPPED, run_batch
@@ -305,6 +305,30 @@ def test_stop_signals_that_come_late_break_no_message(client):
     kinds = {tuple(o) for o in outcomes}
     assert kinds <= {((True, None),), ((STOPPED,),)}
     assert ((STOPPED,),) in kinds  # the signals did land
+
+
+def test_a_stop_signal_between_tasks_stops_the_tasks_still_to_run(monkeypatch):
+    # The client signals an engine as soon as ipyparallel says it started a
+    # message: the signal may come before the first task, or between two.
+    # As the engine's handler sees it then: a message runs, no task does.
+    monkeypatch.setattr(_worker, "_batch_running", True)
+    monkeypatch.setattr(_worker, "_stop_pending", False)
+    signum = getattr(signal, STOP_SIGNAL)
+    _worker._stop_tasks(signum, None)
+    ran = []
+    with pytest.raises(_worker.TasksStopped):
+        _worker._run_stoppable(ran.append, (1,), {})
+    assert ran == []  # stopped before it started
+    _worker._run_stoppable(ran.append, (2,), {})
+    assert ran == [2]  # once
+    # Not for tasks that may not be stopped, nor outside a message.
+    monkeypatch.setattr(_worker, "_stoppable", False)
+    _worker._stop_tasks(signum, None)
+    monkeypatch.setattr(_worker, "_stoppable", True)
+    monkeypatch.setattr(_worker, "_batch_running", False)
+    _worker._stop_tasks(signum, None)
+    _worker._run_stoppable(ran.append, (3,), {})
+    assert ran == [2, 3]
 
 
 @pytest.mark.parametrize(

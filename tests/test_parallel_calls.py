@@ -7,6 +7,8 @@ cluster compare every result with scikit-learn's in this process; those
 without a cluster drive ``ParallelCalls`` and the scheduler with fake parts.
 """
 
+import collections
+import contextlib
 import gc
 import inspect
 import threading
@@ -364,7 +366,7 @@ class _FakeBackend:
     def let_go(self, calls):
         self.held.remove(calls)
         if not self.held:
-            self.harness.scheduler.shutdown()
+            self.harness.scheduler.pause()
 
     def tasks_of(self, job, items, calls):
         _, tasks = plain_tasks(len(items), job)
@@ -462,7 +464,16 @@ def test_the_backend_stays_until_the_last_parallel_lets_go():
     assert told == [job]
     outer.terminate()
     assert backend.held == []
-    assert harness.scheduler._thread is None  # shut down with the last
+    # Paused with the last: its tasks stopped, its thread waiting for the
+    # next call, which does not start another.
+    thread = harness.scheduler._thread
+    assert harness.scheduler._paused and thread.is_alive()
+    again = ParallelCalls(backend, None)
+    again.configure(n_jobs=2)
+    assert harness.scheduler._thread is thread and not harness.scheduler._paused
+    again.terminate()
+    harness.scheduler.shutdown()
+    assert not thread.is_alive()
 
 
 def test_one_parallels_abort_stops_its_tasks_only():
@@ -506,3 +517,125 @@ def test_folds_are_kept_while_any_parallel_holds_the_backend():
     assert not cleared.is_set()
     outer.terminate()
     assert cleared.is_set()
+
+
+class _FakeParallel:
+    """What ParallelCalls reads of a joblib ``Parallel`` while it retrieves."""
+
+    def __init__(self, return_generator=False, timeout=None):
+        self.return_generator, self.timeout = return_generator, timeout
+
+
+def _held_calls(harness, parallel):
+    calls = ParallelCalls(_FakeBackend(harness), parallel)
+    calls.configure(n_jobs=2)
+    calls.start_call()
+    return calls
+
+
+def test_a_call_retrieves_once_joblib_was_told_of_every_batch():
+    # joblib looks for results every 10 ms, sleeping in between: a small
+    # call is over sooner when it looks once, as every batch is told.
+    with Harness() as harness:
+        calls = _held_calls(harness, _FakeParallel())
+        told, callback = _told()
+        jobs = [calls.submit(_Batch(1), callback) for _ in range(3)]
+        answering = threading.Thread(
+            target=harness.answer_all,
+            kwargs={"until": lambda: all(job.done.is_set() for job in jobs)},
+        )
+        answering.start()
+        with calls.retrieval_context():
+            assert sorted(told, key=jobs.index) == jobs
+        answering.join()
+        calls.terminate()
+
+
+def test_a_generator_retrieves_at_its_first_batch_and_a_failure_at_once():
+    with Harness() as harness:
+        calls = _held_calls(harness, _FakeParallel(return_generator=True))
+        told, callback = _told()
+        jobs = [calls.submit(_Batch(1), callback) for _ in range(3)]
+        calls._scheduler.release()
+        handle, sent = harness.next_message()
+        harness.reply(handle, [(True, task.args[0]) for task in sent])
+        with calls.retrieval_context():
+            assert len(told) == 1
+        calls.terminate()
+
+    # A list's call retrieves as soon as joblib is told of a failure.
+    with Harness() as harness:
+        calls = _held_calls(harness, _FakeParallel())
+        told, callback = _told()
+        jobs = [calls.submit(_Batch(1), callback) for _ in range(3)]
+        calls._scheduler.release()
+        handle, sent = harness.next_message()
+        harness.reply(handle, [(False, ValueError("first"))] * len(sent))
+        with calls.retrieval_context():
+            assert told == [jobs[0]] and not jobs[1].done.is_set()
+        calls.terminate()
+
+
+def test_a_call_with_a_timeout_retrieves_at_once():
+    # joblib counts the timeout from its own first look.
+    with Harness() as harness:
+        harness.roster.ready = {}  # nothing is sent
+        calls = _held_calls(harness, _FakeParallel(timeout=30))
+        told, callback = _told()
+        calls.submit(_Batch(2), callback)
+        with calls.retrieval_context():
+            assert told == []
+        calls.terminate()
+
+
+@contextlib.contextmanager
+def _messages_sent(client):
+    """Count the messages ``client`` sends, by type; ``ids`` of the requests."""
+    sent = collections.Counter()
+    sent.ids = []
+    send = client.session.send
+
+    def counting(stream, msg_or_type, *args, **kwargs):
+        msg = send(stream, msg_or_type, *args, **kwargs)
+        sent[msg["header"]["msg_type"]] += 1
+        sent.ids.append(msg["header"]["msg_id"])
+        return msg
+
+    client.session.send = counting
+    try:
+        yield sent
+    finally:
+        client.session.send = send
+
+
+def test_the_calls_of_a_block_send_their_tasks_and_set_up_nothing_again(client):
+    n_engines = len(client.ids)
+    four = list(range(4))
+    with (
+        parallel_config(backend="ipyparallel", client=client),
+        _messages_sent(client) as sent,
+    ):
+        backend, _ = get_active_backend()
+        # The first call probes the engines and learns how long its tasks
+        # take; its scheduling thread serves every later call.
+        assert _negated(Parallel(n_jobs=2), four) == four
+        thread = backend._scheduler._thread
+        per_call = []
+        for _ in range(3):
+            sent.clear()
+            assert _negated(Parallel(n_jobs=2), four) == four
+            per_call.append(dict(sent))
+        # So does a managed block's, configured once for all its calls.
+        with Parallel(n_jobs=2) as parallel:
+            for _ in range(3):
+                sent.clear()
+                assert _negated(parallel, four) == four
+                per_call.append(dict(sent))
+        # Each call: one message per engine with its share of the 4 short
+        # tasks, and nothing else (no probe, no question to the controller).
+        assert per_call == [{"apply_request": min(n_engines, 4)}] * 6
+        assert backend._scheduler._thread is thread and thread.is_alive()
+        # The engines publish nothing of their own for the messages: the
+        # client knows which engine runs one from ipyparallel's status.
+        time.sleep(0.5)
+        assert all(client.metadata[msg_id]["data"] == {} for msg_id in sent.ids)

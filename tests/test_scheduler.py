@@ -5,10 +5,12 @@ answers them as each test says: results, a lost engine, stopped tasks. The
 fold index is the real one, over small arrays, with a fake store.
 """
 
+import functools
 import queue
 import shutil
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -19,7 +21,14 @@ from sklearn_ipp._exceptions import BackendStoppedError, EngineLostError
 from sklearn_ipp._folds import FoldIndex
 from sklearn_ipp._hosts import EngineLosses
 from sklearn_ipp._messages import ENGINE_LOST, STOPPED
-from sklearn_ipp._scheduler import Job, Scheduler, Task, TaskQueues
+from sklearn_ipp._scheduler import (
+    MESSAGES_PER_ENGINE,
+    Job,
+    Scheduler,
+    Task,
+    TaskQueues,
+    _code,
+)
 
 TIMEOUT = 10
 
@@ -612,3 +621,59 @@ def test_the_last_tasks_go_longest_first_and_the_others_in_order(monkeypatch):
         else:
             # Once 4 or fewer are left, those go longest first too.
             assert sent[:8] == expected[:8]
+
+
+def _message_sizes(queues, n_engines, in_flight=0):
+    """Drain ``queues`` as the scheduler would with ``in_flight`` messages out."""
+    sizes = []
+    while True:
+        message = queues.next_message(MESSAGES_PER_ENGINE * n_engines, in_flight)
+        if not message:
+            return sizes
+        sizes.append(len(message))
+        in_flight += 1
+
+
+def test_short_work_goes_in_one_message_per_idle_engine():
+    queues = TaskQueues()
+    _, tasks = plain_tasks(4)
+    for task in tasks:
+        task.order = (1, 0, task.index)
+        queues.add(task)
+    # 4 tasks of a millisecond on 2 engines: one message each, not one per
+    # task (each message costs the client, controller and engine more).
+    queues.record_durations(tasks[:1], [0.001])
+    assert _message_sizes(queues, n_engines=2) == [2, 2]
+    # One engine busy with a message already: the other takes them all.
+    for task in tasks:
+        queues.add(task)
+    assert _message_sizes(queues, n_engines=2, in_flight=1) == [4]
+
+
+def test_longer_work_is_spread_over_every_message_in_flight():
+    queues = TaskQueues()
+    _, tasks = plain_tasks(16)
+    for task in tasks:
+        task.order = (1, 0, task.index)
+        queues.add(task)
+    # 16 tasks of 50 ms on 2 engines: 400 ms each, balanced over the two
+    # messages in flight per engine as they are sent.
+    queues.record_durations(tasks[:1], [0.05])
+    assert _message_sizes(queues, n_engines=2)[:4] == [4, 3, 3, 2]
+
+
+def test_message_sizes_are_learnt_for_each_code_the_tasks_run():
+    queues = TaskQueues()
+    _, quick = plain_tasks(4)
+    queues.record_durations(quick[:1], [0.001])
+    job = Job(4, None)
+    slow = [Task(job, i, time.sleep, (0.5,), {}) for i in range(4)]
+    for task in slow:
+        task.order = (2, 0, task.index)
+        queues.add(task)
+    # Nothing is known of time.sleep: one task per message, whatever abs took.
+    assert _message_sizes(queues, n_engines=2) == [1, 1, 1, 1]
+    # scikit-learn's wrapper and partials name the code they call.
+    assert _code(functools.partial(abs, 1)) == _code(abs) == ("builtins", "abs")
+    wrapped = types.SimpleNamespace(function=time.sleep)
+    assert _code(wrapped) == _code(time.sleep)
