@@ -27,6 +27,7 @@ from ._scheduler import MESSAGES_PER_ENGINE, Call, ErrorsInOrder, Job
 
 __all__ = [
     "LOOK_AHEAD_TASKS",
+    "MAX_TASKS_HANDED_OVER",
     "TASKS_PER_ENGINE",
     "ClusterCapabilities",
     "ParallelCalls",
@@ -37,12 +38,14 @@ __all__ = [
 # references and the candidate's parameters.
 LOOK_AHEAD_TASKS = 100_000
 
-# The workers joblib is told of per engine, which size its window: with its
-# default pre_dispatch of 2 * n_jobs, joblib keeps twice as many tasks
-# handed over, the next one as each ends. Short tasks then share messages
-# (see TaskQueues._message_size) instead of going one per message as they
-# come; each message costs milliseconds of CPU, on the engines' hosts too.
+# Tasks per engine that a call with joblib's default window keeps handed over
+# (see ParallelCalls._look_ahead): short tasks then share messages (see
+# TaskQueues._message_size) instead of going one per message as they come;
+# each message costs milliseconds of CPU, on the engines' hosts too. At most
+# MAX_TASKS_HANDED_OVER in all, as each task's arguments wait in the client:
+# on a large cluster joblib's own window is wide enough.
 TASKS_PER_ENGINE = 32
+MAX_TASKS_HANDED_OVER = 256
 
 
 class ClusterCapabilities(ParallelBackendBase):
@@ -233,9 +236,10 @@ class ParallelCalls(ClusterCapabilities):
         tasks carry references to the data, not copies.
 
         Other calls with joblib's default window get ``TASKS_PER_ENGINE``
-        tasks per engine in it: each task that ends has joblib hand over
-        the next, so that the window stays that wide, and short tasks share
-        messages. A ``pre_dispatch`` of the caller's own is kept.
+        tasks per engine in it, ``MAX_TASKS_HANDED_OVER`` at most: each task
+        that ends has joblib hand over the next, so that the window stays
+        that wide, and short tasks share messages. A ``pre_dispatch`` of the
+        caller's own is kept.
         """
         parallel = self.parallel
         lock = getattr(parallel, "_lock", None)
@@ -246,7 +250,8 @@ class ParallelCalls(ClusterCapabilities):
             more = self.backend.folds.n_fit_tasks_to_come
         elif str(getattr(parallel, "pre_dispatch", "")).replace(" ", "") == "2*n_jobs":
             n_engines = self.backend.effective_n_jobs(None)
-            n_more = max(0, TASKS_PER_ENGINE * n_engines - self._n_untold)
+            n_tasks = min(TASKS_PER_ENGINE * n_engines, MAX_TASKS_HANDED_OVER)
+            n_more = max(0, n_tasks - self._n_untold)
             more = _always
         else:
             return

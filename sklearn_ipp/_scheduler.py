@@ -55,8 +55,10 @@ MAX_TASKS_PER_MESSAGE = 500
 # to each idle engine, rather than spread over MESSAGES_PER_ENGINE messages
 # per engine: each message costs the client, the controller and the engine
 # a few milliseconds of CPU (on a small host, taken from the tasks), more
-# than finer messages could balance on so little work.
-SHORT_WORK_SECONDS = 0.05
+# than finer messages could balance on so little work. Not more: the last
+# tasks of a call, sent to the one idle engine, would keep it busy while
+# the others, done soon after, wait.
+SHORT_WORK_SECONDS = 0.02
 # Messages in flight per engine: one running, one queued, so that no engine
 # waits for the client between two messages.
 MESSAGES_PER_ENGINE = 2

@@ -660,6 +660,15 @@ def test_longer_work_is_spread_over_every_message_in_flight():
     # messages in flight per engine as they are sent.
     queues.record_durations(tasks[:1], [0.05])
     assert _message_sizes(queues, n_engines=2)[:4] == [4, 3, 3, 2]
+    # The last 11 tasks of 5 ms, one engine still busy: not all for the idle
+    # one, which the other would then wait for.
+    queues = TaskQueues()
+    _, tasks = plain_tasks(11)
+    for task in tasks:
+        task.order = (1, 0, task.index)
+        queues.add(task)
+    queues.record_durations(tasks[:1], [0.005])
+    assert _message_sizes(queues, n_engines=2, in_flight=1)[0] == 3
 
 
 def test_message_sizes_are_learnt_for_each_code_the_tasks_run():
