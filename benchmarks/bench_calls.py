@@ -115,9 +115,11 @@ def _sklearn_tests(backend, n_workers):
     with tempfile.TemporaryDirectory() as directory:
         with open(os.path.join(directory, "bench_calls_plugin.py"), "w") as f:
             f.write(PLUGIN.format(backend=backend, n_workers=n_workers))
-        # The plugin, and this file for its _config.
+        # The plugin, and this file for its _config, before what the caller
+        # set (the sklearn_ipp to measure).
         here = os.path.dirname(os.path.abspath(__file__))
-        environment = dict(os.environ, PYTHONPATH=os.pathsep.join([directory, here]))
+        path = [directory, here, os.environ.get("PYTHONPATH", "")]
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))
         command = [sys.executable, "-m", "pytest", path, "-q"]
         command += ["-p", "no:cacheprovider", "-p", "bench_calls_plugin"]
         start = time.perf_counter()
