@@ -118,8 +118,10 @@ def _sklearn_tests(backend, n_workers):
         # The plugin, and this file for its _config, before what the caller
         # set (the sklearn_ipp to measure).
         here = os.path.dirname(os.path.abspath(__file__))
-        path = [directory, here, os.environ.get("PYTHONPATH", "")]
-        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))
+        python_path = [directory, here, os.environ.get("PYTHONPATH", "")]
+        environment = dict(
+            os.environ, PYTHONPATH=os.pathsep.join(filter(None, python_path))
+        )
         command = [sys.executable, "-m", "pytest", path, "-q"]
         command += ["-p", "no:cacheprovider", "-p", "bench_calls_plugin"]
         start = time.perf_counter()
