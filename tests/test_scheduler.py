@@ -634,41 +634,35 @@ def _message_sizes(queues, n_engines, in_flight=0):
         in_flight += 1
 
 
-def test_short_work_goes_in_one_message_per_idle_engine():
-    queues = TaskQueues()
-    _, tasks = plain_tasks(4)
+def _queued(n_tasks, seconds, queues=None):
+    """Queue ``n_tasks`` tasks of one call, timed at ``seconds`` each."""
+    queues = TaskQueues() if queues is None else queues
+    _, tasks = plain_tasks(n_tasks)
     for task in tasks:
         task.order = (1, 0, task.index)
         queues.add(task)
+    queues.record_durations(tasks[:1], [seconds])
+    return queues
+
+
+def test_short_work_goes_in_one_message_per_idle_engine():
     # 4 tasks of a millisecond on 2 engines: one message each, not one per
     # task (each message costs the client, controller and engine more).
-    queues.record_durations(tasks[:1], [0.001])
+    queues = _queued(4, 0.001)
     assert _message_sizes(queues, n_engines=2) == [2, 2]
     # One engine busy with a message already: the other takes them all.
-    for task in tasks:
-        queues.add(task)
+    _queued(4, 0.001, queues)
     assert _message_sizes(queues, n_engines=2, in_flight=1) == [4]
 
 
 def test_longer_work_is_spread_over_every_message_in_flight():
-    queues = TaskQueues()
-    _, tasks = plain_tasks(16)
-    for task in tasks:
-        task.order = (1, 0, task.index)
-        queues.add(task)
     # 16 tasks of 50 ms on 2 engines: 400 ms each, balanced over the two
     # messages in flight per engine as they are sent.
-    queues.record_durations(tasks[:1], [0.05])
-    assert _message_sizes(queues, n_engines=2)[:4] == [4, 3, 3, 2]
+    assert _message_sizes(_queued(16, 0.05), n_engines=2)[:4] == [4, 3, 3, 2]
     # The last 11 tasks of 5 ms, one engine still busy: not all for the idle
     # one, which the other would then wait for.
-    queues = TaskQueues()
-    _, tasks = plain_tasks(11)
-    for task in tasks:
-        task.order = (1, 0, task.index)
-        queues.add(task)
-    queues.record_durations(tasks[:1], [0.005])
-    assert _message_sizes(queues, n_engines=2, in_flight=1)[0] == 3
+    sizes = _message_sizes(_queued(11, 0.005), n_engines=2, in_flight=1)
+    assert sizes[0] == 3
 
 
 def test_message_sizes_are_learnt_for_each_code_the_tasks_run():
