@@ -720,12 +720,7 @@ class Scheduler:
 
     def _pause_now(self):
         try:
-            self.stop(
-                BackendStoppedError(
-                    "The backend shut down while the task was queued or running."
-                )
-            )
-            self._folds.clear()
+            self._stop_everything()
         finally:
             with self._condition:
                 # Nothing of the last call is kept: its Parallel, and the
@@ -747,6 +742,10 @@ class Scheduler:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self._thread = None
+        self._stop_everything()
+
+    def _stop_everything(self):
+        """Stop every task, remove every stored fold: a pause's, a shutdown's."""
         self.stop(
             BackendStoppedError(
                 "The backend shut down while the task was queued or running."
