@@ -148,7 +148,7 @@ def run_batch(payload, thread_limits=None, stoppable=True, time_limits=None):
     # First of all: the client may signal this engine as soon as ipyparallel
     # tells it that the message started.
     limited = any(limit is not None for limit in time_limits or ())
-    can_stop = _let_stop_signal_stop_tasks(limited)
+    shell = _let_stop_signal_stop_tasks(limited)
     _batch_running = True
     try:
         try:
@@ -162,7 +162,7 @@ def run_batch(payload, thread_limits=None, stoppable=True, time_limits=None):
                 tasks,
                 engine_warning_filters(warning_filters),
                 time_limits,
-                can_stop,
+                shell,
             )
     finally:
         _batch_running = _stop_pending = False
@@ -174,16 +174,16 @@ def run_batch(payload, thread_limits=None, stoppable=True, time_limits=None):
     return _dumps((outcomes, seconds, hostname, outputs))
 
 
-def _run_tasks(tasks, warning_filters=None, time_limits=None, can_stop=False):
+def _run_tasks(tasks, warning_filters=None, time_limits=None, shell=None):
     """Return the outcomes of ``tasks``, the seconds each took, their outputs.
 
-    ``can_stop``: whether ``STOP_SIGNAL`` stops them (its handler installed),
-    which time limits need.
+    ``shell``: the engine's, where ``STOP_SIGNAL`` stops them (its handler
+    installed), which time limits need; None elsewhere.
     """
     outcomes, seconds, outputs = [], [], []
     limits = time_limits or [None] * len(tasks)
-    shell = _engine_shell() if can_stop else None
-    publish = shell.data_pub.publish_data if shell is not None else None
+    can_stop = shell is not None
+    publish = shell.data_pub.publish_data if can_stop else None
     for (function, args, kwargs), limit in zip(tasks, limits, strict=True):
         start = time.perf_counter()
         output = None
@@ -269,8 +269,8 @@ def _let_stop_signal_stop_tasks(limited=False):
 
     Install the handler, which stops only the tasks of ``run_batch``, and
     for ``limited`` tasks publish ``STARTED``: the client ends an engine
-    whose task does not stop at its limit. Returns whether the handler is
-    installed.
+    whose task does not stop at its limit. Returns the engine's shell once
+    the handler is installed, else None.
 
     Nothing is published otherwise: the client learns which engine runs a
     message, and that it started, from the status ipyparallel's engine
@@ -279,11 +279,11 @@ def _let_stop_signal_stop_tasks(limited=False):
     """
     shell = _engine_shell()
     if shell is None or not install_stop_handler():
-        return False  # not on an engine, or on one without the signal
+        return None  # not on an engine, or on one without the signal
     if limited:
         with contextlib.suppress(Exception):
             shell.data_pub.publish_data({STARTED: True})
-    return True
+    return shell
 
 
 def install_stop_handler():
